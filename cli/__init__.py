@@ -1,0 +1,1 @@
+"""The ``cvae`` command line (installed as the package ``cvae_cli``)."""

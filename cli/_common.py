@@ -1,0 +1,44 @@
+"""Helpers shared by the commands: library errors become one clean line, JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from cvae_features.errors import CvaeError
+
+
+def library_errors(func):
+    """Run a command body; a ``CvaeError`` (or a Ctrl-C) becomes a one-line message and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except CvaeError as err:
+            raise click.ClickException(str(err)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; what was finished is kept (rerun with --resume to go on)", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def echo_json(obj) -> None:
+    """Print an object as indented JSON on stdout (numpy scalars and arrays are converted)."""
+    click.echo(json.dumps(obj, indent=2, default=_to_builtin))
+
+
+def _to_builtin(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return str(value)

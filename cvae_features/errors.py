@@ -1,0 +1,39 @@
+"""The toolkit's exceptions.
+
+Every error the library raises on purpose derives from :class:`CvaeError`, and
+each subclass also derives from the matching builtin, so callers may catch
+either ``CvaeError`` or, say, ``ValueError``. The CLI turns any ``CvaeError``
+into a one-line message and a non-zero exit.
+"""
+
+
+class CvaeError(Exception):
+    """Base class of every error raised on purpose by cvae_features."""
+
+
+class ConfigError(CvaeError, ValueError):
+    """A configuration value is out of range or of the wrong kind."""
+
+
+class SourceNotFoundError(CvaeError, FileNotFoundError):
+    """An image source (folder, manifest, data set files) does not exist."""
+
+
+class DataError(CvaeError, ValueError):
+    """A source exists but holds nothing usable (empty folder, no decodable image...)."""
+
+
+class DecodeError(CvaeError, ValueError):
+    """One image could not be decoded; ``str(err)`` is the reason recorded for it."""
+
+
+class StoreError(CvaeError, ValueError):
+    """A feature store is missing, not a cvae store, too new, incomplete or incompatible."""
+
+
+class ModelError(CvaeError, ValueError):
+    """A model file or run directory cannot be loaded or does not fit the request."""
+
+
+class TrainingError(CvaeError, RuntimeError):
+    """Training cannot go on (for example the loss became NaN or infinite)."""

@@ -1,0 +1,377 @@
+"""The convolutional VAE: its configuration, the network, and the model file.
+
+``ConvVAE.forward`` is the training path (it returns a :class:`VAEOutput`);
+``ConvVAE.embed`` is the feature path (posterior mean μ, eval mode, no grad).
+A model file is a plain dict of tensors and JSON-able values written with
+``torch.save`` and read back with ``torch.load(weights_only=True)``, so loading
+never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Tuple, get_args
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ._version import __version__
+from .errors import ConfigError, ModelError
+
+Likelihood = Literal["bernoulli", "gaussian"]
+MODEL_FILE_FORMAT = "cvae-model"
+MODEL_FILE_VERSION = 1
+MODEL_FILENAME = "model.pt"
+_DEFAULT_WIDTHS = (32, 64, 128, 256, 256, 256)
+
+
+def _depth_for(image_size: int) -> int:
+    """Number of stride-2 levels so that the smallest feature map is at most 4x4."""
+    depth, size = 0, image_size
+    while size > 4:
+        size = math.ceil(size / 2)
+        depth += 1
+    return max(depth, 1)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Configuration of a :class:`ConvVAE`, validated when it is built.
+
+    Parameters
+    ----------
+    image_size : int, default=28
+        Side of the square input image, 8 to 256.
+    channels : int, default=1
+        1 (grayscale) or 3 (RGB).
+    latent_dim : int, default=64
+        Width of the latent code (and of the embedding), 1 to 4096.
+    widths : tuple of int or None, default=None
+        Channels of each encoder level (the decoder mirrors them). ``None``
+        derives one width per level from the image size (32, 64, 128, 256...).
+    likelihood : {"bernoulli", "gaussian"}, default="bernoulli"
+        Pixel likelihood; "gaussian" learns one global variance.
+    beta : float, default=1.0
+        Weight of the KL term (β-VAE), >= 0.
+    convs_per_level : int, default=1
+        Convolutions per encoder/decoder level (1 to 4); more is deeper.
+    batch_norm : bool, default=False
+        Batch normalisation after each convolution.
+    """
+
+    image_size: int = 28
+    channels: int = 1
+    latent_dim: int = 64
+    widths: Optional[Tuple[int, ...]] = None
+    likelihood: Likelihood = "bernoulli"
+    beta: float = 1.0
+    convs_per_level: int = 1
+    batch_norm: bool = False
+
+    def __post_init__(self):
+        def bad(name, value, expected):
+            raise ConfigError(f"invalid {name}={value!r}: expected {expected}")
+
+        if not isinstance(self.image_size, int) or not 8 <= self.image_size <= 256:
+            bad("image_size", self.image_size, "an integer from 8 to 256")
+        if self.channels not in (1, 3):
+            bad("channels", self.channels, "1 or 3")
+        if not isinstance(self.latent_dim, int) or not 1 <= self.latent_dim <= 4096:
+            bad("latent_dim", self.latent_dim, "an integer from 1 to 4096")
+        if self.likelihood not in get_args(Likelihood):
+            bad("likelihood", self.likelihood, "'bernoulli' or 'gaussian'")
+        if not isinstance(self.beta, (int, float)) or not math.isfinite(self.beta) or self.beta < 0:
+            bad("beta", self.beta, "a finite number >= 0")
+        if not isinstance(self.convs_per_level, int) or not 1 <= self.convs_per_level <= 4:
+            bad("convs_per_level", self.convs_per_level, "an integer from 1 to 4")
+        if self.widths is not None:
+            widths = tuple(self.widths)
+            if len(widths) != self.depth or not all(isinstance(w, int) and 1 <= w <= 2048 for w in widths):
+                bad("widths", self.widths,
+                    f"{self.depth} integers from 1 to 2048 (one per level for image_size={self.image_size})")
+            object.__setattr__(self, "widths", widths)
+        object.__setattr__(self, "beta", float(self.beta))
+
+    @property
+    def depth(self) -> int:
+        """Number of stride-2 levels in the encoder (and decoder)."""
+        return _depth_for(self.image_size)
+
+    @property
+    def level_widths(self) -> Tuple[int, ...]:
+        """The widths actually used, one per level."""
+        return self.widths if self.widths is not None else _DEFAULT_WIDTHS[: self.depth]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["widths"] = list(self.widths) if self.widths is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VAEConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys {unknown}: expected some of {sorted(known)}")
+        d = dict(d)
+        if d.get("widths") is not None:
+            d["widths"] = tuple(d["widths"])
+        return cls(**d)
+
+
+@dataclass
+class VAEOutput:
+    """What :meth:`ConvVAE.forward` returns for a batch of n images.
+
+    ``loss``, ``recon`` and ``kl`` are batch means (scalars); ``recon_per_sample``
+    and ``kl_per_sample`` have shape (n,); ``mu`` and ``logvar`` (n, latent_dim);
+    ``decoder_out`` (n, C, H, W) holds logits (bernoulli) or means (gaussian).
+    """
+
+    loss: torch.Tensor
+    recon: torch.Tensor
+    kl: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    recon_per_sample: torch.Tensor
+    kl_per_sample: torch.Tensor
+    decoder_out: torch.Tensor = field(repr=False)
+
+
+def _conv_block(c_in, c_out, stride, batch_norm, transpose=False, output_padding=0):
+    if transpose:
+        conv = nn.ConvTranspose2d(c_in, c_out, 3, stride=stride, padding=1,
+                                  output_padding=output_padding, bias=not batch_norm)
+    else:
+        conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=not batch_norm)
+    layers = [conv]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(nn.SiLU())
+    return layers
+
+
+def to_unit_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images in 0..255 become float32 in [0, 1]; float input is returned as float32."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    return x.float()
+
+
+class ConvVAE(nn.Module):
+    """A convolutional variational auto-encoder whose posterior mean is the embedding.
+
+    Parameters
+    ----------
+    config : VAEConfig or None
+        The architecture; ``None`` uses ``VAEConfig()``.
+    **overrides
+        Fields of ``VAEConfig`` to build the config from, e.g.
+        ``ConvVAE(image_size=32, channels=3)``.
+    """
+
+    def __init__(self, config: Optional[VAEConfig] = None, **overrides):
+        super().__init__()
+        if config is None:
+            config = VAEConfig(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        self.config = config
+        widths = config.level_widths
+        bn = config.batch_norm
+
+        sizes = [config.image_size]
+        for _ in range(config.depth):
+            sizes.append(math.ceil(sizes[-1] / 2))
+        self._sizes = sizes
+        self._bottom = (widths[-1], sizes[-1], sizes[-1])
+        flat = widths[-1] * sizes[-1] * sizes[-1]
+
+        enc, c = [], config.channels
+        for w in widths:
+            enc += _conv_block(c, w, 2, bn)
+            for _ in range(config.convs_per_level - 1):
+                enc += _conv_block(w, w, 1, bn)
+            c = w
+        self.encoder = nn.Sequential(*enc, nn.Flatten())
+        self.to_latent = nn.Linear(flat, 2 * config.latent_dim)
+
+        self.from_latent = nn.Linear(config.latent_dim, flat)
+        dec = []
+        for level in reversed(range(config.depth)):
+            c_in, c_out = widths[level], widths[max(level - 1, 0)]
+            target = sizes[level]
+            dec += _conv_block(c_in, c_out, 2, bn, transpose=True, output_padding=1 - target % 2)
+            for _ in range(config.convs_per_level - 1):
+                dec += _conv_block(c_out, c_out, 1, bn)
+        dec.append(nn.Conv2d(widths[0], config.channels, 3, padding=1))
+        self.decoder = nn.Sequential(*dec)
+        if config.likelihood == "gaussian":
+            self.log_sigma2 = nn.Parameter(torch.zeros(()))
+
+    # -- the two halves -------------------------------------------------
+    def encode(self, x: torch.Tensor):
+        """Posterior parameters (mu, logvar), each of shape (n, latent_dim)."""
+        h = self.to_latent(self.encoder(to_unit_float(x)))
+        mu, logvar = h.chunk(2, dim=1)
+        return mu, logvar.clamp(-30.0, 20.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw decoder output (n, C, H, W): logits (bernoulli) or means (gaussian)."""
+        h = F.silu(self.from_latent(z)).view(-1, *self._bottom)
+        return self.decoder(h)
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """Expected image in [0, 1] for latent codes z, shape (n, C, H, W)."""
+        out = self.decode(z)
+        return torch.sigmoid(out) if self.config.likelihood == "bernoulli" else out.clamp(0, 1)
+
+    def reconstruction_nll(self, decoder_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood of x under the decoder output, summed per image: shape (n,)."""
+        if self.config.likelihood == "bernoulli":
+            nll = F.binary_cross_entropy_with_logits(decoder_out, x, reduction="none")
+        else:
+            log_s2 = self.log_sigma2.clamp(min=-9.0)
+            nll = 0.5 * ((x - decoder_out) ** 2 / log_s2.exp() + log_s2 + math.log(2 * math.pi))
+        return nll.flatten(1).sum(1)
+
+    # -- training path ----------------------------------------------------
+    def forward(self, x: torch.Tensor, beta: Optional[float] = None) -> VAEOutput:
+        """Loss and its parts for a batch; samples z in train mode, uses z = mu in eval mode.
+
+        Parameters
+        ----------
+        x : Tensor of shape (n, C, H, W)
+            uint8 in 0..255 or float in [0, 1].
+        beta : float or None
+            KL weight for this step (β warm-up); ``None`` uses ``config.beta``.
+        """
+        x = to_unit_float(x)
+        mu, logvar = self.encode(x)
+        if self.training:
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        else:
+            z = mu
+        out = self.decode(z)
+        recon = self.reconstruction_nll(out.float(), x)
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+        b = self.config.beta if beta is None else beta
+        loss = (recon + b * kl).mean()
+        return VAEOutput(loss, recon.mean(), kl.mean(), mu, logvar, recon, kl, out)
+
+    # -- feature path -------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding μ(x), shape (n, latent_dim), computed in eval mode without gradients."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.encode(x)[0]
+        finally:
+            self.train(was_training)
+
+    # -- identity and files ---------------------------------------------------
+    def fingerprint(self) -> str:
+        """A short hash of the config and every weight: equal fingerprints mean equal models."""
+        return fingerprint_state(self.config, self.state_dict())
+
+    def save(self, path) -> Path:
+        """Write the model file (weights + config + fingerprint) atomically; returns its path."""
+        path = Path(path)
+        if path.is_dir() or path.suffix == "":
+            path = path / MODEL_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": MODEL_FILE_FORMAT,
+            "format_version": MODEL_FILE_VERSION,
+            "tool_version": __version__,
+            "config": self.config.to_dict(),
+            "fingerprint": self.fingerprint(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_state(cls, config: dict, state_dict: dict) -> "ConvVAE":
+        """Build a model from a config dict and a state dict (as stored in model files and stores)."""
+        model = cls(VAEConfig.from_dict(config))
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise ModelError(f"weights do not fit the model config: {first}") from None
+        model.eval()
+        return model
+
+
+def fingerprint_state(config: VAEConfig, state_dict: dict) -> str:
+    """sha256 over the config JSON and every tensor (name, dtype, shape, bytes), 16 hex digits."""
+    import json
+
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_model(path) -> ConvVAE:
+    """Load a model from a model file, a run directory holding ``model.pt``, or a feature store carrying one.
+
+    Raises
+    ------
+    ModelError
+        If the path is missing or holds no loadable model.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model not found: {path} (expected a run directory, a {MODEL_FILENAME} file or a .h5 store)")
+    if path.is_dir():
+        candidate = path / MODEL_FILENAME
+        if not candidate.exists():
+            raise ModelError(f"no {MODEL_FILENAME} in run directory {path}")
+        path = candidate
+    if _is_hdf5(path):
+        from .store import FeatureStore
+
+        with FeatureStore(path) as store:
+            return store.load_model()
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for a file that is not a model
+        raise ModelError(f"cannot read model file {path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
+        raise ModelError(f"{path} is not a cvae model file")
+    if payload.get("format_version", 0) > MODEL_FILE_VERSION:
+        raise ModelError(
+            f"{path} is model format version {payload['format_version']}, newer than this tool reads "
+            f"({MODEL_FILE_VERSION}); upgrade cvae-features")
+    model = ConvVAE.from_state(payload["config"], payload["state_dict"])
+    if payload.get("fingerprint") and payload["fingerprint"] != model.fingerprint():
+        raise ModelError(f"{path}: weights do not match their recorded fingerprint (file damaged?)")
+    return model
+
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def count_parameters(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+__all__ = ["VAEConfig", "VAEOutput", "ConvVAE", "load_model", "fingerprint_state", "to_unit_float",
+           "count_parameters", "Likelihood"]
