@@ -350,8 +350,8 @@ def load_model(path) -> ConvVAE:
             return store.load_model()
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds for a file that is not a model
-        raise ModelError(f"cannot read model file {path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    except Exception:  # torch raises many kinds (KeyError, UnpicklingError, RuntimeError) for a non-model file
+        raise ModelError(f"{path} is not a cvae model file (torch cannot read it)") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
         raise ModelError(f"{path} is not a cvae model file")
     if payload.get("format_version", 0) > MODEL_FILE_VERSION:

@@ -1,0 +1,245 @@
+"""Tests of cvae_features.show and `cvae show`: a tiny digits model, real PNG files, real HTML."""
+
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from cvae_features.errors import ConfigError, DataError, ModelError
+from cvae_features.model import load_model
+from cvae_features.show import MASKS, ShowResult, inpaint, mask_for, show
+
+VIEWS = ("reconstructions", "samples", "interpolations", "traversals", "inpainting", "embedding_map")
+LATENT = 6
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from cvae_features.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("run") / "digits-run"
+    train("digits", out, model_config={"latent_dim": LATENT, "widths": [16]},
+          train_config=TrainConfig(epochs=2, batch_size=64, device="cpu", seed=0), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def shown(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("show") / "look"
+    return show(run_dir, out, n=16, seed=0), out
+
+
+@pytest.fixture(scope="module")
+def digits_images():
+    from sklearn.datasets import load_digits
+
+    x = load_digits().images  # (1797, 8, 8) in 0..16
+    return torch.as_tensor(np.round(x * 255.0 / 16.0).astype(np.uint8)).unsqueeze(1)
+
+
+class _ImgSources(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs, self.tags = [], set()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        if tag == "img":
+            self.srcs.append(dict(attrs)["src"])
+
+
+def test_every_view_is_a_png_of_sensible_size(shown):
+    result, out = shown
+    assert isinstance(result, ShowResult)
+    assert sorted(result.files) == sorted(VIEWS)
+    for name in VIEWS:
+        path = result.files[name]
+        assert path == out / f"{name}.png" and path.is_file()
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:
+            assert img.format == "PNG"
+            w, h = img.size
+            # 8x8 digits are scaled up to 64x64 tiles: every grid is at least one tile in each direction.
+            assert 64 <= w <= 4000 and 64 <= h <= 4000, (name, img.size)
+            if name != "embedding_map":
+                assert img.mode == "L"  # one channel is drawn in grayscale
+    with Image.open(result.files["reconstructions"]) as img:
+        # 16 images, 8 a row: 4 rows (original / reconstruction twice) of 64-px tiles and 8 columns.
+        assert img.size[1] >= 4 * 64 and img.size[0] >= 8 * 64
+    with Image.open(result.files["traversals"]) as img:
+        assert img.size[1] >= LATENT * 64  # one row per traversed dimension (latent 6 < 8)
+
+
+def test_result_records_what_was_shown(shown, run_dir):
+    result, out = shown
+    model = load_model(run_dir)
+    assert result.fingerprint == model.fingerprint()
+    assert result.config == model.config.to_dict()
+    assert result.n_images == 16
+    assert result.map_from == "source" and result.map_points == 1797  # all digits, under the 2000 cap
+    assert sorted(result.traversal_dims) == list(range(LATENT))  # every dimension of a 6-d latent, once
+    assert result.traversal_kl == sorted(result.traversal_kl, reverse=True)  # most active first
+    assert all(k >= 0 for k in result.traversal_kl)
+    assert "digits" in result.source
+    saved = json.loads((out / "show.json").read_text())
+    assert saved["fingerprint"] == result.fingerprint and saved["files"]["samples"].endswith("samples.png")
+
+
+def test_index_html_references_exactly_the_written_files(shown, run_dir):
+    result, out = shown
+    text = result.index.read_text(encoding="utf-8")
+    parser = _ImgSources()
+    parser.feed(text)
+    assert sorted(parser.srcs) == sorted(f"{name}.png" for name in VIEWS)
+    for src in parser.srcs:
+        assert "/" not in src and (out / src).is_file()  # relative, in the same folder
+    assert not re.search(r"https?://", text)
+    assert "script" not in parser.tags and "link" not in parser.tags
+    assert result.fingerprint in text
+    assert "latent_dim" in text and "<h2>" in text
+    assert text.count("<h2>") >= len(VIEWS)
+
+
+def test_inpainting_keeps_known_pixels_and_fills_the_rest(run_dir, digits_images):
+    model = load_model(run_dir)
+    images = digits_images[:12]
+    for mask in MASKS:
+        known = mask_for(mask, 1, 8)
+        assert 0 < int(known.sum()) < 64
+        filled = inpaint(model, images, known, steps=5)
+        assert filled.dtype == torch.uint8 and filled.shape == images.shape
+        k = known.expand_as(images)
+        assert torch.equal(filled[k], images[k])
+        # The hidden part comes from the decoder, not from the mid-grey start value.
+        assert not torch.all(filled[~k] == 128)
+    assert mask_for("right", 1, 8)[0, :, :4].all() and not mask_for("right", 1, 8)[0, :, 4:].any()
+
+
+def test_inpainting_error_on_bad_arguments(run_dir, digits_images):
+    model = load_model(run_dir)
+    with pytest.raises(ConfigError, match="mask='left'"):
+        mask_for("left", 1, 8)
+    with pytest.raises(ConfigError, match="steps=0"):
+        inpaint(model, digits_images[:2], mask_for("right", 1, 8), steps=0)
+
+
+def test_same_seed_same_pictures_other_seed_other_samples(run_dir, tmp_path):
+    a = show(run_dir, tmp_path / "a", n=4, seed=3, map_points=200)
+    b = show(run_dir, tmp_path / "b", n=4, seed=3, map_points=200)
+    c = show(run_dir, tmp_path / "c", n=4, seed=4, map_points=200)
+    for name in ("samples", "reconstructions", "inpainting"):
+        assert a.files[name].read_bytes() == b.files[name].read_bytes(), name
+        assert a.files[name].read_bytes() != c.files[name].read_bytes(), name
+    assert a.n_images == 4
+
+
+def test_show_on_a_labelled_folder_and_an_array(run_dir, digits_images, tmp_path):
+    from sklearn.datasets import load_digits
+
+    y = load_digits().target
+    folder = tmp_path / "imgs"
+    for cls in (0, 1, 7):
+        (folder / f"class{cls}").mkdir(parents=True)
+        for i in np.flatnonzero(y == cls)[:8]:
+            Image.fromarray(digits_images[i, 0].numpy(), mode="L").save(folder / f"class{cls}" / f"{i}.png")
+    result = show(run_dir, tmp_path / "from-folder", source=str(folder), n=8)
+    assert result.map_points == 24 and result.n_images == 8
+    assert str(folder) in result.source
+
+    model = load_model(run_dir)
+    result = show(model, tmp_path / "from-array", source=digits_images[:30], n=6)
+    assert result.map_points == 30 and result.n_images == 6
+    assert all(p.is_file() for p in result.files.values())
+    with pytest.raises(DataError, match="expected uint8 of shape"):
+        show(model, tmp_path / "bad", source=digits_images[:30].float())
+
+
+def test_recorded_source_that_cannot_be_opened_asks_for_source(run_dir, tmp_path):
+    moved = tmp_path / "run"
+    moved.mkdir()
+    (moved / "model.pt").write_bytes((run_dir / "model.pt").read_bytes())
+    config = json.loads((run_dir / "config.json").read_text())
+    config["source"] = {"description": "folder /no/such/folder (3 images, unlabelled)"}
+    (moved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match="pass --source") as err:
+        show(moved, tmp_path / "out")
+    assert "\n" not in str(err.value) and "/no/such/folder" in str(err.value)
+
+    bare = tmp_path / "bare.pt"
+    bare.write_bytes((run_dir / "model.pt").read_bytes())
+    with pytest.raises(DataError, match="no source is recorded"):
+        show(bare, tmp_path / "out")
+    assert show(bare, tmp_path / "out", source="digits", n=2).n_images == 2
+
+
+def test_bad_model_paths_and_arguments(tmp_path, run_dir):
+    with pytest.raises(ModelError, match="not found"):
+        show(tmp_path / "missing", tmp_path / "out")
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a model")
+    with pytest.raises(ModelError):
+        show(junk, tmp_path / "out")
+    with pytest.raises(ModelError, match="no model.pt"):
+        show(tmp_path, tmp_path / "out")
+    with pytest.raises(ConfigError, match="n=1"):
+        show(run_dir, tmp_path / "out", n=1)
+    with pytest.raises(ConfigError, match="seed=-1"):
+        show(run_dir, tmp_path / "out", seed=-1)
+    assert not (tmp_path / "out").exists()  # nothing written on bad input
+
+
+def test_show_a_store_maps_its_own_features(run_dir, tmp_path):
+    from cvae_features.extract import extract
+    from cvae_features.store import FeatureStore
+
+    store = tmp_path / "digits.h5"
+    extract("digits", store, model=run_dir, carry_weights=True, device="cpu", progress=False)
+    result = show(store, tmp_path / "out", n=4, map_points=500)
+    assert result.map_from == "store" and result.map_points == 500  # subsampled from the store's 1797 rows
+    assert result.fingerprint == load_model(run_dir).fingerprint()
+    with FeatureStore(store) as fs:
+        assert result.source.startswith(fs.source.split(" ", 1)[0])  # reopened from the recorded source
+    assert all(p.is_file() for p in result.files.values())
+
+    bare = tmp_path / "no-weights.h5"
+    extract("digits:test", bare, model=run_dir, carry_weights=False, device="cpu", progress=False)
+    with pytest.raises(ModelError, match="only the fingerprint"):
+        show(bare, tmp_path / "out2")
+
+
+def _cli():
+    from cvae_cli.main import cli
+
+    return cli
+
+
+def test_cli_show_lists_the_folder_and_files(run_dir, tmp_path):
+    out = tmp_path / "cli-out"
+    result = CliRunner().invoke(_cli(), ["show", str(run_dir), "-o", str(out), "--n", "4", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert str(out) in result.output and "index.html" in result.output
+    for name in VIEWS:
+        assert f"{name}.png" in result.output
+        assert (out / f"{name}.png").is_file()
+
+    result = CliRunner().invoke(_cli(), ["show", str(run_dir), "-o", str(tmp_path / "j"), "--n", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["n_images"] == 2
+
+
+@pytest.mark.parametrize("make", ["missing", "junk"])
+def test_cli_bad_path_is_one_line(tmp_path, make):
+    path = tmp_path / "model.pt"
+    if make == "junk":
+        path.write_text("hello")
+    result = CliRunner().invoke(_cli(), ["show", str(path), "-o", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith("Error:") and str(path) in result.output
+    assert "Traceback" not in result.output
