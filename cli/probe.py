@@ -1,0 +1,121 @@
+"""``cvae probe``: measure feature stores with the probes and report a table, JSON, CSV and plots."""
+
+from pathlib import Path
+
+import click
+
+from ._common import echo_json, library_errors
+
+
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        items = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 1,5,10,100, got {value!r}") from None
+    if not items or min(items) < 1:
+        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    return items
+
+
+def _labels(train_path, compare_path):
+    a, b = Path(train_path), Path(compare_path) if compare_path else None
+    if b is None:
+        return a.stem, None
+    if a.stem != b.stem:
+        return a.stem, b.stem
+    return str(a), str(b)
+
+
+@click.command("probe")
+@click.argument("train", metavar="TRAIN.h5")
+@click.option("--test", "test_path", default=None, metavar="TEST.h5",
+              help="Test store (same model). Default: a stratified seeded split of TRAIN (see --test-fraction).")
+@click.option("--task", "task", default="all", show_default=True,
+              help="Comma list of linear, knn, cluster, fewshot, anomaly, or 'all'.")
+@click.option("--compare", "compare_path", default=None, metavar="OTHER.h5",
+              help="A second training store measured the same way and shown side by side.")
+@click.option("--compare-test", "compare_test", default=None, metavar="OTHER_TEST.h5",
+              help="Test store for --compare (default: a split of OTHER.h5).")
+@click.option("--labels-per-class", "labels_per_class", default=None, callback=_int_list, metavar="K,K,...",
+              help="Few-label sizes. Default: 1,5,10,100 less the sizes a class cannot supply.")
+@click.option("--seeds", default=5, show_default=True, type=click.IntRange(1, 100),
+              help="Few-label draws per size (seeds 0..N-1).")
+@click.option("--normal-class", "normal_class", default=None, metavar="NAME",
+              help="Anomaly task: the normal class; other test classes are anomalies. "
+                   "Default: the one-class protocol over every class (labelled stores).")
+@click.option("--fpr", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="False-positive rate at which anomaly thresholds are calibrated on held-out normal rows.")
+@click.option("--clusters", "n_clusters", default=None, type=click.IntRange(min=2),
+              help="Clusters for the cluster task. Default: the number of classes (10 without labels).")
+@click.option("--test-fraction", "test_fraction", default=0.2, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Share of TRAIN held out as test rows when --test is not given.")
+@click.option("--map", "map_method", default="pca", show_default=True, type=click.Choice(["pca", "tsne"]),
+              help="2-D map of the test features drawn with -o.")
+@click.option("--json", "as_json", is_flag=True, help="Print every result record as JSON instead of the table.")
+@click.option("-o", "--output", "out_dir", default=None, type=click.Path(file_okay=False), metavar="REPORT_DIR",
+              help="Write report.json, results.csv, report.txt and PNG plots here (created).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seeds the train/test split, the hyper-parameter selection splits and clustering.")
+@library_errors
+def probe(train, test_path, task, compare_path, compare_test, labels_per_class, seeds, normal_class, fpr,
+          n_clusters, test_fraction, map_method, as_json, out_dir, seed):
+    """Measure the features in TRAIN.h5 (and --test TEST.h5) with scikit-learn probes.
+
+    Hyper-parameters and preprocessing are chosen on training rows only; test
+    labels are used for the final scores. Stores without labels get the
+    unsupervised parts only (clustering, anomaly scores without AUROC).
+    """
+    from cvae_features import report
+    from cvae_features.probes import load_probe_data, run_probes
+    from cvae_features.probes.suite import parse_tasks
+    from tqdm import tqdm
+
+    if compare_test and not compare_path:
+        raise click.UsageError("--compare-test needs --compare")
+    tasks = parse_tasks(task)
+    label_a, label_b = _labels(train, compare_path)
+    pairs = [(label_a, train, test_path)] + ([(label_b, compare_path, compare_test)] if compare_path else [])
+    results, notes, datas, meta_runs = {}, [], {}, {}
+    # the bar shows on a terminal only (disable=None), so piped --json output stays clean
+    bar = tqdm(total=len(pairs) * len(tasks), unit="task", disable=None, leave=False)
+    started = []
+    for label, train_path, test in pairs:
+        data = load_probe_data(train_path, test, test_fraction=test_fraction, seed=seed)
+
+        def on_task(name, label=label):
+            if started:  # the task announced before this one has finished
+                bar.update(1)
+            started.append(name)
+            bar.set_description(f"{label}: {name}")
+
+        records, more = run_probes(data, tasks, labels_per_class=labels_per_class, seeds=seeds,
+                                   normal_class=normal_class, fpr=fpr, n_clusters=n_clusters, seed=seed,
+                                   on_task=on_task)
+        results[label] = records
+        datas[label] = data
+        notes += [f"{label}: {n}" if compare_path else n for n in more]
+        meta_runs[label] = {"sources": data.sources, "split": data.split, "n_train": int(data.X_train.shape[0]),
+                            "n_test": int(data.X_test.shape[0]), "dim": int(data.X_train.shape[1])}
+    bar.close()
+    meta = {"tasks": list(tasks), "seed": seed, "runs": meta_runs, "notes": notes}
+
+    if as_json:
+        echo_json(report.to_json(results, meta=meta))
+    else:
+        for label, info in meta_runs.items():
+            how = (f"split {info['split']['n_train']}/{info['split']['n_test']} of {info['sources']['train']}"
+                   if info["split"] else f"{info['sources']['train']} -> {info['sources']['test']}")
+            click.echo(f"{label}: {info['n_train']} train / {info['n_test']} test rows, dim {info['dim']} ({how})")
+        click.echo(report.format_table(results))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    if out_dir:
+        maps = {label: (d.X_test, d.y_test if d.has_test_labels else None) for label, d in datas.items()}
+        names = {label: d.label_names for label, d in datas.items()}
+        keys = {label: d.keys_test for label, d in datas.items()}
+        written = report.write_report(results, out_dir, meta=meta, label_names=names, feature_maps=maps,
+                                      map_method=map_method, test_keys=keys, seed=seed)
+        click.echo(f"wrote {len(written)} files to {out_dir}/", err=as_json)

@@ -1,0 +1,158 @@
+"""Clustering probe: k-means and a diagonal Gaussian mixture on the features, scored against labels when known."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError
+from ._common import (PREPROCESSINGS, FeaturePrep, ResultRecord, check_choices, check_features, check_labels,
+                      small_data_single_thread, timed)
+
+METHODS = ("kmeans", "gmm")
+
+
+def cluster_accuracy(y_true, y_pred) -> float:
+    """Clustering accuracy: the best one-to-one matching of clusters to classes (Hungarian algorithm).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        Class labels.
+    y_pred : array-like of shape (n_samples,)
+        Cluster ids (any integers; the number of clusters may differ from the number of classes,
+        unmatched clusters count as errors).
+
+    Returns
+    -------
+    float
+        Fraction of rows whose cluster is matched to their class, in [0, 1].
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ConfigError(f"y_pred: expected the shape of y_true {y_true.shape}, got {y_pred.shape}")
+    if y_true.size == 0:
+        raise ConfigError("y_true: expected at least one row, got none")
+    classes, t = np.unique(y_true, return_inverse=True)
+    clusters, p = np.unique(y_pred, return_inverse=True)
+    counts = np.zeros((clusters.size, classes.size), dtype=np.int64)
+    np.add.at(counts, (p, t), 1)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return float(counts[rows, cols].sum() / y_true.size)
+
+
+@dataclass
+class ClusterProbeResult(ResultRecord):
+    """Outcome of :func:`cluster_probe`.
+
+    ``methods`` maps 'kmeans' / 'gmm' to a dict with ``cluster_sizes`` and ``silhouette``
+    (no labels needed) and, when labels were given, ``acc`` (Hungarian), ``nmi`` and ``ari``
+    measured on the labelled rows. ``assignments`` (per-row cluster ids) stays out of ``to_dict``.
+    """
+
+    probe = "cluster"
+    _private_fields = ("assignments",)
+
+    n_clusters: int
+    preprocessing: str
+    methods: dict
+    n_rows: int
+    n_labelled: int
+    silhouette_rows: int
+    seed: int
+    timings: dict = field(default_factory=dict)
+    assignments: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        out = {}
+        for name, m in self.methods.items():
+            for key in ("acc", "nmi", "ari", "silhouette"):
+                if m.get(key) is not None:
+                    out[f"{name}_{key}"] = m[key]
+        return out
+
+
+@small_data_single_thread
+def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=METHODS, preprocessing: str = "l2",
+                  n_init: int = 10, max_silhouette_rows: int = 5000, seed: int = 0) -> ClusterProbeResult:
+    """Cluster the given features and measure the clusters.
+
+    The protocol clusters the test features; labels (when given) only score the result.
+    Preprocessing uses no labels.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    y : ndarray of shape (n_samples,) or None
+        Class labels for scoring (-1 = unknown: such rows are clustered but not scored).
+    n_clusters : int or None
+        Default: the number of distinct known labels in ``y`` (required when ``y`` is None).
+    methods : sequence of {'kmeans', 'gmm'}
+        k-means (``n_init`` seeded restarts) and a GaussianMixture with diagonal covariances.
+    preprocessing : {'l2', 'standardize', 'none'}
+        Default 'l2': centre, then scale rows to unit norm (cosine geometry).
+    n_init : int
+        Restarts of k-means (the GMM starts from k-means, one restart).
+    max_silhouette_rows : int
+        The silhouette is computed on a seeded subsample of at most this many rows (quadratic cost).
+    seed : int
+        Seeds k-means, the GMM and the silhouette subsample.
+
+    Returns
+    -------
+    ClusterProbeResult
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
+    from sklearn.mixture import GaussianMixture
+
+    methods = check_choices("methods", methods, METHODS)
+    check_choices("preprocessing", (preprocessing,), PREPROCESSINGS)
+    X = check_features(X, "X")
+    labelled = None
+    if y is not None:
+        y = check_labels(y, X.shape[0], "y", allow_unknown=True)
+        labelled = y >= 0
+        if not labelled.any():
+            y, labelled = None, None
+    if n_clusters is None:
+        if y is None:
+            raise ConfigError("n_clusters: expected a number of clusters when no labels are given, got None")
+        n_clusters = int(np.unique(y[labelled]).size)
+    if isinstance(n_clusters, bool) or int(n_clusters) < 2 or int(n_clusters) > X.shape[0]:
+        raise ConfigError(f"n_clusters: expected an integer in [2, {X.shape[0]}], got {n_clusters!r}")
+    n_clusters = int(n_clusters)
+
+    Xp = FeaturePrep(preprocessing).fit_transform(X)
+    rng = np.random.default_rng(seed)
+    sil_rows = (np.arange(X.shape[0]) if X.shape[0] <= max_silhouette_rows
+                else np.sort(rng.choice(X.shape[0], max_silhouette_rows, replace=False)))
+    timings: dict = {}
+    results, assignments = {}, {}
+    for name in methods:
+        with timed(timings, f"{name}_s"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # convergence warnings on tiny data say nothing useful here
+                if name == "kmeans":
+                    pred = KMeans(n_clusters, n_init=n_init, random_state=seed).fit_predict(Xp)
+                else:
+                    pred = GaussianMixture(n_clusters, covariance_type="diag", reg_covar=1e-4,
+                                           random_state=seed).fit(Xp).predict(Xp)
+        sizes = np.bincount(pred, minlength=n_clusters)
+        entry = {"cluster_sizes": sizes.tolist(), "n_empty": int((sizes == 0).sum()),
+                 "silhouette": (float(silhouette_score(Xp[sil_rows], pred[sil_rows]))
+                                if np.unique(pred[sil_rows]).size >= 2 else None)}
+        if y is not None:
+            t, p = y[labelled], pred[labelled]
+            entry.update(acc=cluster_accuracy(t, p), nmi=float(normalized_mutual_info_score(t, p)),
+                         ari=float(adjusted_rand_score(t, p)))
+        results[name] = entry
+        assignments[name] = pred
+    return ClusterProbeResult(
+        n_clusters=n_clusters, preprocessing=preprocessing, methods=results, n_rows=int(X.shape[0]),
+        n_labelled=int(labelled.sum()) if labelled is not None else 0, silhouette_rows=int(sil_rows.size),
+        seed=int(seed), timings=timings, assignments=assignments)

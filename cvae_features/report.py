@@ -1,0 +1,311 @@
+"""Result records -> a terminal table, JSON, CSV and PNG plots.
+
+``results`` is either a list of probe result records (one feature store) or a dict
+``{store_label: [records]}`` (several stores, shown side by side). Records are the
+dataclasses returned by :mod:`cvae_features.probes` (``to_dict()``, ``summary()``).
+Nothing here prints; the functions return strings or write files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .probes._common import to_builtin
+
+DEFAULT_LABEL = "features"
+
+
+def _by_store(results) -> dict:
+    if isinstance(results, dict):
+        return {str(k): list(v) for k, v in results.items()}
+    return {DEFAULT_LABEL: list(results)}
+
+
+def summary_rows(results) -> list[dict]:
+    """One dict per (store, probe, metric): ``store``, ``probe``, ``metric``, ``value``, ``std`` (None if no mean)."""
+    rows = []
+    for store, records in _by_store(results).items():
+        for rec in records:
+            for metric, value in rec.summary().items():
+                mean, std = value if isinstance(value, tuple) else (value, None)
+                rows.append({"store": store, "probe": rec.probe, "metric": metric,
+                             "value": None if mean is None else float(mean),
+                             "std": None if std is None else float(std)})
+    return rows
+
+
+def _cell(value, std, digits: int) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.{digits}f}"
+    return text if std is None else f"{text} ± {std:.{digits}f}"
+
+
+def format_table(results, *, title: str | None = None, digits: int = 4) -> str:
+    """A plain-text table: one row per probe metric, one column per feature store.
+
+    Returns
+    -------
+    str
+        Lines joined by newlines (no trailing newline); an empty-results table says so.
+    """
+    by_store = _by_store(results)
+    stores = list(by_store)
+    cells: dict = {}
+    order: list = []
+    for row in summary_rows(by_store):
+        key = (row["probe"], row["metric"])
+        if key not in cells:
+            cells[key] = {}
+            order.append(key)
+        cells[key][row["store"]] = _cell(row["value"], row["std"], digits)
+    header = ["probe", "metric", *stores]
+    body = [[probe, metric, *(cells[(probe, metric)].get(s, "-") for s in stores)] for probe, metric in order]
+    if not body:
+        body = [["(no results)", "", *("" for _ in stores)]]
+    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
+
+    def line(row):
+        left = [str(c).ljust(w) for c, w in zip(row[:2], widths[:2])]
+        right = [str(c).rjust(w) for c, w in zip(row[2:], widths[2:])]
+        return "  ".join(left + right).rstrip()
+
+    out = [title] if title else []
+    out += [line(header), "  ".join("-" * w for w in widths)]
+    prev = None
+    for row in body:
+        # print the probe name once per block of its metrics
+        shown = row if row[0] != prev else ["", *row[1:]]
+        prev = row[0]
+        out.append(line(shown))
+    return "\n".join(out)
+
+
+def to_json(results, *, meta: dict | None = None) -> dict:
+    """All records as plain data: ``{"meta": ..., "stores": {label: [record.to_dict(), ...]}, "summary": rows}``."""
+    by_store = _by_store(results)
+    return {"meta": to_builtin(meta or {}),
+            "stores": {s: [rec.to_dict() for rec in recs] for s, recs in by_store.items()},
+            "summary": summary_rows(by_store)}
+
+
+def write_json(results, path, *, meta: dict | None = None) -> Path:
+    """Write :func:`to_json` to ``path``; returns the path."""
+    path = Path(path)
+    path.write_text(json.dumps(to_json(results, meta=meta), indent=2) + "\n")
+    return path
+
+
+def write_csv(results, path) -> Path:
+    """Write :func:`summary_rows` as CSV (columns store, probe, metric, value, std); returns the path."""
+    path = Path(path)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["store", "probe", "metric", "value", "std"])
+        writer.writeheader()
+        writer.writerows(summary_rows(results))
+    return path
+
+
+# --------------------------------------------------------------------------- plots
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_confusion(result, path, *, label_names=None, title: str | None = None) -> Path:
+    """Confusion matrix of a linear-probe result (row-normalised colours, counts written in cells)."""
+    plt = _pyplot()
+    cm = np.asarray(result.confusion_matrix, dtype=float)
+    names = [str(label_names[c]) if label_names is not None and 0 <= c < len(label_names) else str(c)
+             for c in result.classes]
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = max(4.0, 0.5 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(names) <= 20:
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_title(title or f"linear probe: accuracy {result.accuracy:.3f}")
+    return _save(fig, path)
+
+
+def plot_fewshot(results, path, *, title: str = "few labels per class") -> Path:
+    """Accuracy vs labels per class with error bars (std over seeds), one line per (store, method).
+
+    ``results`` is a FewShotResult or ``{store_label: FewShotResult}``.
+    """
+    plt = _pyplot()
+    by_store = results if isinstance(results, dict) else {"": results}
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    styles = ["-", "--", ":", "-."]
+    for si, (store, res) in enumerate(by_store.items()):
+        for method, per_k in res.curves.items():
+            ks = sorted(per_k, key=int)
+            ax.errorbar([int(k) for k in ks], [per_k[k]["mean"] for k in ks], yerr=[per_k[k]["std"] for k in ks],
+                        marker="o", capsize=3, linestyle=styles[si % len(styles)],
+                        label=f"{store}: {method}" if store else method)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training rows per class")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_roc(result, path, *, title: str | None = None) -> Path:
+    """ROC curves of every anomaly score that has them (needs test labels), with AUROC in the legend."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, s in result.scores.items():
+        if s.get("roc"):
+            ax.plot(s["roc"]["fpr"], s["roc"]["tpr"], label=f"{name} (AUROC {s['auroc']:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
+    ax.axvline(result.target_fpr, color="grey", linewidth=0.8, linestyle="--",
+               label=f"target FPR {result.target_fpr:g}")
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(title or "anomaly scores")
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def feature_map(X, *, method: str = "pca", max_points: int = 5000, seed: int = 0):
+    """2-D coordinates of (a seeded subsample of) ``X`` (n_samples, n_features).
+
+    Returns
+    -------
+    coords : ndarray of shape (m, 2)
+    rows : ndarray of shape (m,)
+        The rows of ``X`` that were mapped.
+    """
+    from .errors import ConfigError
+
+    X = np.asarray(X, dtype=np.float64)
+    if method not in ("pca", "tsne"):
+        raise ConfigError(f"method: expected 'pca' or 'tsne', got {method!r}")
+    rng = np.random.default_rng(seed)
+    rows = np.arange(X.shape[0]) if X.shape[0] <= max_points else np.sort(rng.choice(X.shape[0], max_points,
+                                                                                    replace=False))
+    Xs = X[rows]
+    if X.shape[1] == 1:
+        return np.column_stack([Xs[:, 0], np.zeros(rows.size)]), rows
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(Xs), rows
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30.0, max(2.0, (rows.size - 1) / 3)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(Xs), rows
+
+
+def plot_feature_map(X, y=None, path="map.png", *, method: str = "pca", label_names=None, max_points: int = 5000,
+                     seed: int = 0, title: str | None = None) -> Path:
+    """Scatter of a 2-D map of the features (PCA by default, t-SNE optional) coloured by label."""
+    plt = _pyplot()
+    coords, rows = feature_map(X, method=method, max_points=max_points, seed=seed)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if y is None:
+        ax.scatter(coords[:, 0], coords[:, 1], s=3, alpha=0.6)
+    else:
+        y = np.asarray(y)[rows]
+        classes = np.unique(y)
+        cmap = plt.get_cmap("tab10" if classes.size <= 10 else "tab20")
+        for i, c in enumerate(classes):
+            name = "unknown" if c < 0 else (str(label_names[c]) if label_names is not None and c < len(label_names)
+                                            else str(c))
+            sel = y == c
+            ax.scatter(coords[sel, 0], coords[sel, 1], s=3, alpha=0.6, color=cmap(i % cmap.N), label=name)
+        if classes.size <= 20:
+            ax.legend(fontsize=7, markerscale=3, loc="best")
+    ax.set_title(title or f"features ({method.upper()}, {rows.size} rows)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _save(fig, path)
+
+
+def file_label(text: str) -> str:
+    """A store label made safe for a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "features"
+
+
+def write_report(results, out_dir, *, meta: dict | None = None, label_names=None, feature_maps: dict | None = None,
+                 map_method: str = "pca", test_keys: dict | None = None, seed: int = 0) -> list[Path]:
+    """Write ``report.json``, ``results.csv``, ``report.txt``, the plots and per-row anomaly scores into ``out_dir``.
+
+    Files: ``confusion_<store>.png`` (linear), ``fewshot.png``, ``roc_<store>.png`` (anomaly with
+    test labels), ``map_<store>.png`` (feature maps) and ``anomaly_scores_<store>.csv`` (one row per
+    test row: key, each score, its flag at the calibrated threshold, is_anomaly).
+
+    Parameters
+    ----------
+    results : list or dict of records
+    out_dir : path
+        Created when missing.
+    label_names : list of str or dict of store label -> list
+        Class names for the confusion matrix and the feature map.
+    feature_maps : dict of store label -> (X, y)
+        Features (and labels or None) to draw as a 2-D map per store.
+    test_keys : dict of store label -> list of str
+        Row keys of the test rows, written next to the per-row anomaly scores.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    by_store = _by_store(results)
+    names_for = (lambda s: label_names.get(s)) if isinstance(label_names, dict) else (lambda s: label_names)
+    written = [write_json(by_store, out / "report.json", meta=meta), write_csv(by_store, out / "results.csv")]
+    (out / "report.txt").write_text(format_table(by_store) + "\n")
+    written.append(out / "report.txt")
+    fewshot = {}
+    for store, records in by_store.items():
+        slug = file_label(store)
+        for rec in records:
+            if rec.probe == "linear":
+                written.append(plot_confusion(rec, out / f"confusion_{slug}.png", label_names=names_for(store),
+                                              title=f"{store}: linear probe, accuracy {rec.accuracy:.3f}"))
+            elif rec.probe == "anomaly":
+                keys = (test_keys or {}).get(store)
+                path = out / f"anomaly_scores_{slug}.csv"
+                rec.scores_frame(keys=keys).to_csv(path, index=False)
+                written.append(path)
+                if any(s.get("roc") for s in rec.scores.values()):
+                    written.append(plot_roc(rec, out / f"roc_{slug}.png", title=f"{store}: anomaly scores"))
+            elif rec.probe == "fewshot":
+                fewshot[store] = rec
+    if fewshot:
+        written.append(plot_fewshot(fewshot if len(fewshot) > 1 else next(iter(fewshot.values())),
+                                    out / "fewshot.png"))
+    for store, (X, y) in (feature_maps or {}).items():
+        written.append(plot_feature_map(X, y, out / f"map_{file_label(store)}.png", method=map_method,
+                                        label_names=names_for(store), seed=seed, title=f"{store} ({map_method})"))
+    return written
