@@ -4,6 +4,12 @@ import click
 
 from cvae_features._version import __version__
 
+from .demo import demo
+from .extract import extract_command, info_command
+from .probe import probe
+from .show import show
+from .train import train_command
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cvae")
@@ -15,4 +21,5 @@ def cli():
     """
 
 
-# Commands register below, one module each.
+for _command in (train_command, extract_command, info_command, probe, show, demo):
+    cli.add_command(_command)

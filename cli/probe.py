@@ -69,7 +69,7 @@ def probe(train, test_path, task, compare_path, compare_test, labels_per_class, 
     unsupervised parts only (clustering, anomaly scores without AUROC).
     """
     from cvae_features import report
-    from cvae_features.probes import load_probe_data, run_probes
+    from cvae_features.probes import probe_stores
     from cvae_features.probes.suite import parse_tasks
     from tqdm import tqdm
 
@@ -78,44 +78,32 @@ def probe(train, test_path, task, compare_path, compare_test, labels_per_class, 
     tasks = parse_tasks(task)
     label_a, label_b = _labels(train, compare_path)
     pairs = [(label_a, train, test_path)] + ([(label_b, compare_path, compare_test)] if compare_path else [])
-    results, notes, datas, meta_runs = {}, [], {}, {}
     # the bar shows on a terminal only (disable=None), so piped --json output stays clean
     bar = tqdm(total=len(pairs) * len(tasks), unit="task", disable=None, leave=False)
     started = []
-    for label, train_path, test in pairs:
-        data = load_probe_data(train_path, test, test_fraction=test_fraction, seed=seed)
 
-        def on_task(name, label=label):
-            if started:  # the task announced before this one has finished
-                bar.update(1)
-            started.append(name)
-            bar.set_description(f"{label}: {name}")
+    def on_task(label, name):
+        if started:  # the task announced before this one has finished
+            bar.update(1)
+        started.append(name)
+        bar.set_description(f"{label}: {name}")
 
-        records, more = run_probes(data, tasks, labels_per_class=labels_per_class, seeds=seeds,
-                                   normal_class=normal_class, fpr=fpr, n_clusters=n_clusters, seed=seed,
-                                   on_task=on_task)
-        results[label] = records
-        datas[label] = data
-        notes += [f"{label}: {n}" if compare_path else n for n in more]
-        meta_runs[label] = {"sources": data.sources, "split": data.split, "n_train": int(data.X_train.shape[0]),
-                            "n_test": int(data.X_test.shape[0]), "dim": int(data.X_train.shape[1])}
+    run = probe_stores(pairs, tasks, test_fraction=test_fraction, seed=seed, on_task=on_task,
+                       labels_per_class=labels_per_class, seeds=seeds, normal_class=normal_class, fpr=fpr,
+                       n_clusters=n_clusters)
     bar.close()
-    meta = {"tasks": list(tasks), "seed": seed, "runs": meta_runs, "notes": notes}
 
     if as_json:
-        echo_json(report.to_json(results, meta=meta))
+        echo_json(report.to_json(run.results, meta=run.meta))
     else:
-        for label, info in meta_runs.items():
+        for label, info in run.meta["runs"].items():
             how = (f"split {info['split']['n_train']}/{info['split']['n_test']} of {info['sources']['train']}"
                    if info["split"] else f"{info['sources']['train']} -> {info['sources']['test']}")
             click.echo(f"{label}: {info['n_train']} train / {info['n_test']} test rows, dim {info['dim']} ({how})")
-        click.echo(report.format_table(results))
-    for note in notes:
+        click.echo(report.format_table(run.results))
+    for note in run.notes:
         click.echo(f"note: {note}", err=True)
     if out_dir:
-        maps = {label: (d.X_test, d.y_test if d.has_test_labels else None) for label, d in datas.items()}
-        names = {label: d.label_names for label, d in datas.items()}
-        keys = {label: d.keys_test for label, d in datas.items()}
-        written = report.write_report(results, out_dir, meta=meta, label_names=names, feature_maps=maps,
-                                      map_method=map_method, test_keys=keys, seed=seed)
+        written = report.write_report(run.results, out_dir, meta=run.meta, map_method=map_method, seed=seed,
+                                      **run.report_inputs())
         click.echo(f"wrote {len(written)} files to {out_dir}/", err=as_json)

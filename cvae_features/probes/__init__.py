@@ -11,7 +11,7 @@ from .cluster import ClusterProbeResult, cluster_accuracy, cluster_probe
 from .fewshot import FewShotResult, draw_labelled, fewshot_curve
 from .knn import KnnProbeResult, knn_probe
 from .linear import LinearProbeResult, linear_probe
-from .suite import TASKS, ProbeData, load_probe_data, run_probes
+from .suite import TASKS, ProbeData, ProbeRun, load_probe_data, probe_stores, run_probes
 
 __all__ = [
     "PREPROCESSINGS", "FeaturePrep",
@@ -20,5 +20,5 @@ __all__ = [
     "cluster_probe", "cluster_accuracy", "ClusterProbeResult",
     "fewshot_curve", "draw_labelled", "FewShotResult",
     "anomaly_probe", "anomaly_scores", "one_class_protocol", "AnomalyScorer", "AnomalyResult", "OneClassResult",
-    "TASKS", "ProbeData", "load_probe_data", "run_probes",
+    "TASKS", "ProbeData", "ProbeRun", "load_probe_data", "probe_stores", "run_probes",
 ]

@@ -255,3 +255,43 @@ def _anomaly(data: ProbeData, normal_class, fpr, seed, notes, anomaly_probe, one
         notes.append("anomaly: no labels, so every training row counts as normal and no AUROC is measured")
     return anomaly_probe(data.X_train, data.X_test, None, extra_normal=data.extras_train,
                          extra_test=extra_test, fpr=fpr, seed=seed)
+
+
+@dataclass
+class ProbeRun:
+    """Probes run on one or more labelled store pairs (``label -> records``), ready for the report."""
+
+    results: dict
+    notes: list
+    data: dict
+    meta: dict
+
+    def report_inputs(self) -> dict:
+        """Keyword arguments for :func:`cvae_features.report.write_report` (maps, label names, test keys)."""
+        return {
+            "feature_maps": {label: (d.X_test, d.y_test if d.has_test_labels else None)
+                             for label, d in self.data.items()},
+            "label_names": {label: d.label_names for label, d in self.data.items()},
+            "test_keys": {label: d.keys_test for label, d in self.data.items()},
+        }
+
+
+def probe_stores(pairs, tasks=TASKS, *, test_fraction: float = 0.2, seed: int = 0, on_task=None,
+                 **probe_options) -> ProbeRun:
+    """Run the same probes on each ``(label, train_path, test_path_or_None)`` store pair.
+
+    ``probe_options`` go to :func:`run_probes`; ``on_task(label, task)`` is called before each task.
+    Notes are prefixed with the pair's label when there is more than one pair.
+    """
+    tasks = parse_tasks(tasks)
+    results, notes, datas, runs = {}, [], {}, {}
+    for label, train_path, test_path in pairs:
+        data = load_probe_data(train_path, test_path, test_fraction=test_fraction, seed=seed)
+        callback = None if on_task is None else (lambda task, label=label: on_task(label, task))
+        records, more = run_probes(data, tasks, seed=seed, on_task=callback, **probe_options)
+        results[label] = records
+        datas[label] = data
+        notes += [f"{label}: {n}" if len(pairs) > 1 else n for n in more]
+        runs[label] = {"sources": data.sources, "split": data.split, "n_train": int(data.X_train.shape[0]),
+                       "n_test": int(data.X_test.shape[0]), "dim": int(data.X_train.shape[1])}
+    return ProbeRun(results, notes, datas, {"tasks": list(tasks), "seed": seed, "runs": runs, "notes": notes})

@@ -1,0 +1,662 @@
+"""Extraction: stream a source's images through a model into a feature store.
+
+Decoding runs in the data layer's worker processes (:func:`~cvae_features.data.iter_batches`)
+while this process runs the encoder; each batch is written whole and committed
+(:class:`~cvae_features.store.StoreWriter`), so memory is bounded by the batch
+and an interrupted extraction can be finished with ``resume=True``.
+
+Three feature kinds go through the same path so that baselines meet the same probes:
+
+- ``"vae"``: the posterior mean μ(x) of a :class:`~cvae_features.model.ConvVAE`
+  (plus, by default, the per-image reconstruction NLL and negative ELBO from
+  the same deterministic forward pass, z = μ);
+- ``"raw"``: the preprocessed pixels, flattened, float32 in [0, 1];
+- ``"pca"``: the PCA of those pixels (fitted on the source, or taken from a pca store).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DataError, ModelError, StoreError
+from .store import FEATURE_KINDS, FeatureStore, StoreWriter, is_store, normalize_compression
+
+#: Exact PCA (covariance + eigh) up to this many pixel values per image; IncrementalPCA beyond.
+PCA_COVARIANCE_MAX_FEATURES = 4096
+#: Images an auto-trained model should see in total (epochs = this / n, clamped to AUTO_EPOCHS).
+AUTO_TRAIN_IMAGE_PASSES = 600_000
+AUTO_EPOCHS = (5, 30)
+AUTO_LATENT_DIM = 64
+_SKIPPED_KEPT = 100
+
+
+@dataclass
+class ExtractProgress:
+    """Passed to ``callback`` after each committed batch."""
+
+    batch: int  # 0-based batch number of this run
+    n_done: int  # rows written by this run so far
+    n_skipped: int  # files skipped by this run so far
+    n_total: int  # plan entries this run set out to process
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AutoTrainPlan:
+    """What ``extract`` trains when no model is given (see :func:`plan_auto_training`)."""
+
+    run_dir: Path
+    model_config: object  # VAEConfig
+    train_config: object  # TrainConfig
+    preprocess: object  # data.Preprocess
+    n_images: int
+    estimated_seconds: float
+
+    def to_dict(self) -> dict:
+        return {"run_dir": str(self.run_dir), "model_config": self.model_config.to_dict(),
+                "train_config": self.train_config.to_dict(), "preprocess": self.preprocess.to_dict(),
+                "n_images": self.n_images, "estimated_seconds": self.estimated_seconds}
+
+
+@dataclass
+class ExtractResult:
+    """What :func:`extract` returns.
+
+    ``n_rows`` / ``n_skipped`` count the whole store; ``n_new`` / ``n_new_skipped``
+    this run. ``skipped`` lists (key, reason) of this run's skipped files (the
+    first 100; the store keeps them all). ``seconds`` and ``images_per_s`` cover
+    the extraction pass (not training or PCA fitting).
+    """
+
+    path: Path
+    feature_kind: str
+    dim: int
+    n_rows: int
+    n_skipped: int
+    n_new: int
+    n_new_skipped: int
+    complete: bool
+    seconds: float
+    images_per_s: float
+    model_fingerprint: Optional[str]
+    trained: bool
+    train_seconds: float = 0.0
+    run_dir: Optional[Path] = None
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d["run_dir"] = str(self.run_dir) if self.run_dir else None
+        d["skipped"] = [list(s) for s in self.skipped]
+        return d
+
+
+def auto_run_dir(store_path) -> Path:
+    """Where ``extract`` trains a model when none is given: ``<store stem>.run/`` next to the store."""
+    store_path = Path(store_path)
+    return store_path.with_name(store_path.stem + ".run")
+
+
+def plan_auto_training(source, store_path, *, dim=None, model_config=None, train_config=None, data_dir=None,
+                       estimate: bool = True) -> AutoTrainPlan:
+    """Choose the model and schedule ``extract`` trains when no model is given, and estimate its time.
+
+    Defaults: ``latent_dim`` = ``dim`` or 64; epochs so that about 600,000 images are seen
+    in total, clamped to 5..30; everything else from ``VAEConfig`` / ``TrainConfig``.
+    Given configs win. The estimate times one optimizer step on random data.
+    """
+    from .data import infer_preprocess, open_source
+    from .model import VAEConfig
+    from .train import TrainConfig
+
+    src = open_source(source, data_dir=data_dir)
+    n = len(src)
+    given = {}
+    if model_config is not None:
+        given = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+    size = given.get("image_size") if given.get("image_size") not in (None, VAEConfig.image_size) else None
+    channels = given.get("channels") if given.get("channels") not in (None, VAEConfig.channels) else None
+    pre = infer_preprocess(src, image_size=size, channels=channels)
+    latent = dim if dim is not None else given.get("latent_dim", AUTO_LATENT_DIM)
+    mcfg = VAEConfig.from_dict({**given, "image_size": pre.size, "channels": pre.channels, "latent_dim": latent})
+    if train_config is None:
+        epochs = int(np.clip(math.ceil(AUTO_TRAIN_IMAGE_PASSES / max(n, 1)), *AUTO_EPOCHS))
+        tcfg = TrainConfig(epochs=epochs)
+    elif isinstance(train_config, dict):
+        tcfg = TrainConfig.from_dict(train_config)
+    else:
+        tcfg = train_config
+    seconds = _estimate_training_seconds(mcfg, tcfg, n) if estimate else float("nan")
+    return AutoTrainPlan(auto_run_dir(store_path), mcfg, tcfg, pre, n, seconds)
+
+
+def _estimate_training_seconds(mcfg, tcfg, n: int) -> float:
+    from .model import ConvVAE
+
+    model = ConvVAE(mcfg)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    b = min(tcfg.batch_size, max(n, 1))
+    x = torch.randint(0, 256, (b, mcfg.channels, mcfg.image_size, mcfg.image_size), dtype=torch.uint8)
+    times = []
+    with torch.random.fork_rng():
+        for _ in range(2):  # the first step pays one-off costs
+            t0 = time.perf_counter()
+            loss = model(x).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+    per_image = times[-1] / b
+    # training steps plus validation / checkpoints (about 15%) plus decoding the source once
+    return float(per_image * n * tcfg.epochs * 1.15 + n * 2e-4)
+
+
+def extract(source, store_path, *, model=None, features: Optional[str] = None, dim: Optional[int] = None,
+            train_config=None, model_config=None, batch_size: int = 256, workers: Optional[int] = None,
+            resume: bool = False, update: bool = False, overwrite: bool = False, max_bad: Optional[int] = None,
+            compression: Optional[str] = None, scores: bool = True, logvar: bool = False,
+            carry_weights: Optional[bool] = None, device: str = "auto", data_dir=None, progress: bool = True,
+            callback: Optional[Callable[[ExtractProgress], None]] = None,
+            on_training: Optional[Callable[[AutoTrainPlan], None]] = None) -> ExtractResult:
+    """Write the features of every image of ``source`` to the store at ``store_path``.
+
+    Parameters
+    ----------
+    source : str, path or ImageSource
+        A folder, a ``.csv`` manifest, a built-in name (``"digits"``...) or an open source.
+    store_path : str or path
+        The ``.h5`` store to write.
+    model : ConvVAE, str, path or None
+        vae features: a model, a run directory, a model file or a store carrying
+        weights; None trains one on ``source`` first (into ``<store stem>.run/``,
+        see :func:`plan_auto_training`) and carries its weights in the store.
+        raw/pca features: a raw or pca store whose preprocessing (and PCA basis)
+        are reused, so that test features match training features.
+    features : {'vae', 'raw', 'pca'} or None
+        None: the kind of the store being resumed/updated or of a raw/pca ``model``
+        store, else 'vae'.
+    dim : int or None
+        pca: number of components (required unless the basis comes from a store).
+        vae: latent width of the auto-trained model (default 64).
+    train_config, model_config : TrainConfig/dict, VAEConfig/dict, optional
+        For the auto-trained model.
+    batch_size : int, default=256
+        Images per batch; memory is bounded by it.
+    workers : int or None
+        Decoding processes (None: the data layer's default, one per core for files).
+    resume : bool
+        Finish an interrupted store: only pending plan entries are processed. The
+        model must be the one that wrote the store. Without a store, starts one.
+    update : bool
+        Add the keys of ``source`` that the store does not plan yet (same model).
+    overwrite : bool
+        Replace an existing store. It is replaced in place when writing starts
+        (after any training); an interrupted overwrite is finished with ``resume``.
+    max_bad : int or None
+        Abort with DataError once more than this many files of this run could not be
+        decoded; rows already written are kept.
+    compression : {None, 'none', 'gzip', 'lzf'}
+    scores : bool, default=True
+        vae: also store 'recon_error' (reconstruction NLL at z = μ) and 'neg_elbo'
+        (that plus the KL term, β = 1), from the same forward pass.
+    logvar : bool, default=False
+        vae: also store the posterior log-variance (n, dim).
+    carry_weights : bool or None
+        Store the model weights in the store; None: only when trained here.
+    device : str, default='auto'
+        Where the encoder runs ('auto' = CUDA when present).
+    data_dir : path, optional
+        Where built-in data sets are looked for.
+    progress : bool, default=True
+        Progress bar on stderr.
+    callback : callable(ExtractProgress), optional
+        Called after each committed batch; an exception it raises stops the run
+        (what was committed stays, ``resume=True`` finishes it).
+    on_training : callable(AutoTrainPlan), optional
+        Called before a model is trained (so a CLI can say what and how long).
+
+    Returns
+    -------
+    ExtractResult
+
+    Raises
+    ------
+    StoreError
+        The store exists and no resume/update/overwrite was asked, or it was
+        written by another model or feature kind.
+    ConfigError, DataError, SourceNotFoundError, ModelError
+        Bad options, an unusable source, an unloadable model.
+    """
+    from .data import Preprocess, infer_preprocess, iter_batches, open_source
+
+    store_path = Path(store_path)
+    _check_options(features, dim, batch_size, max_bad, resume, update, overwrite)
+    compression = normalize_compression(compression)
+    exists = store_path.exists()
+    if store_path.is_dir():
+        raise StoreError(f"store path {store_path} is a directory: expected an .h5 file name")
+    if exists and not is_store(store_path):
+        raise StoreError(f"{store_path} exists and is not a cvae feature store; refusing to touch it "
+                         "(choose another -o)")
+    if exists and not (resume or update or overwrite):
+        raise StoreError(f"{store_path} already exists: use --resume to finish it, --update to add new images, "
+                         "--overwrite to replace it, or choose another -o")
+    appending = exists and (resume or update)
+
+    src = open_source(source, data_dir=data_dir)
+    if len(src) == 0:
+        raise DataError(f"{src.description} holds no images")
+
+    old = _read_existing(store_path) if appending else None
+    kind = _resolve_kind(features, model, old, store_path)
+
+    # -- what turns images into features ------------------------------------------------
+    vae, pca, trained, train_seconds, run_dir = None, None, False, 0.0, None
+    pre_dict = None
+    if kind == "vae":
+        if model is not None:
+            vae, pre_dict = _load_vae(model)
+        elif old is not None and old["has_model"]:
+            vae, pre_dict = _load_vae(store_path)
+        elif old is not None:
+            raise StoreError(f"{store_path} carries only the fingerprint {old['fingerprint']} of its model, not "
+                             "the weights; pass the model (--model RUN_DIR or model file) to go on")
+        else:
+            plan = plan_auto_training(src, store_path, dim=dim, model_config=model_config,
+                                      train_config=train_config, data_dir=data_dir, estimate=on_training is not None)
+            if on_training is not None:
+                on_training(plan)
+            vae, train_seconds = _train_model(src, plan, resume=resume, overwrite=overwrite, progress=progress,
+                                              data_dir=data_dir)
+            trained, run_dir = True, plan.run_dir
+            pre_dict = plan.preprocess.to_dict()
+        # the model decides size and channels; a recorded preprocess only contributes its resize policy,
+        # and a store being finished keeps its own (its fingerprint check below guarantees the size fits)
+        if old is not None:
+            pre_dict = old["preprocess"]
+        pre = Preprocess(vae.config.image_size, vae.config.channels, (pre_dict or {}).get("resize", "crop"))
+        fingerprint = vae.fingerprint()
+        out_dim = vae.config.latent_dim
+        if dim is not None and dim != out_dim:
+            raise ConfigError(f"dim={dim} does not match the model's latent width {out_dim}; "
+                              "dim only chooses the width of an auto-trained model")
+    else:
+        ref = None
+        if model is not None:
+            ref = _read_reference_store(model, kind)
+        if old is not None:
+            pre = Preprocess.from_dict(old["preprocess"])
+            pca = old["pca"]
+        elif ref is not None:
+            pre = Preprocess.from_dict(ref["preprocess"])
+            pca = ref["pca"]
+        else:
+            pre = infer_preprocess(src)
+        n_pixels = pre.channels * pre.size * pre.size
+        if kind == "pca" and pca is None:
+            if dim is None:
+                raise ConfigError("features='pca' needs dim (the number of components), or --model with a pca store")
+            pca = fit_pca(src, pre, dim, batch_size=batch_size, workers=workers, progress=progress)
+        if kind == "pca":
+            from .store import pca_fingerprint
+
+            if dim is not None and dim != len(pca["components"]):
+                raise ConfigError(f"dim={dim} does not match the pca basis of width {len(pca['components'])}")
+            fingerprint = pca_fingerprint(pca["mean"], pca["components"], pre.to_dict())
+            out_dim = len(pca["components"])
+        else:
+            if dim is not None and dim != n_pixels:
+                raise ConfigError(f"dim={dim} does not fit raw features of {pre.channels}x{pre.size}x{pre.size} "
+                                  f"= {n_pixels} values; leave dim unset for raw")
+            fingerprint, out_dim = None, n_pixels
+        if ref is not None and old is not None and ref["fingerprint"] != old["fingerprint"]:
+            raise StoreError(f"store {store_path} was written by model {old['fingerprint']}, not {ref['fingerprint']}; "
+                             "use --overwrite or another -o")
+
+    if old is not None and old["fingerprint"] != fingerprint:
+        raise StoreError(f"store {store_path} was written by model {old['fingerprint']}, not {fingerprint}; "
+                         "use --overwrite or another -o")
+
+    # -- the store ----------------------------------------------------------------------
+    extras = []
+    if kind == "vae":
+        extras = (["logvar"] if logvar else []) + (["recon_error", "neg_elbo"] if scores else [])
+    if appending:
+        writer = StoreWriter.append_to(store_path)
+        extras = writer.extras
+        if writer.dim != out_dim:
+            writer.close()
+            raise StoreError(f"store {store_path} has dim {writer.dim}, the model gives {out_dim}")
+    else:
+        weights = trained if carry_weights is None else bool(carry_weights)
+        writer = StoreWriter.create(store_path, feature_kind=kind, dim=out_dim, preprocess=pre,
+                                    source=src.description, plan_keys=src.keys, label_names=src.label_names,
+                                    extras=extras, compression=compression, model=vae,
+                                    carry_weights=weights and vae is not None, pca=pca)
+
+    device_ = _resolve_device(device)
+    if vae is not None:
+        # a caller's model is given back as it came (device and train/eval mode)
+        given_state = (next(vae.parameters()).device, vae.training)
+        vae = vae.to(device_).eval()
+    encode = _make_encoder(kind, vae, pca, extras, device_)
+
+    t0 = time.perf_counter()
+    n_new = n_bad = 0
+    kept_skips: List[Tuple[str, str]] = []
+    try:
+        if appending:
+            if update:
+                known = set(writer.plan_keys)
+                writer.add_plan([k for k in src.keys if k not in known])
+            label_map = writer.merge_label_names(src.label_names)
+            pending = writer.pending()
+            plan_keys = writer.plan_keys
+            row_of = {k: i for i, k in enumerate(src.keys)}
+            src_rows = np.fromiter((row_of.get(plan_keys[p], -1) for p in pending), dtype=np.int64,
+                                   count=len(pending))
+            gone = pending[src_rows < 0]
+            if len(gone):
+                reason = f"not in source {src.description}"
+                writer.write_batch([], np.zeros((0, out_dim), np.float32), [],
+                                   extras={e: np.zeros((0, out_dim) if e == "logvar" else (0,), np.float32)
+                                           for e in extras},
+                                   skipped_index=gone, reasons=[reason] * len(gone))
+                n_bad += len(gone)
+                kept_skips += [(plan_keys[p], reason) for p in gone[:_SKIPPED_KEPT]]
+            pending, src_rows = pending[src_rows >= 0], src_rows[src_rows >= 0]
+        else:
+            label_map = np.arange(len(src.label_names), dtype=np.int64)
+            pending = writer.pending()
+            src_rows = pending.copy()  # a new plan is the source's key list
+        plan_of_row = np.full(len(src), -1, dtype=np.int64)
+        plan_of_row[src_rows] = pending
+        labels_all = src.labels
+        keys_all = src.keys
+
+        from tqdm.auto import tqdm
+
+        with _encoder_threads(device_, src, workers), \
+                tqdm(total=len(src_rows), disable=not progress, unit="img", desc=f"extracting {kind}",
+                     dynamic_ncols=True) as bar:
+            batches = iter_batches(src, pre, batch_size=batch_size, workers=workers, indices=src_rows)
+            for b, batch in enumerate(batches):
+                rows = batch.indices
+                feats, extra_arrays = encode(batch.images)
+                lab = labels_all[rows]
+                lab = np.where(lab >= 0, label_map[np.maximum(lab, 0)], -1) if len(label_map) else \
+                    np.full(len(rows), -1, np.int64)
+                skip_rows = np.asarray([r for r, _ in batch.skipped], dtype=np.int64)
+                reasons = [reason for _, reason in batch.skipped]
+                writer.write_batch(plan_of_row[rows], feats, lab, extras=extra_arrays,
+                                   skipped_index=plan_of_row[skip_rows], reasons=reasons)
+                n_new += len(rows)
+                n_bad += len(skip_rows)
+                if len(kept_skips) < _SKIPPED_KEPT:
+                    kept_skips += [(keys_all[r], reason) for r, reason in batch.skipped]
+                bar.update(len(rows) + len(skip_rows))
+                if max_bad is not None and n_bad > max_bad:
+                    first_key, first_reason = kept_skips[0]
+                    raise DataError(f"{n_bad} images could not be decoded, more than max_bad={max_bad} "
+                                    f"(first: {first_key}: {first_reason}); the {writer.n_rows} rows written "
+                                    f"are kept in {store_path}")
+                if callback is not None:
+                    callback(ExtractProgress(b, n_new, n_bad, len(src_rows)))
+        seconds = time.perf_counter() - t0
+        n_rows, n_skipped = writer.n_rows, writer.n_skipped
+    finally:
+        writer.close()
+        if vae is not None:
+            vae.to(given_state[0]).train(given_state[1])
+
+    if n_rows == 0:
+        raise DataError(f"none of the {len(src)} images of {src.description} could be decoded "
+                        f"(first: {kept_skips[0][0]}: {kept_skips[0][1]})" if kept_skips else
+                        f"no image of {src.description} was extracted")
+    with FeatureStore(store_path) as store:
+        complete = store.is_complete
+    processed = n_new + n_bad
+    return ExtractResult(
+        path=store_path, feature_kind=kind, dim=out_dim, n_rows=n_rows, n_skipped=n_skipped, n_new=n_new,
+        n_new_skipped=n_bad, complete=complete, seconds=seconds,
+        images_per_s=processed / seconds if seconds > 0 else float("nan"), model_fingerprint=fingerprint,
+        trained=trained, train_seconds=train_seconds, run_dir=run_dir, skipped=kept_skips[:_SKIPPED_KEPT])
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+def _check_options(features, dim, batch_size, max_bad, resume, update, overwrite) -> None:
+    if features is not None and features not in FEATURE_KINDS:
+        raise ConfigError(f"invalid features={features!r}: expected one of {list(FEATURE_KINDS)}")
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1):
+        raise ConfigError(f"invalid dim={dim!r}: expected an integer >= 1")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError(f"invalid batch_size={batch_size!r}: expected an integer >= 1")
+    if max_bad is not None and (isinstance(max_bad, bool) or not isinstance(max_bad, (int, np.integer))
+                                or max_bad < 0):
+        raise ConfigError(f"invalid max_bad={max_bad!r}: expected an integer >= 0 or None")
+    chosen = [name for name, flag in (("resume", resume), ("update", update), ("overwrite", overwrite)) if flag]
+    if len(chosen) > 1:
+        raise ConfigError(f"{' and '.join(chosen)} exclude each other: pick one")
+
+
+def _read_existing(path: Path) -> dict:
+    with FeatureStore(path) as s:
+        return {"kind": s.feature_kind, "fingerprint": s.model_fingerprint, "has_model": s.has_model,
+                "preprocess": s.preprocess_dict, "pca": s.pca, "dim": s.dim}
+
+
+def _resolve_kind(features, model, old, store_path) -> str:
+    if old is not None:
+        if features is not None and features != old["kind"]:
+            raise StoreError(f"store {store_path} holds {old['kind']} features, not {features}; "
+                             "use --overwrite or another -o")
+        return old["kind"]
+    if features is not None:
+        return features
+    if isinstance(model, (str, Path)) and is_store(model):
+        with FeatureStore(model) as s:
+            return s.feature_kind
+    return "vae"
+
+
+def _load_vae(model):
+    """(ConvVAE, preprocess dict or None) from a model, a run dir, a model file or a store."""
+    from .model import ConvVAE, load_model
+
+    if isinstance(model, ConvVAE):
+        return model, None
+    if not isinstance(model, (str, Path)):
+        raise ModelError(f"invalid model of type {type(model).__name__}: expected a ConvVAE, a run directory, "
+                         "a model file or a feature store")
+    path = Path(model)
+    if is_store(path):
+        with FeatureStore(path) as s:
+            return s.load_model(), s.preprocess_dict
+    loaded = load_model(path)
+    config = (path if path.is_dir() else path.parent) / "config.json"
+    pre = None
+    if config.is_file():
+        import json
+
+        try:
+            pre = json.loads(config.read_text()).get("preprocess")
+        except (ValueError, OSError):
+            pre = None  # a run's config.json only refines the resize policy; the model alone suffices
+    return loaded, pre
+
+
+def _read_reference_store(model, kind: str) -> dict:
+    if not isinstance(model, (str, Path)) or not is_store(model):
+        raise ModelError(f"model={model!r}: for {kind} features, expected a {kind} feature store whose "
+                         "preprocessing (and basis) to reuse")
+    with FeatureStore(model) as s:
+        if s.feature_kind != kind:
+            raise ModelError(f"model store {model} holds {s.feature_kind} features: expected a {kind} store")
+        return {"preprocess": s.preprocess_dict, "pca": s.pca, "fingerprint": s.model_fingerprint}
+
+
+def _train_model(src, plan: AutoTrainPlan, *, resume, overwrite, progress, data_dir):
+    from . import train as training
+
+    resume_run = resume and (plan.run_dir / "checkpoint.pt").exists()
+    t0 = time.perf_counter()
+    result = training.train(src, plan.run_dir, model_config=plan.model_config, train_config=plan.train_config,
+                            preprocess=plan.preprocess, resume=resume_run, overwrite=overwrite and not resume_run,
+                            progress=progress, data_dir=data_dir)
+    return result.model, time.perf_counter() - t0
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"invalid device={name!r}: expected 'auto', 'cpu' or 'cuda[:N]'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"invalid device={name!r}: CUDA is not available here (use 'cpu' or 'auto')")
+    return device
+
+
+@contextlib.contextmanager
+def _encoder_threads(device, src, workers):
+    """Give the CPU encoder half the cores while decoding workers use the rest, then restore."""
+    from .data.loader import default_workers
+
+    n_workers = default_workers(src) if workers is None else workers
+    before = torch.get_num_threads()
+    if device.type != "cpu" or n_workers == 0 or len(src) == 0:
+        yield
+        return
+    # oversubscribed cores (encoder threads + decoding processes) cost 2x or more on small machines
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, min(before, cores // 2)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _make_encoder(kind, vae, pca, extras, device):
+    """A function uint8 images (b, C, S, S) -> (float32 features (b, d), {extra: array})."""
+    if kind == "vae":
+        want_scores = "recon_error" in extras
+
+        @torch.no_grad()
+        def encode(images):
+            x = images.to(device, non_blocking=True)
+            if want_scores:
+                out = vae(x)  # eval mode: z = mu, so the scores are deterministic
+                mu, lv = out.mu, out.logvar
+                recon = out.recon_per_sample
+                scores = {"recon_error": recon, "neg_elbo": recon + out.kl_per_sample}
+            else:
+                mu, lv = vae.encode(x)
+                scores = {}
+            result = {k: v.float().cpu().numpy() for k, v in scores.items()}
+            if "logvar" in extras:
+                result["logvar"] = lv.float().cpu().numpy()
+            return mu.float().cpu().numpy(), result
+
+        return encode
+
+    if kind == "raw":
+        def encode(images):
+            return _pixels(images), {}
+
+        return encode
+
+    mean = np.asarray(pca["mean"], dtype=np.float64)
+    components_t = np.ascontiguousarray(np.asarray(pca["components"], dtype=np.float64).T)
+
+    def encode(images):
+        return ((_pixels(images) - mean) @ components_t).astype(np.float32), {}
+
+    return encode
+
+
+def _pixels(images: torch.Tensor) -> np.ndarray:
+    """uint8 (b, C, S, S) -> float32 (b, C*S*S) in [0, 1]."""
+    return images.reshape(len(images), -1).numpy().astype(np.float32) / np.float32(255.0)
+
+
+def fit_pca(source, pre, dim: int, *, batch_size: int = 256, workers=None, progress: bool = False) -> dict:
+    """Fit a PCA of ``dim`` components on the preprocessed pixels of ``source``, streaming batches.
+
+    Exact (covariance matrix + eigendecomposition, float64) when an image has at
+    most :data:`PCA_COVARIANCE_MAX_FEATURES` values, otherwise scikit-learn's
+    IncrementalPCA; either way memory does not grow with the number of images.
+    Component signs follow scikit-learn's convention (largest |loading| positive).
+
+    Returns
+    -------
+    dict with 'mean' (P,), 'components' (dim, P), 'explained_variance' (dim,), float64
+    """
+    from tqdm.auto import tqdm
+
+    from .data import iter_batches
+
+    p = pre.channels * pre.size * pre.size
+    n_src = len(source)
+    if dim > min(p, n_src):
+        raise ConfigError(f"invalid dim={dim}: a PCA of {n_src} images of {p} values has at most "
+                          f"{min(p, n_src)} components")
+    exact = p <= PCA_COVARIANCE_MAX_FEATURES
+    n = 0
+    total = np.zeros(p)
+    outer = np.zeros((p, p)) if exact else None
+    ipca = held = None
+    if not exact:
+        from sklearn.decomposition import IncrementalPCA
+
+        ipca = IncrementalPCA(n_components=dim)
+    with tqdm(total=n_src, disable=not progress, unit="img", desc="fitting pca", leave=False) as bar:
+        for batch in iter_batches(source, pre, batch_size=max(batch_size, dim), workers=workers):
+            bar.update(len(batch) + len(batch.skipped))
+            if not len(batch):
+                continue
+            x = _pixels(batch.images).astype(np.float64)
+            n += len(x)
+            if exact:
+                total += x.sum(0)
+                outer += x.T @ x
+            elif held is None or len(x) < dim:
+                # IncrementalPCA needs >= dim rows per call: small pieces are merged into the held batch
+                held = x if held is None else np.concatenate([held, x])
+            elif len(held) < dim:
+                held = np.concatenate([held, x])
+            else:
+                ipca.partial_fit(held)
+                held = x
+    if n <= dim:
+        raise DataError(f"only {n} images could be decoded: a PCA with dim={dim} needs more than {dim}")
+    if not exact:
+        ipca.partial_fit(held)
+        return {"mean": ipca.mean_.copy(), "components": ipca.components_.copy(),
+                "explained_variance": ipca.explained_variance_.copy()}
+    mean = total / n
+    cov = (outer - n * np.outer(mean, mean)) / (n - 1)
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1][:dim]
+    components = vectors[:, order].T
+    signs = np.sign(components[np.arange(dim), np.abs(components).argmax(1)])
+    components *= np.where(signs == 0, 1.0, signs)[:, None]
+    return {"mean": mean, "components": components, "explained_variance": np.maximum(values[order], 0.0)}
+
+
+__all__ = ["extract", "ExtractResult", "ExtractProgress", "AutoTrainPlan", "plan_auto_training", "auto_run_dir",
+           "fit_pca"]

@@ -1,0 +1,826 @@
+"""The HDF5 feature store: the only module that reads or writes HDF5.
+
+A store holds one row per image (the embedding, optional per-row scores, the
+image's relative path and label), the list of files that could not be decoded,
+the extraction plan (so that an interrupted extraction can be finished) and
+everything needed to explain and reproduce the features: tool version,
+source, preprocessing, feature kind, model config and fingerprint, and
+optionally the model weights or the PCA basis. The format is described in
+prose in ``docs/store-format.md``; :data:`FORMAT_VERSION` is its version.
+
+:class:`FeatureStore` reads a store; :class:`StoreWriter` creates or appends to
+one (it is what :mod:`cvae_features.extract` uses). Readers see only committed
+rows: a row counts once its batch is written and flushed *and* the committed
+row count (the root attribute ``n_rows``) has been advanced past it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from ._version import __version__
+from .errors import ConfigError, ModelError, StoreError
+
+FORMAT = "cvae-features-store"
+FORMAT_VERSION = 1
+FEATURE_KINDS = ("vae", "raw", "pca")
+EXTRA_NAMES = ("logvar", "recon_error", "neg_elbo")
+COMPRESSIONS = ("gzip", "lzf")
+PENDING, DONE, SKIPPED = 0, 1, 2
+STATUS_CODES = {"pending": PENDING, "done": DONE, "skipped": SKIPPED}
+
+# encoding-type -> highest encoding-version this tool reads (anndata style: every element says what it is)
+_ENCODINGS = {
+    FORMAT: 1,
+    "row-array": 1,
+    "row-strings": 1,
+    "string-array": 1,
+    "skip-list": 1,
+    "extraction-plan": 1,
+    "state-dict": 1,
+    "tensor": 1,
+    "pca": 1,
+    "array": 1,
+}
+_STR = h5py.string_dtype("utf-8")
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _tag(obj, encoding_type: str) -> None:
+    obj.attrs["encoding-type"] = encoding_type
+    obj.attrs["encoding-version"] = str(_ENCODINGS[encoding_type])
+
+
+def _check_tag(obj, expected: str, path) -> None:
+    """Raise StoreError unless ``obj`` carries the expected encoding-type at a version this tool reads."""
+    found = _as_str(obj.attrs.get("encoding-type"))
+    if found != expected:
+        raise StoreError(f"{path}: element {obj.name} has encoding-type {found!r}, expected {expected!r} "
+                         "(damaged or foreign store)")
+    version = _as_str(obj.attrs.get("encoding-version", "0"))
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        raise StoreError(f"{path}: element {obj.name} has unreadable encoding-version {version!r}") from None
+    if major > _ENCODINGS[expected]:
+        raise StoreError(f"{path}: element {obj.name} is {expected} version {version}, newer than this tool "
+                         f"reads ({_ENCODINGS[expected]}); upgrade cvae-features")
+
+
+def _as_str(value) -> Optional[str]:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return _as_str(value.item())
+    return str(value)
+
+
+def _plain(value):
+    """HDF5 attribute values as plain Python (str, int, float, bool, list)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()] if value.dtype == object else value.tolist()
+    return value
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def normalize_compression(compression) -> Optional[str]:
+    """``None``/"none" -> None, "gzip"/"lzf" unchanged; anything else is a ConfigError."""
+    if compression is None or compression == "none":
+        return None
+    if compression not in COMPRESSIONS:
+        raise ConfigError(f"invalid compression={compression!r}: expected 'gzip', 'lzf' or 'none'")
+    return compression
+
+
+def preprocess_to_dict(pre) -> dict:
+    """A ``data.Preprocess`` (or a mapping with the same fields) as a JSON-able dict."""
+    if isinstance(pre, Mapping):
+        d = dict(pre)
+    else:
+        d = {name: getattr(pre, name) for name in ("size", "channels", "resize") if hasattr(pre, name)}
+    if "size" not in d or "channels" not in d:
+        raise ConfigError(f"invalid preprocess={pre!r}: expected size and channels")
+    return {"size": int(d["size"]), "channels": int(d["channels"]), "resize": str(d.get("resize", "crop"))}
+
+
+def pca_fingerprint(mean: np.ndarray, components: np.ndarray, preprocess: dict) -> str:
+    """16 hex digits over the preprocessing and the PCA basis: equal fingerprints mean equal transforms."""
+    h = hashlib.sha256(json.dumps(preprocess, sort_keys=True).encode())
+    for arr in (mean, components):
+        a = np.ascontiguousarray(arr, dtype=np.float64)
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _open_h5(path: Path, mode: str) -> h5py.File:
+    if not path.exists():
+        raise StoreError(f"feature store not found: {path}")
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a feature store (expected an .h5 file written by cvae extract)")
+    with open(path, "rb") as fh:
+        magic = fh.read(8)
+    if magic != _HDF5_MAGIC:
+        raise StoreError(f"{path} is not an HDF5 file (expected a feature store written by cvae extract)")
+    try:
+        f = h5py.File(path, mode)
+    except OSError as err:
+        raise StoreError(f"cannot open feature store {path}: {str(err).splitlines()[0]}") from None
+    try:
+        fmt = _as_str(f.attrs.get("format"))
+        if fmt != FORMAT:
+            raise StoreError(f"{path} is an HDF5 file but not a cvae feature store "
+                             f"(attribute format={fmt!r}, expected {FORMAT!r})")
+        version = int(f.attrs.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise StoreError(f"{path} is store format version {version}, newer than this tool reads "
+                             f"({FORMAT_VERSION}); upgrade cvae-features")
+        if version < 1:
+            raise StoreError(f"{path} has invalid format_version={version} (expected 1..{FORMAT_VERSION})")
+        _check_tag(f, FORMAT, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+class FeatureStore:
+    """Read a feature store written by ``cvae extract`` (read-only).
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.h5`` store.
+
+    Raises
+    ------
+    StoreError
+        If the path is missing, not HDF5, not a cvae feature store, or written
+        by a newer format version than this tool reads.
+
+    Notes
+    -----
+    Only committed rows are visible. Arrays are read on first access and
+    cached; use :meth:`read_rows` / :meth:`iter_rows` to stay within a memory
+    budget on very large stores.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._f = _open_h5(self.path, "r")
+        self._cache: Dict[str, object] = {}
+        try:
+            self._n = int(self._f.attrs["n_rows"])
+            self._n_skipped = int(self._f.attrs["n_skipped"])
+            self._kind = _as_str(self._f.attrs["feature_kind"])
+            for name in ("features", "keys", "labels"):
+                if name not in self._f:
+                    raise StoreError(f"{self.path}: missing dataset /{name} (damaged store)")
+            _check_tag(self._f["features"], "row-array", self.path)
+        except KeyError as err:
+            self._f.close()
+            raise StoreError(f"{self.path}: missing root attribute {err} (damaged store)") from None
+        except BaseException:
+            self._f.close()
+            raise
+
+    # -- lifetime ------------------------------------------------------------
+    def close(self) -> None:
+        """Close the file; cached arrays stay usable."""
+        if self._f:
+            self._f.close()
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "complete" if self.is_complete else "incomplete"
+        return (f"FeatureStore({str(self.path)!r}, rows={self.n_rows}, dim={self.dim}, "
+                f"kind={self.feature_kind!r}, {state})")
+
+    def _cached(self, key, fn):
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    def _dataset(self, name: str, encoding: str):
+        ds = self._f[name]
+        _check_tag(ds, encoding, self.path)
+        return ds
+
+    # -- rows ------------------------------------------------------------------
+    @property
+    def n_rows(self) -> int:
+        """Number of committed rows."""
+        return self._n
+
+    @property
+    def dim(self) -> int:
+        """Width of a feature row."""
+        return int(self._f["features"].shape[1])
+
+    @property
+    def feature_kind(self) -> str:
+        """'vae' (posterior means), 'raw' (resized pixels in [0, 1]) or 'pca' (PCA of those pixels)."""
+        return self._kind
+
+    @property
+    def features(self) -> np.ndarray:
+        """float32 array of shape (n_rows, dim)."""
+        return self._cached("features", lambda: self.read_rows(0, self._n))
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Feature rows ``start:stop`` (clipped to the committed rows), float32 of shape (stop - start, dim)."""
+        stop = min(max(stop, 0), self._n)
+        start = min(max(start, 0), stop)
+        return np.asarray(self._f["features"][start:stop], dtype=np.float32)
+
+    def iter_rows(self, batch_size: int = 65536) -> Iterator[Tuple[int, np.ndarray]]:
+        """Yield ``(start, rows)`` over the committed rows, ``batch_size`` rows at a time."""
+        if batch_size < 1:
+            raise ConfigError(f"invalid batch_size={batch_size!r}: expected an integer >= 1")
+        for start in range(0, self._n, batch_size):
+            yield start, self.read_rows(start, start + batch_size)
+
+    @property
+    def keys(self) -> List[str]:
+        """Relative path (or ``name:split/index`` for built-in data sets) of each row."""
+        return self._cached("keys", lambda: list(self._dataset("keys", "row-strings").asstr()[: self._n]))
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64 array of shape (n_rows,): index into :attr:`label_names`, -1 = unknown."""
+        return self._cached("labels", lambda: np.asarray(self._dataset("labels", "row-array")[: self._n],
+                                                         dtype=np.int64))
+
+    @property
+    def label_names(self) -> List[str]:
+        """Class names, indexed by label."""
+        return self._cached("label_names", lambda: list(self._dataset("label_names", "string-array").asstr()[:]))
+
+    @property
+    def has_labels(self) -> bool:
+        """True when at least one row has a known label."""
+        return bool(self._n) and bool((self.labels >= 0).any())
+
+    @property
+    def metadata(self) -> pd.DataFrame:
+        """One row per feature row: key, label (-1 unknown) and label_name (None when unknown)."""
+        labels = self.labels
+        names = np.asarray(self.label_names + [None], dtype=object)
+        return pd.DataFrame({"key": self.keys, "label": labels,
+                             "label_name": names[np.where(labels >= 0, labels, len(names) - 1)]})
+
+    @property
+    def extras(self) -> List[str]:
+        """Names of the optional per-row arrays present ('logvar', 'recon_error', 'neg_elbo')."""
+        return [name for name in EXTRA_NAMES if name in self._f]
+
+    def extra(self, name: str) -> Optional[np.ndarray]:
+        """An optional per-row array: 'logvar' (n, dim), 'recon_error' (n,), 'neg_elbo' (n,); None if absent."""
+        if name not in EXTRA_NAMES:
+            raise ConfigError(f"invalid extra name={name!r}: expected one of {list(EXTRA_NAMES)}")
+        if name not in self._f:
+            return None
+        return self._cached(("extra", name), lambda: np.asarray(
+            self._dataset(name, "row-array")[: self._n], dtype=np.float32))
+
+    # -- what happened ---------------------------------------------------------
+    @property
+    def skipped(self) -> pd.DataFrame:
+        """Files that could not be decoded: columns key and reason."""
+        def read():
+            grp = self._f["skipped"]
+            _check_tag(grp, "skip-list", self.path)
+            return pd.DataFrame({"key": list(grp["keys"].asstr()[: self._n_skipped]),
+                                 "reason": list(grp["reasons"].asstr()[: self._n_skipped])})
+        return self._cached("skipped", read)
+
+    @property
+    def n_skipped(self) -> int:
+        return self._n_skipped
+
+    @property
+    def plan_status(self) -> Dict[str, int]:
+        """Counts of plan entries by status: pending, done, skipped."""
+        def read():
+            grp = self._f["plan"]
+            _check_tag(grp, "extraction-plan", self.path)
+            counts = np.bincount(np.asarray(grp["status"][:], dtype=np.int64), minlength=3)
+            return {name: int(counts[code]) for name, code in STATUS_CODES.items()}
+        return self._cached("plan_status", read)
+
+    @property
+    def n_pending(self) -> int:
+        """Plan entries not yet extracted (finish them with ``cvae extract ... --resume``)."""
+        return self.plan_status["pending"]
+
+    @property
+    def is_complete(self) -> bool:
+        """True when every planned file was either extracted or recorded as skipped."""
+        status = self.plan_status
+        return status["pending"] == 0 and status["done"] + status["skipped"] == self._n + self._n_skipped
+
+    @property
+    def attrs(self) -> dict:
+        """The root attributes as plain Python values (JSON attributes are left as strings)."""
+        return {k: _plain(v) for k, v in self._f.attrs.items()}
+
+    # -- how the features were made ---------------------------------------------
+    @property
+    def model_fingerprint(self) -> Optional[str]:
+        """Fingerprint of the model (VAE weights or PCA basis) that made the features; None for raw."""
+        return _as_str(self._f.attrs.get("model_fingerprint")) or None
+
+    @property
+    def model_config(self) -> Optional[dict]:
+        """The VAE config as a dict (None for raw and pca)."""
+        text = _as_str(self._f.attrs.get("model_config")) or ""
+        return json.loads(text) if text else None
+
+    @property
+    def has_model(self) -> bool:
+        """True when the store carries the VAE weights (so :meth:`load_model` works)."""
+        return "model" in self._f
+
+    def load_model(self):
+        """The :class:`~cvae_features.model.ConvVAE` whose weights the store carries.
+
+        Raises
+        ------
+        ModelError
+            If the store carries no weights (only a fingerprint, or raw/pca features),
+            or the weights do not match their fingerprint.
+        """
+        import torch
+
+        from .model import ConvVAE
+
+        if not self.has_model:
+            if self._kind != "vae":
+                raise ModelError(f"{self.path} holds {self._kind} features and carries no VAE model")
+            raise ModelError(f"{self.path} carries only the fingerprint {self.model_fingerprint} of its model, "
+                             "not the weights; pass the run directory or model file instead")
+        grp = self._f["model"]
+        _check_tag(grp, "state-dict", self.path)
+        state = {}
+        for name, ds in grp.items():
+            _check_tag(ds, "tensor", self.path)
+            state[name] = torch.from_numpy(np.array(ds[()]))
+        config = json.loads(_as_str(grp.attrs["config"]))
+        model = ConvVAE.from_state(config, state)
+        expected = _as_str(grp.attrs.get("fingerprint"))
+        if expected and model.fingerprint() != expected:
+            raise ModelError(f"{self.path}: model weights do not match their recorded fingerprint {expected} "
+                             "(damaged store?)")
+        return model
+
+    @property
+    def pca(self) -> Optional[dict]:
+        """For pca stores: dict with 'mean' (P,), 'components' (dim, P), 'explained_variance' (dim,); else None."""
+        if "pca" not in self._f:
+            return None
+
+        def read():
+            grp = self._f["pca"]
+            _check_tag(grp, "pca", self.path)
+            return {name: np.asarray(grp[name][()], dtype=np.float64)
+                    for name in ("mean", "components", "explained_variance")}
+        return self._cached("pca", read)
+
+    @property
+    def preprocess_dict(self) -> dict:
+        """The preprocessing as stored: {'size', 'channels', 'resize'}."""
+        return json.loads(_as_str(self._f.attrs["preprocess"]))
+
+    @property
+    def preprocess(self):
+        """The :class:`~cvae_features.data.Preprocess` that turned files into model inputs."""
+        from .data import Preprocess
+
+        return Preprocess(**self.preprocess_dict)
+
+    @property
+    def source(self) -> str:
+        return _as_str(self._f.attrs.get("source")) or ""
+
+    def label_counts(self) -> Dict[str, int]:
+        """Rows per label name (plus 'unknown' when some rows have none)."""
+        counts = np.bincount(self.labels + 1, minlength=len(self.label_names) + 1) if self._n else \
+            np.zeros(len(self.label_names) + 1, dtype=np.int64)
+        out = {name: int(c) for name, c in zip(self.label_names, counts[1:])}
+        if counts[0]:
+            out["unknown"] = int(counts[0])
+        return out
+
+    def summary(self) -> dict:
+        """Everything ``cvae info`` shows, as a JSON-able dict."""
+        a = self.attrs
+        return {
+            "path": str(self.path),
+            "format_version": a.get("format_version"),
+            "tool_version": a.get("tool_version"),
+            "created": a.get("created"),
+            "updated": a.get("updated"),
+            "source": self.source,
+            "feature_kind": self.feature_kind,
+            "n_rows": self.n_rows,
+            "dim": self.dim,
+            "complete": self.is_complete,
+            "plan": self.plan_status,
+            "n_skipped": self.n_skipped,
+            "has_labels": self.has_labels,
+            "label_names": self.label_names,
+            "label_counts": self.label_counts(),
+            "extras": self.extras,
+            "model_fingerprint": self.model_fingerprint,
+            "model_config": self.model_config,
+            "has_model": self.has_model,
+            "preprocess": self.preprocess_dict,
+            "compression": a.get("compression"),
+        }
+
+
+class StoreWriter:
+    """Create a feature store or append to one, batch by batch (used by :mod:`cvae_features.extract`).
+
+    Use :meth:`create` for a new store and :meth:`append_to` to finish or grow
+    an existing one. Each :meth:`write_batch` writes whole arrays (no per-row
+    Python work), flushes, then commits by advancing the row counters.
+    """
+
+    def __init__(self, f: h5py.File, path: Path):
+        self._f = f
+        self.path = path
+        grp = f["plan"]
+        self._plan_keys = np.asarray(grp["keys"].asstr()[:], dtype=object)
+        self._status = np.asarray(grp["status"][:], dtype=np.int8)
+        self._n = int(f.attrs["n_rows"])
+        self._n_skipped = int(f.attrs["n_skipped"])
+
+    # -- opening ---------------------------------------------------------------
+    @classmethod
+    def create(cls, path, *, feature_kind: str, dim: int, preprocess, source: str, plan_keys: Sequence[str],
+               label_names: Sequence[str] = (), extras: Sequence[str] = (), compression=None,
+               model=None, carry_weights: bool = False, pca: Optional[Mapping[str, np.ndarray]] = None,
+               chunk_rows: Optional[int] = None) -> "StoreWriter":
+        """Write an empty store (all plan entries pending) and return a writer on it.
+
+        Parameters
+        ----------
+        path : str or Path
+            The new store; an existing file there is replaced.
+        feature_kind : {'vae', 'raw', 'pca'}
+        dim : int
+            Width of a feature row.
+        preprocess : data.Preprocess or dict
+            Size, channels and resize policy of the model inputs.
+        source : str
+            Description of the image source.
+        plan_keys : sequence of str
+            Every candidate key, in the order rows will be written.
+        label_names : sequence of str
+        extras : sequence of {'logvar', 'recon_error', 'neg_elbo'}
+            Optional per-row arrays to create.
+        compression : {None, 'none', 'gzip', 'lzf'}
+            Filter for the per-row numeric datasets.
+        model : ConvVAE or None
+            The model (vae features): its config and fingerprint are recorded.
+        carry_weights : bool
+            Also store the weights under /model so the store can serve as ``--model``.
+        pca : mapping or None
+            For pca features: 'mean' (P,), 'components' (dim, P), 'explained_variance' (dim,).
+        chunk_rows : int or None
+            Rows per chunk; None picks about 256 KiB per feature chunk.
+        """
+        path = Path(path)
+        if feature_kind not in FEATURE_KINDS:
+            raise ConfigError(f"invalid feature_kind={feature_kind!r}: expected one of {list(FEATURE_KINDS)}")
+        if not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ConfigError(f"invalid dim={dim!r}: expected an integer >= 1")
+        bad = [e for e in extras if e not in EXTRA_NAMES]
+        if bad:
+            raise ConfigError(f"invalid extras={bad!r}: expected some of {list(EXTRA_NAMES)}")
+        if (feature_kind == "vae") != (model is not None):
+            raise ConfigError(f"feature_kind={feature_kind!r} {'needs' if feature_kind == 'vae' else 'takes no'} model")
+        if (feature_kind == "pca") != (pca is not None):
+            raise ConfigError(f"feature_kind={feature_kind!r} {'needs' if feature_kind == 'pca' else 'takes no'} pca")
+        compression = normalize_compression(compression)
+        pre = preprocess_to_dict(preprocess)
+        dim = int(dim)
+        if chunk_rows is None:
+            chunk_rows = int(np.clip((1 << 18) // (4 * dim), 16, 8192))
+            flat_chunk = max(chunk_rows, 4096)
+        else:
+            flat_chunk = chunk_rows = int(chunk_rows)
+        comp = {"compression": compression} if compression else {}
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = h5py.File(path, "w")
+        try:
+            now = _now()
+            fingerprint = ""
+            config_json = ""
+            if model is not None:
+                fingerprint = model.fingerprint()
+                config_json = json.dumps(model.config.to_dict(), sort_keys=True)
+            elif pca is not None:
+                fingerprint = pca_fingerprint(pca["mean"], pca["components"], pre)
+            f.attrs.update({
+                "format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": __version__,
+                "created": now, "updated": now, "source": str(source), "feature_kind": feature_kind,
+                "dim": dim, "preprocess": json.dumps(pre, sort_keys=True), "model_config": config_json,
+                "model_fingerprint": fingerprint, "compression": compression or "none",
+                "n_rows": 0, "n_skipped": 0,
+            })
+            _tag(f, FORMAT)
+
+            def rows(name, width, dtype, encoding="row-array", **kw):
+                shape, maxshape = ((0, width), (None, width)) if width else ((0,), (None,))
+                chunks = (chunk_rows, width) if width else (flat_chunk,)
+                ds = f.create_dataset(name, shape=shape, maxshape=maxshape, dtype=dtype, chunks=chunks, **kw)
+                _tag(ds, encoding)
+                return ds
+
+            rows("features", dim, np.float32, **comp)
+            rows("keys", None, _STR, encoding="row-strings")
+            rows("labels", None, np.int64, **comp)
+            for name in extras:
+                rows(name, dim if name == "logvar" else None, np.float32, **comp)
+            _tag(f.create_dataset("label_names", data=np.asarray(list(label_names), dtype=object), dtype=_STR),
+                 "string-array")
+
+            grp = f.create_group("skipped")
+            _tag(grp, "skip-list")
+            for name in ("keys", "reasons"):
+                _tag(grp.create_dataset(name, shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,)),
+                     "string-array")
+
+            grp = f.create_group("plan")
+            _tag(grp, "extraction-plan")
+            grp.attrs["status_codes"] = json.dumps(STATUS_CODES)
+            keys = np.asarray(list(plan_keys), dtype=object)
+            n_plan = len(keys)
+            _tag(grp.create_dataset("keys", data=keys, dtype=_STR, maxshape=(None,),
+                                    chunks=(int(np.clip(n_plan, 256, 65536)),)), "string-array")
+            _tag(grp.create_dataset("status", data=np.zeros(n_plan, dtype=np.int8), maxshape=(None,),
+                                    chunks=(max(4096, min(n_plan, 1 << 20)),)), "array")
+
+            if model is not None and carry_weights:
+                _write_state_dict(f, model, fingerprint, config_json)
+            if pca is not None:
+                grp = f.create_group("pca")
+                _tag(grp, "pca")
+                for name in ("mean", "components", "explained_variance"):
+                    _tag(grp.create_dataset(name, data=np.asarray(pca[name], dtype=np.float64)), "array")
+            f.flush()
+        except BaseException:
+            f.close()
+            raise
+        return cls(f, path)
+
+    @classmethod
+    def append_to(cls, path) -> "StoreWriter":
+        """Open an existing store to finish or grow it.
+
+        The plan status is recomputed from the committed rows and skipped
+        entries (so a run stopped between writing and marking is harmless), and
+        any uncommitted tail left by an interrupted run is truncated.
+        """
+        path = Path(path)
+        f = _open_h5(path, "r+")
+        try:
+            for name in ("features", "keys", "labels", "plan", "skipped"):
+                if name not in f:
+                    raise StoreError(f"{path}: missing /{name} (damaged store)")
+            _check_tag(f["plan"], "extraction-plan", path)
+            writer = cls(f, path)
+            writer._reconcile()
+        except BaseException:
+            f.close()
+            raise
+        return writer
+
+    def _row_datasets(self):
+        return [self._f[name] for name in ("features", "keys", "labels") + EXTRA_NAMES if name in self._f]
+
+    def _reconcile(self) -> None:
+        for ds in self._row_datasets():
+            if ds.shape[0] != self._n:
+                ds.resize(self._n, axis=0)
+        grp = self._f["skipped"]
+        for name in ("keys", "reasons"):
+            if grp[name].shape[0] != self._n_skipped:
+                grp[name].resize(self._n_skipped, axis=0)
+        done = set(self._f["keys"].asstr()[: self._n])
+        skipped = set(grp["keys"].asstr()[: self._n_skipped])
+        status = np.fromiter((DONE if k in done else SKIPPED if k in skipped else PENDING for k in self._plan_keys),
+                             dtype=np.int8, count=len(self._plan_keys))
+        if not np.array_equal(status, self._status):
+            self._status = status
+            self._f["plan"]["status"][:] = status
+        self._f.flush()
+
+    # -- what is there -----------------------------------------------------------
+    @property
+    def attrs(self) -> dict:
+        return {k: _plain(v) for k, v in self._f.attrs.items()}
+
+    @property
+    def feature_kind(self) -> str:
+        return _as_str(self._f.attrs["feature_kind"])
+
+    @property
+    def dim(self) -> int:
+        return int(self._f["features"].shape[1])
+
+    @property
+    def model_fingerprint(self) -> Optional[str]:
+        return _as_str(self._f.attrs.get("model_fingerprint")) or None
+
+    @property
+    def preprocess_dict(self) -> dict:
+        return json.loads(_as_str(self._f.attrs["preprocess"]))
+
+    @property
+    def extras(self) -> List[str]:
+        return [name for name in EXTRA_NAMES if name in self._f]
+
+    @property
+    def has_model(self) -> bool:
+        return "model" in self._f
+
+    @property
+    def plan_keys(self) -> List[str]:
+        return self._plan_keys.tolist()
+
+    @property
+    def label_names(self) -> List[str]:
+        return list(self._f["label_names"].asstr()[:])
+
+    @property
+    def n_rows(self) -> int:
+        return self._n
+
+    @property
+    def n_skipped(self) -> int:
+        return self._n_skipped
+
+    def pending(self) -> np.ndarray:
+        """Plan indices still pending, in plan order (int64)."""
+        return np.flatnonzero(self._status == PENDING).astype(np.int64)
+
+    # -- growing -----------------------------------------------------------------
+    def add_plan(self, keys: Sequence[str]) -> np.ndarray:
+        """Append new candidate keys (pending) to the plan; returns their plan indices."""
+        keys = np.asarray(list(keys), dtype=object)
+        start = len(self._plan_keys)
+        if len(keys):
+            grp = self._f["plan"]
+            for name in ("keys", "status"):
+                grp[name].resize(start + len(keys), axis=0)
+            grp["keys"][start:] = keys
+            grp["status"][start:] = np.zeros(len(keys), dtype=np.int8)
+            self._plan_keys = np.concatenate([self._plan_keys, keys])
+            self._status = np.concatenate([self._status, np.zeros(len(keys), dtype=np.int8)])
+            self._f.flush()
+        return np.arange(start, start + len(keys), dtype=np.int64)
+
+    def merge_label_names(self, names: Sequence[str]) -> np.ndarray:
+        """Add names not yet known; returns the map from the given names' indices to store label indices."""
+        current = self.label_names
+        index = {n: i for i, n in enumerate(current)}
+        added = [n for n in names if n not in index]
+        if added:
+            current = current + added
+            index = {n: i for i, n in enumerate(current)}
+            del self._f["label_names"]
+            _tag(self._f.create_dataset("label_names", data=np.asarray(current, dtype=object), dtype=_STR),
+                 "string-array")
+        return np.asarray([index[n] for n in names], dtype=np.int64)
+
+    def write_batch(self, plan_index: np.ndarray, features: np.ndarray, labels: np.ndarray,
+                    extras: Optional[Mapping[str, np.ndarray]] = None,
+                    skipped_index: Optional[np.ndarray] = None, reasons: Sequence[str] = ()) -> None:
+        """Append one batch of rows and skipped entries, then commit it.
+
+        Parameters
+        ----------
+        plan_index : int array of shape (b,)
+            Plan entries of the rows.
+        features : float array of shape (b, dim)
+        labels : int array of shape (b,)
+        extras : dict name -> array of shape (b, dim) or (b,)
+            Every extra the store was created with.
+        skipped_index : int array of shape (s,)
+            Plan entries that could not be decoded.
+        reasons : sequence of s str
+        """
+        plan_index = np.asarray(plan_index, dtype=np.int64)
+        skipped_index = np.asarray([] if skipped_index is None else skipped_index, dtype=np.int64)
+        extras = dict(extras or {})
+        b, s = len(plan_index), len(skipped_index)
+        if features.shape != (b, self.dim) or len(labels) != b:
+            raise StoreError(f"batch shape mismatch: features {features.shape}, labels {len(labels)}, "
+                             f"expected ({b}, {self.dim}) and {b}")
+        if sorted(extras) != sorted(self.extras):
+            raise StoreError(f"batch extras {sorted(extras)} do not match the store's {sorted(self.extras)}")
+        if len(reasons) != s:
+            raise StoreError(f"{s} skipped entries but {len(reasons)} reasons")
+        keys = self._plan_keys
+        n0, k0 = self._n, self._n_skipped
+        if b:
+            arrays = {"features": np.asarray(features, dtype=np.float32), "keys": keys[plan_index],
+                      "labels": np.asarray(labels, dtype=np.int64)}
+            arrays.update({k: np.asarray(v, dtype=np.float32) for k, v in extras.items()})
+            for name, data in arrays.items():
+                ds = self._f[name]
+                ds.resize(n0 + b, axis=0)
+                ds[n0:] = data
+        if s:
+            grp = self._f["skipped"]
+            for name, data in (("keys", keys[skipped_index]), ("reasons", np.asarray(list(reasons), dtype=object))):
+                grp[name].resize(k0 + s, axis=0)
+                grp[name][k0:] = data
+        self._f.flush()
+        # the commit: counters move only after the data is on disk
+        self._n, self._n_skipped = n0 + b, k0 + s
+        self._f.attrs["n_rows"] = self._n
+        self._f.attrs["n_skipped"] = self._n_skipped
+        self._f.flush()
+        touched = np.concatenate([plan_index, skipped_index])
+        if len(touched):
+            self._status[plan_index] = DONE
+            self._status[skipped_index] = SKIPPED
+            lo, hi = int(touched.min()), int(touched.max()) + 1
+            self._f["plan"]["status"][lo:hi] = self._status[lo:hi]
+            self._f.flush()
+
+    def set_attrs(self, **attrs) -> None:
+        """Set root attributes (e.g. ``source``); dicts are stored as JSON."""
+        for k, v in attrs.items():
+            self._f.attrs[k] = json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
+
+    def close(self) -> None:
+        """Stamp the update time and close the file."""
+        if self._f:
+            if self._f.mode == "r+":
+                self._f.attrs["updated"] = _now()
+            self._f.close()
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _write_state_dict(f: h5py.File, model, fingerprint: str, config_json: str) -> None:
+    grp = f.create_group("model")
+    _tag(grp, "state-dict")
+    grp.attrs["config"] = config_json
+    grp.attrs["fingerprint"] = fingerprint
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu()
+        ds = grp.create_dataset(name, data=t.numpy())
+        _tag(ds, "tensor")
+        ds.attrs["torch_dtype"] = str(t.dtype)
+
+
+def is_store(path) -> bool:
+    """True when ``path`` is an HDF5 file whose root says it is a cvae feature store."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        if fh.read(8) != _HDF5_MAGIC:
+            return False
+    try:
+        with h5py.File(path, "r") as f:
+            return _as_str(f.attrs.get("format")) == FORMAT
+    except OSError:
+        return False
+
+
+__all__ = ["FeatureStore", "StoreWriter", "FORMAT", "FORMAT_VERSION", "FEATURE_KINDS", "EXTRA_NAMES",
+           "is_store", "normalize_compression", "preprocess_to_dict", "pca_fingerprint"]
