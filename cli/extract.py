@@ -50,8 +50,9 @@ def _announce_training(plan) -> None:
               help="Stop once more than N files could not be decoded (rows written are kept).")
 @click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), default="none", show_default=True,
               help="Compression of the per-row datasets.")
-@click.option("--no-scores", is_flag=True,
-              help="vae: skip the per-image reconstruction error and negative ELBO (faster: no decoder pass).")
+@click.option("--scores", is_flag=True,
+              help="vae: also store the per-image reconstruction error and negative ELBO (anomaly scores; "
+                   "costs a decoder pass, several times the encoder).")
 @click.option("--logvar", is_flag=True, help="vae: also store the posterior log-variance.")
 @click.option("--with-weights", is_flag=True,
               help="Carry the model weights in the store even when --model was given.")
@@ -61,7 +62,7 @@ def _announce_training(plan) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @library_errors
 def extract_command(source, store, model, features, dim, epochs, batch_size, workers, resume, update, overwrite,
-                    max_bad, compression, no_scores, logvar, with_weights, device, data_dir, no_progress, as_json):
+                    max_bad, compression, scores, logvar, with_weights, device, data_dir, no_progress, as_json):
     """Write features of every image in SOURCE (a folder, a .csv manifest or a data set such as digits) to STORE."""
     from cvae_features.extract import extract
 
@@ -69,7 +70,7 @@ def extract_command(source, store, model, features, dim, epochs, batch_size, wor
         source, store, model=model, features=features, dim=dim,
         train_config={"epochs": epochs} if epochs is not None else None, batch_size=batch_size, workers=workers,
         resume=resume, update=update, overwrite=overwrite, max_bad=max_bad, compression=compression,
-        scores=not no_scores, logvar=logvar, carry_weights=True if with_weights else None, device=device,
+        scores=scores, logvar=logvar, carry_weights=True if with_weights else None, device=device,
         data_dir=data_dir, progress=not no_progress, on_training=_announce_training)
     if as_json:
         echo_json(result.to_dict())

@@ -166,7 +166,7 @@ def _estimate_training_seconds(mcfg, tcfg, n: int) -> float:
 def extract(source, store_path, *, model=None, features: Optional[str] = None, dim: Optional[int] = None,
             train_config=None, model_config=None, batch_size: int = 256, workers: Optional[int] = None,
             resume: bool = False, update: bool = False, overwrite: bool = False, max_bad: Optional[int] = None,
-            compression: Optional[str] = None, scores: bool = True, logvar: bool = False,
+            compression: Optional[str] = None, scores: bool = False, logvar: bool = False,
             carry_weights: Optional[bool] = None, device: str = "auto", data_dir=None, progress: bool = True,
             callback: Optional[Callable[[ExtractProgress], None]] = None,
             on_training: Optional[Callable[[AutoTrainPlan], None]] = None) -> ExtractResult:
@@ -208,9 +208,10 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
         Abort with DataError once more than this many files of this run could not be
         decoded; rows already written are kept.
     compression : {None, 'none', 'gzip', 'lzf'}
-    scores : bool, default=True
+    scores : bool, default=False
         vae: also store 'recon_error' (reconstruction NLL at z = μ) and 'neg_elbo'
-        (that plus the KL term, β = 1), from the same forward pass.
+        (that plus the KL term, β = 1), from the same forward pass. Off by default:
+        the decoder pass costs several times the encoder.
     logvar : bool, default=False
         vae: also store the posterior log-variance (n, dim).
     carry_weights : bool or None

@@ -61,7 +61,8 @@ def _run(args):
 def test_cli_extract_folder_with_bad_files(images, model_path, tmp_path):
     root, good, bad = images
     out = tmp_path / "feats.h5"
-    result = _run(["extract", root, "-o", out, "--model", model_path, "--no-progress", "--batch-size", 8])
+    result = _run(["extract", root, "-o", out, "--model", model_path, "--no-progress", "--batch-size", 8,
+                   "--scores"])
     assert result.exit_code == 0, result.output
     assert f"{len(good)} rows written" in result.output and f"{len(bad)} skipped" in result.output
     assert result.output.count("  skipped zoo/") == 5 and f"and {len(bad) - 5} more" in result.output
@@ -95,7 +96,8 @@ def _state(run_dir):
 
 def test_features_equal_model_embed(images, model_path, tmp_path):
     root, good, _ = images
-    res = extract(root, tmp_path / "f.h5", model=model_path, batch_size=7, workers=0, progress=False, logvar=True)
+    res = extract(root, tmp_path / "f.h5", model=model_path, batch_size=7, workers=0, progress=False, logvar=True,
+                  scores=True)
     assert (res.n_rows, res.n_new, res.complete, res.trained) == (len(good), len(good), True, False)
     model = ConvVAE.from_state(*_state(model_path))
     src, imgs, rows = _decoded(root)
@@ -128,7 +130,7 @@ def test_transformer_features_equal_extracted(images, model_path, tmp_path):
 def test_auto_trained_model_is_carried(images, tmp_path):
     root, good, _ = images
     out = tmp_path / "auto.h5"
-    result = _run(["extract", root, "-o", out, "--epochs", 1, "--dim", 3, "--no-progress", "--no-scores",
+    result = _run(["extract", root, "-o", out, "--epochs", 1, "--dim", 3, "--no-progress",
                    "--workers", 0])
     assert result.exit_code == 0, result.output
     assert "no --model given: training a VAE first (latent 3, 1 epoch, input" in result.stderr
@@ -161,16 +163,19 @@ def _stop_after(k):
 
 def test_interrupted_then_resumed_equals_uninterrupted(images, model_path, tmp_path):
     root, good, bad = images
-    full = extract(root, tmp_path / "full.h5", model=model_path, batch_size=4, workers=0, progress=False)
+    full = extract(root, tmp_path / "full.h5", model=model_path, batch_size=4, workers=0, progress=False,
+                   scores=True)
     part = tmp_path / "part.h5"
     with pytest.raises(_Stop):
-        extract(root, part, model=model_path, batch_size=4, workers=0, progress=False, callback=_stop_after(3))
+        extract(root, part, model=model_path, batch_size=4, workers=0, progress=False, scores=True,
+                callback=_stop_after(3))
     with FeatureStore(part) as s:
         assert not s.is_complete and s.n_rows + s.n_skipped == 12 and s.n_pending == len(good) + len(bad) - 12
         first_rows = s.n_rows
     info = _run(["info", part])
     assert "INCOMPLETE" in info.output and "--resume" in info.output
-    res = extract(root, part, model=model_path, batch_size=4, workers=0, progress=False, resume=True)
+    res = extract(root, part, model=model_path, batch_size=4, workers=0, progress=False, resume=True,
+                  scores=True)
     assert res.complete and res.n_new == len(good) - first_rows
     with FeatureStore(full.path) as a, FeatureStore(part) as b:
         np.testing.assert_array_equal(a.features, b.features)
