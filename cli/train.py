@@ -1,0 +1,69 @@
+"""``cvae train SOURCE -o RUN_DIR``: parse options and call :func:`cvae_features.train.train`."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import echo_json, library_errors
+
+# Option name -> (config it belongs to, field). Only options given on the command line are passed,
+# so the library's defaults stay the single source of truth.
+_MODEL_OPTIONS = {"latent_dim": "latent_dim", "beta": "beta", "likelihood": "likelihood",
+                  "image_size": "image_size", "channels": "channels"}
+_TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device",
+                  "val_fraction": "val_fraction", "patience": "patience", "schedule": "schedule",
+                  "beta_warmup": "beta_warmup_epochs", "max_images": "max_images", "workers": "workers"}
+
+
+@click.command("train")
+@click.argument("source")
+@click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="Run directory for model.pt, checkpoint.pt, config.json, history and plots.")
+@click.option("--epochs", type=int, default=None, help="Passes over the data (default 30).")
+@click.option("--batch-size", type=int, default=None, help="Images per step (default 128).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (default 2e-3).")
+@click.option("--schedule", default=None, metavar="NAME", help="onecycle (default), cosine or constant.")
+@click.option("--latent-dim", type=int, default=None, help="Width of the embedding (default 64).")
+@click.option("--beta", type=float, default=None, help="Weight of the KL term (default 1.0).")
+@click.option("--beta-warmup", type=float, default=None, metavar="EPOCHS",
+              help="Ramp the KL weight from 0 over this many epochs (default 0).")
+@click.option("--likelihood", default=None, metavar="NAME", help="bernoulli (default) or gaussian.")
+@click.option("--image-size", type=int, default=None,
+              help="Side of the model input (default: the data's native size, or inferred from the files).")
+@click.option("--channels", type=int, default=None, help="1 or 3 (default: inferred from the data).")
+@click.option("--seed", type=int, default=None, help="Random seed (default 0).")
+@click.option("--device", default=None, metavar="NAME", help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--val-fraction", type=float, default=None,
+              help="Share held out for validation (default 0.1; 0 disables validation).")
+@click.option("--patience", type=int, default=None,
+              help="Stop after this many epochs without a better validation loss (default: off).")
+@click.option("--max-images", type=int, default=None, help="Train on a seeded random subset of this size.")
+@click.option("--workers", type=int, default=None, help="Decoding processes for image files.")
+@click.option("--data-dir", type=click.Path(), default=None, help="Where built-in data sets are looked for.")
+@click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in RUN_DIR.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@library_errors
+def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data_dir, **options):
+    """Train a convolutional VAE on SOURCE (a folder, a .csv manifest or a data set name such as digits)."""
+    from cvae_features.train import train
+
+    given = {k: v for k, v in options.items() if v is not None}
+    model_config = {_MODEL_OPTIONS[k]: v for k, v in given.items() if k in _MODEL_OPTIONS}
+    train_config = {_TRAIN_OPTIONS[k]: v for k, v in given.items() if k in _TRAIN_OPTIONS}
+    result = train(source, run_dir, model_config=model_config or None, train_config=train_config or None,
+                   resume=resume, overwrite=overwrite, progress=not no_progress, data_dir=data_dir)
+    summary = result.to_dict()
+    if as_json:
+        echo_json(summary)
+        return
+    best = summary["best_val_loss"]
+    click.echo(f"trained {summary['epochs_run']} epochs on {summary['n_train']} images in "
+               f"{summary['seconds']:.1f} s ({summary['images_per_s']:.0f} images/s)"
+               + (" - stopped early" if summary["stopped_early"] else ""))
+    if best is not None:
+        click.echo(f"best validation loss {best:.4f} at epoch {summary['best_epoch']} ({summary['n_val']} images)")
+    if summary["n_skipped"]:
+        click.echo(f"{summary['n_skipped']} files skipped: see {result.run_dir / 'skipped.csv'}")
+    click.echo(f"model: {result.run_dir / 'model.pt'}")

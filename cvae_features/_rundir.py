@@ -1,0 +1,127 @@
+"""The files of a training run directory (private to :mod:`cvae_features.train`).
+
+Every file is written to a temporary name first and moved into place with
+``os.replace``, so an interrupted run never leaves a half-written file behind.
+The checkpoint is a plain dict of tensors and JSON-able values, read back with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+CONFIG = "config.json"
+HISTORY_CSV = "history.csv"
+HISTORY_JSON = "history.json"
+RECONSTRUCTIONS = "reconstructions.png"
+SKIPPED = "skipped.csv"
+CHECKPOINT_FORMAT = "cvae-checkpoint"
+CHECKPOINT_VERSION = 1
+#: Everything a run writes; ``overwrite`` removes exactly these and nothing else.
+RUN_FILES = (CHECKPOINT, MODEL, CONFIG, HISTORY_CSV, HISTORY_JSON, RECONSTRUCTIONS, SKIPPED)
+HISTORY_FIELDS = ("epoch", "train_loss", "train_recon", "train_kl", "beta", "val_loss", "val_recon",
+                  "val_kl", "lr", "images_per_s", "seconds")
+
+
+def _replace_from_tmp(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    _replace_from_tmp(path, lambda tmp: tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n"))
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **payload}
+    _replace_from_tmp(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`; a damaged or foreign file is a ConfigError."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for a file that is not a checkpoint
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"cannot read checkpoint {path}: {type(err).__name__}: {first}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path} is not a cvae training checkpoint")
+    if payload.get("format_version", 0) > CHECKPOINT_VERSION:
+        raise ConfigError(f"{path} is checkpoint format version {payload['format_version']}, newer than this "
+                          f"tool reads ({CHECKPOINT_VERSION}); upgrade cvae-features")
+    return payload
+
+
+def write_history(run_dir: Path, history: list) -> None:
+    write_json(run_dir / HISTORY_JSON, history)
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
+            writer.writeheader()
+            for row in history:
+                writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in HISTORY_FIELDS})
+
+    _replace_from_tmp(run_dir / HISTORY_CSV, write_csv)
+
+
+def write_skipped(run_dir: Path, skipped: list) -> None:
+    """``skipped`` is a list of (key, reason); the file is only written when it is not empty."""
+    if not skipped:
+        return
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["key", "reason"])
+            writer.writerows(skipped)
+
+    _replace_from_tmp(run_dir / SKIPPED, write_csv)
+
+
+def save_reconstructions(path: Path, originals: torch.Tensor, recons: torch.Tensor, min_tile: int = 64) -> None:
+    """Originals in the top row, their reconstructions below, each tile scaled up to at least ``min_tile``.
+
+    Parameters
+    ----------
+    originals, recons : uint8 Tensor of shape (n, C, S, S)
+    """
+    from PIL import Image
+
+    n, c, s, _ = originals.shape
+    gap = 2
+    rows = [originals.cpu().numpy(), recons.cpu().numpy()]
+    canvas = np.full((2 * s + 3 * gap, n * (s + gap) + gap, c), 255, dtype=np.uint8)
+    for r, row in enumerate(rows):
+        for i in range(n):
+            y, x = gap + r * (s + gap), gap + i * (s + gap)
+            canvas[y:y + s, x:x + s] = row[i].transpose(1, 2, 0)
+    image = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    factor = max(1, math.ceil(min_tile / s))
+    if factor > 1:
+        image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    _replace_from_tmp(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

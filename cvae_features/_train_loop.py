@@ -1,0 +1,243 @@
+"""The epoch loop of :func:`cvae_features.train.train` (private).
+
+An epoch's shuffle order and reparameterisation noise derive from ``(seed,
+epoch)`` only, and the model, optimizer, scheduler (and gradient scaler) states
+are checkpointed at the end of each epoch, so a run resumed from its last
+checkpoint repeats exactly what the uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import _rundir as rd
+from ._train_setup import derive_seed
+from ._version import __version__
+from .errors import TrainingError
+from .model import ConvVAE, load_model
+
+# Checking the loss forces a GPU sync, so on CUDA it happens once per this many batches.
+_CUDA_SYNC_EVERY = 25
+# Above this size the training images stay in (pinned) host memory and move to the GPU per batch.
+_MAX_DEVICE_BYTES = 4 << 30
+
+
+class Loop:
+    """Model, optimizer, scheduler and the per-epoch bookkeeping of one run."""
+
+    def __init__(self, mcfg, tcfg, device, amp_dtype, train_images, val_images, progress, callback):
+        self.tcfg, self.device, self.amp_dtype = tcfg, device, amp_dtype
+        self.progress, self.callback = progress, callback
+        torch.manual_seed(derive_seed(tcfg.seed, "init"))
+        self.model = ConvVAE(mcfg).to(device)
+        self.beta = mcfg.beta
+        cuda = device.type == "cuda"
+        if cuda and train_images.numel() <= _MAX_DEVICE_BYTES:
+            train_images = train_images.to(device)
+        elif cuda:
+            train_images = train_images.pin_memory()
+        self.train_images, self.val_images = train_images, val_images
+        self.n_train = len(train_images)
+        self.n_batches = math.ceil(self.n_train / tcfg.batch_size)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                                          **({"fused": True} if cuda else {}))
+        total = tcfg.epochs * self.n_batches
+        if tcfg.schedule == "onecycle":
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=tcfg.lr, total_steps=total)
+        elif tcfg.schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
+        else:
+            self.scheduler = None
+        self.scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and cuda else None
+        self.epoch, self.history, self.seconds = 0, [], 0.0
+        self.best_val, self.best_epoch, self.bad_epochs, self.stopped_early = math.inf, 0, 0, False
+
+    def restore(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.history, self.seconds = state["epoch"], list(state["history"]), state["seconds"]
+        best = state["best_val_loss"]
+        self.best_val = math.inf if best is None else best
+        self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
+
+    def run(self, run_dir: Path, extra: dict) -> dict:
+        from tqdm.auto import tqdm
+
+        tcfg = self.tcfg
+        bar = tqdm(total=tcfg.epochs * self.n_batches, initial=self.epoch * self.n_batches, file=sys.stderr,
+                   disable=not self.progress, unit="batch", dynamic_ncols=True, leave=True)
+        state = None
+        try:
+            while self.epoch < tcfg.epochs:
+                epoch = self.epoch + 1
+                bar.set_description(f"epoch {epoch}/{tcfg.epochs}")
+                t0 = time.perf_counter()
+                train_row = self._train_epoch(epoch, bar, run_dir)
+                train_s = time.perf_counter() - t0
+                val = self._evaluate(self.val_images) if len(self.val_images) else None
+                if val is not None and not all(math.isfinite(v) for v in val):
+                    raise TrainingError(self._nan_message(f"validation loss became {val[0]} at epoch {epoch}",
+                                                          run_dir))
+                row = {"epoch": epoch, **train_row,
+                       "val_loss": val[0] if val else None, "val_recon": val[1] if val else None,
+                       "val_kl": val[2] if val else None,
+                       "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": self.n_train / train_s}
+                improved = val is None or val[0] < self.best_val
+                if improved:
+                    self.best_val = val[0] if val else math.inf
+                    self.best_epoch, self.bad_epochs = epoch, 0
+                    # model.pt before the checkpoint: a crash in between redoes this epoch on resume.
+                    self.model.save(run_dir / rd.MODEL)
+                else:
+                    self.bad_epochs += 1
+                self.stopped_early = tcfg.patience is not None and val is not None and self.bad_epochs >= tcfg.patience
+                finished = self.stopped_early or epoch == tcfg.epochs
+                if finished:
+                    self._write_reconstructions(run_dir)
+                row["seconds"] = time.perf_counter() - t0
+                self.history.append(row)
+                self.seconds += row["seconds"]
+                self.epoch = epoch
+                state = self._state(extra, finished)
+                rd.save_checkpoint(run_dir / rd.CHECKPOINT, state)
+                rd.write_history(run_dir, self.history)
+                bar.set_postfix_str(_postfix(row))
+                if finished:
+                    break
+        finally:
+            bar.close()
+        return state
+
+    def _train_epoch(self, epoch: int, bar, run_dir: Path) -> dict:
+        tcfg, model, opt, sched, scaler = self.tcfg, self.model, self.optimizer, self.scheduler, self.scaler
+        images, device, bs, n_batches = self.train_images, self.device, tcfg.batch_size, self.n_batches
+        model.train()
+        shuffle = torch.Generator().manual_seed(derive_seed(tcfg.seed, "shuffle", epoch))
+        order = torch.randperm(self.n_train, generator=shuffle)
+        if images.device != order.device:
+            order = order.to(images.device)
+        # Seeds the reparameterisation noise on every device: an epoch depends only on (seed, epoch).
+        torch.manual_seed(derive_seed(tcfg.seed, "noise", epoch))
+        sums = torch.zeros(n_batches, 3, device=device)
+        sizes = torch.tensor([min(bs, self.n_train - b * bs) for b in range(n_batches)], dtype=torch.float64)
+        warm = tcfg.beta_warmup_epochs
+        autocast = (torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else contextlib.nullcontext())
+        sync_every = _CUDA_SYNC_EVERY if device.type == "cuda" else 1
+        checked, t0 = 0, time.perf_counter()
+        for b in range(n_batches):
+            x = images.index_select(0, order[b * bs:(b + 1) * bs])
+            if x.device != device:
+                x = x.to(device, non_blocking=True)
+            beta = self.beta if warm == 0 else self.beta * min(1.0, (epoch - 1 + (b + 1) / n_batches) / warm)
+            with autocast:
+                out = model(x, beta=beta)
+            opt.zero_grad(set_to_none=True)
+            if scaler is None:
+                out.loss.backward()
+                if tcfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+                opt.step()
+            else:
+                scaler.scale(out.loss).backward()
+                if tcfg.grad_clip is not None:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+            if sched is not None:
+                sched.step()
+            sums[b] = torch.stack((out.loss, out.recon, out.kl)).detach()
+            if self.callback is not None:
+                self.callback(epoch, b, {"loss": out.loss.detach(), "beta": beta, "lr": opt.param_groups[0]["lr"],
+                                         "n_batches": n_batches, "model": model})
+            if (b + 1) % sync_every == 0 or b + 1 == n_batches:
+                losses = sums[checked:b + 1, 0].float().cpu()
+                finite = torch.isfinite(losses)
+                if not finite.all():
+                    first = checked + int((~finite).nonzero()[0, 0]) + 1
+                    value = float(losses[first - checked - 1])
+                    raise TrainingError(self._nan_message(
+                        f"loss became {value} at epoch {epoch} batch {first}", run_dir))
+                bar.update(b + 1 - checked)
+                if self.progress:
+                    rate = (b + 1) * bs / (time.perf_counter() - t0)
+                    bar.set_postfix_str(f"loss={float(losses.mean()):.4g} img/s={rate:.0f}", refresh=False)
+                checked = b + 1
+        means = (sums.double().cpu() * sizes[:, None]).sum(0) / self.n_train
+        return {"train_loss": float(means[0]), "train_recon": float(means[1]), "train_kl": float(means[2]),
+                "beta": beta}
+
+    @torch.no_grad()
+    def _evaluate(self, images: torch.Tensor, batch_size: int = 512):
+        """(loss, recon, kl) means over the images in eval mode (z = mu) with the full beta."""
+        model, device = self.model, self.device
+        model.eval()
+        recon = torch.zeros((), device=device, dtype=torch.float64)
+        kl = torch.zeros((), device=device, dtype=torch.float64)
+        autocast = (torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else contextlib.nullcontext())
+        for chunk in images.split(batch_size):
+            with autocast:
+                out = model(chunk.to(device, non_blocking=True), beta=self.beta)
+            recon += out.recon_per_sample.double().sum()
+            kl += out.kl_per_sample.double().sum()
+        model.train()
+        recon, kl = float(recon) / len(images), float(kl) / len(images)
+        return recon + self.beta * kl, recon, kl
+
+    def _write_reconstructions(self, run_dir: Path, n: int = 16):
+        images = self.val_images if len(self.val_images) else self.train_images.cpu()
+        originals = images[:n]
+        best = load_model(run_dir / rd.MODEL)
+        with torch.no_grad():
+            recons = best.decode_mean(best.embed(originals))
+        rd.save_reconstructions(run_dir / rd.RECONSTRUCTIONS, originals,
+                                (recons.clamp(0, 1) * 255).round().to(torch.uint8))
+
+    def _state(self, extra: dict, finished: bool) -> dict:
+        return {
+            "tool_version": __version__, "epoch": self.epoch, "finished": finished,
+            "stopped_early": self.stopped_early,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "history": self.history, "seconds": self.seconds,
+            "best_val_loss": None if self.best_val == math.inf else self.best_val,
+            "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, **extra,
+        }
+
+    def _nan_message(self, what: str, run_dir: Path) -> str:
+        if self.epoch == 0:
+            kept = f"no epoch had finished, so {run_dir} holds no checkpoint"
+        else:
+            kept = f"the last good checkpoint (epoch {self.epoch}) is kept in {run_dir}"
+        return f"{what}; {kept}; try a lower --lr"
+
+
+def _postfix(row: dict) -> str:
+    text = f"loss={row['train_loss']:.4g}"
+    if row["val_loss"] is not None:
+        text += f" val={row['val_loss']:.4g}"
+    return text + f" img/s={row['images_per_s']:.0f}"
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj

@@ -1,0 +1,168 @@
+"""Everything :func:`cvae_features.train.train` settles before the first step (private).
+
+The data (decoded once into memory, with the files that were skipped), the
+model config that follows it, the checks on resume, the claim on a run
+directory, the device and the seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import _rundir as rd
+from .errors import ConfigError, DataError
+from .model import VAEConfig
+
+
+@dataclass
+class Data:
+    images: torch.Tensor  # uint8 (n, C, S, S) on the CPU
+    model_config: VAEConfig
+    preprocess: object  # Preprocess or None for in-memory arrays
+    description: str
+    skipped: list
+    fingerprint: str
+
+
+def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress) -> Data:
+    size_hint, channels_hint = overrides.get("image_size"), overrides.get("channels")
+    if isinstance(source, (torch.Tensor, np.ndarray)):
+        images = _as_image_tensor(source)
+        if tcfg.max_images is not None and tcfg.max_images < len(images):
+            images = images[_subset_rows(len(images), tcfg)]
+        size, channels = images.shape[-1], images.shape[1]
+        for name, hint, actual in (("image_size", size_hint, size), ("channels", channels_hint, channels)):
+            if hint is not None and hint != actual:
+                raise ConfigError(f"model config {name}={hint} does not match the images' {name} {actual}")
+        pre, description, skipped = None, f"in-memory array of shape {tuple(images.shape)}", []
+    else:
+        from .data import infer_preprocess, load_images, open_source
+
+        src = open_source(str(source), data_dir=data_dir) if isinstance(source, (str, Path)) else source
+        description = src.description
+        if preprocess is None:
+            preprocess = infer_preprocess(src, image_size=size_hint, channels=channels_hint)
+        for name, hint, actual in (("image_size", size_hint, preprocess.size),
+                                   ("channels", channels_hint, preprocess.channels)):
+            if hint is not None and hint != actual:
+                raise ConfigError(f"model config {name}={hint} does not match the preprocess {name} {actual}")
+        rows = None
+        if tcfg.max_images is not None and tcfg.max_images < len(src):
+            rows = _subset_rows(len(src), tcfg).numpy()
+            src = src.subset(rows)
+        images, _, bad = load_images(src, preprocess, workers=tcfg.workers, progress=progress)
+        images = torch.as_tensor(images)
+        keys = src.keys
+        skipped = [(keys[int(row)], str(reason)) for row, reason in bad]
+        if len(images) == 0:
+            raise DataError(f"no image of {description} could be decoded ({len(skipped)} skipped)")
+        pre = preprocess
+        size, channels = pre.size, pre.channels
+    try:
+        mcfg = VAEConfig.from_dict({**overrides, "image_size": int(size), "channels": int(channels)})
+    except ConfigError as err:
+        raise ConfigError(f"{err} (image_size {size} and channels {channels} come from the data)") from None
+    digest = hashlib.blake2b(np.ascontiguousarray(images.numpy()).data, digest_size=8).hexdigest()
+    return Data(images.contiguous(), mcfg, pre, description, skipped, digest)
+
+
+def _as_image_tensor(array) -> torch.Tensor:
+    images = torch.as_tensor(array)
+    if images.dtype != torch.uint8:
+        raise DataError(f"in-memory images have dtype {images.dtype}: expected uint8 (0..255)")
+    if images.ndim == 3:  # (n, H, W) grayscale
+        images = images[:, None]
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[2] != images.shape[3] or len(images) == 0:
+        raise DataError(f"in-memory images have shape {tuple(images.shape)}: expected (n, C, S, S) with n >= 1, "
+                        "C in {1, 3} and square images")
+    return images.cpu()
+
+
+def _subset_rows(n: int, tcfg) -> torch.Tensor:
+    g = torch.Generator().manual_seed(derive_seed(tcfg.seed, "subset"))
+    return torch.randperm(n, generator=g)[:tcfg.max_images].sort().values
+
+
+def model_overrides(model_config) -> dict:
+    """The model fields the caller chose; image_size/channels at their defaults count as unchosen."""
+    if model_config is None:
+        return {}
+    if isinstance(model_config, VAEConfig):
+        d = model_config.to_dict()
+        defaults = VAEConfig()
+        for name in ("image_size", "channels"):
+            if d[name] == getattr(defaults, name):
+                del d[name]
+        return d
+    if isinstance(model_config, dict):
+        # Names and values are checked now, before any data is read; widths depend on the size, so they wait.
+        VAEConfig.from_dict({k: v for k, v in model_config.items() if k != "widths"})
+        return dict(model_config)
+    raise ConfigError(f"invalid model_config of type {type(model_config).__name__}: "
+                      "expected a VAEConfig, a dict or None")
+
+
+def agree(kind: str, saved, given):
+    """On resume the saved config rules; given values must agree with it (device and amp may change)."""
+    if given is None:
+        return saved
+    given_d = given.to_dict() if hasattr(given, "to_dict") else dict(given)
+    if kind == "model" and not isinstance(given, dict):
+        given_d = model_overrides(given)
+    saved_d = saved.to_dict()
+    free = {"device", "amp", "amp_dtype", "workers"} if kind == "train" else set()
+    changes = {k: v for k, v in given_d.items() if k in free and v != saved_d.get(k)}
+    conflicts = [f"{k}={v!r} (checkpoint: {saved_d.get(k)!r})" for k, v in given_d.items()
+                 if k not in free and v != saved_d.get(k)]
+    if conflicts:
+        raise ConfigError(f"cannot resume with a different {kind} config: {', '.join(conflicts)}; "
+                          "resume uses the run's recorded settings (or start again with overwrite)")
+    return dataclasses.replace(saved, **changes)
+
+
+def agree_preprocess(saved: dict, given):
+    from .data import Preprocess
+
+    saved_pre = Preprocess.from_dict(saved)
+    if given is not None and given != saved_pre:
+        raise ConfigError(f"cannot resume with preprocess {given} (checkpoint: {saved_pre})")
+    return saved_pre
+
+
+def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
+    present = [name for name in rd.RUN_FILES if (run_dir / name).exists()]
+    if overwrite or not {rd.CHECKPOINT, rd.MODEL} & set(present):
+        # Without a checkpoint or a model, a run never finished an epoch: nothing of value is lost.
+        for name in present:
+            (run_dir / name).unlink()
+        return
+    what = "a run"
+    ckpt = run_dir / rd.CHECKPOINT
+    if ckpt.exists():
+        try:
+            state = rd.load_checkpoint(ckpt)
+            what = ("a finished run" if state.get("finished")
+                    else f"an unfinished run (epoch {state['epoch']} of {state['train_config']['epochs']})")
+        except ConfigError:
+            what = "a damaged run"
+    raise ConfigError(f"run_dir {run_dir} already holds {what}: resume it (--resume) or replace it (--overwrite)")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"invalid device={name!r}: CUDA is not available here (use 'cpu' or 'auto')")
+    return torch.device(name)
+
+
+def derive_seed(seed: int, *keys) -> int:
+    """A well-mixed 63-bit seed derived from the run seed and a purpose (and epoch)."""
+    words = [seed] + [k if isinstance(k, int) else int.from_bytes(k.encode()[:8], "little") for k in keys]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
