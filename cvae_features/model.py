@@ -260,7 +260,8 @@ class ConvVAE(nn.Module):
             z = mu
         out = self.decode(z)
         recon = self.reconstruction_nll(out.float(), x)
-        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+        mu32, logvar32 = mu.float(), logvar.float()  # autocast may hand back bf16/fp16; sum the KL in fp32
+        kl = -0.5 * (1 + logvar32 - mu32.pow(2) - logvar32.exp()).sum(1)
         b = self.config.beta if beta is None else beta
         loss = (recon + b * kl).mean()
         return VAEOutput(loss, recon.mean(), kl.mean(), mu, logvar, recon, kl, out)
