@@ -1,0 +1,96 @@
+"""The benchmark scripts (benchmarks/fashion_mnist.py, one_class.py, _common.py) on the digits data set, tiny."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+common = _load("_common")
+
+
+def test_config_overrides_keep_defaults_unless_given():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    common.add_config_options(p)
+    model, train = common.config_overrides(p.parse_args([]))
+    assert (model, train) == ({}, {})
+    model, train = common.config_overrides(p.parse_args(["--latent-dim", "16", "--no-batch-norm", "--epochs", "4",
+                                                         "--train-seed", "3"]),
+                                           preset_train={"epochs": 9, "batch_size": 32})
+    assert model == {"latent_dim": 16, "batch_norm": False}
+    assert train == {"epochs": 4, "batch_size": 32, "seed": 3}  # the command line wins over presets
+
+
+def test_write_results_and_formatting(tmp_path):
+    record = {"a": np.float32(0.5), "per_class": {3: np.int64(7)}, "nan": float("nan")}
+    json_path, md_path = common.write_results(tmp_path / "sub" / "res", record, "# title\n")
+    assert json.loads(json_path.read_text()) == {"a": 0.5, "per_class": {"3": 7}, "nan": None}
+    assert md_path.read_text() == "# title\n" and md_path.name == "res.md"
+    assert common.md_table(["x", "y"], [[1, "b"]]) == ["| x | y |", "|---|---|", "| 1 | b |"]
+    assert common.pct(0.8766) == "87.7" and common.pct(None) == "-" and common.pct(float("nan")) == "-"
+    assert common.pct_std(0.5, 0.01) == "50.0 ± 1.0"
+    assert common.results_stem("fm", True) == common.RESULTS / "fm_quick"
+
+
+def test_one_class_digits_two_classes_and_reuse(tmp_path):
+    oc = _load("one_class")
+    argv = ["--dataset", "digits", "--classes", "0,8", "--epochs", "3", "--out-dir", str(tmp_path / "work"),
+            "--out", str(tmp_path / "oc"), "--no-progress"]
+    assert oc.main(argv) == 0
+    rec = json.loads((tmp_path / "oc.json").read_text())
+    assert rec["data"]["classes"] == [0, 8] and rec["data"]["n_test"] == 450
+    assert set(rec["auroc"]) == set(oc.SCORES)
+    for name, per in rec["auroc"].items():
+        assert set(per) == {"0", "8"} and all(0.0 <= v <= 1.0 for v in per.values())
+        assert rec["mean_auroc"][name] == pytest.approx(np.mean(list(per.values())))
+    assert rec["mean_auroc"]["raw_knn"] > 0.9  # digits are easy for raw k-NN: a sanity check of the labels
+    assert rec["train_config"]["epochs"] == 3 and rec["train_config"]["batch_size"] == 32  # preset + override
+    assert rec["per_class"]["0"]["ocsvm"]["gamma_resolved"] > 0
+    md = (tmp_path / "oc.md").read_text()
+    assert "| class | VAE −ELBO |" in md and "**mean**" in md
+
+    # --reuse: the finished runs and complete stores are taken as they are, so the numbers repeat exactly
+    assert oc.main(argv + ["--reuse"]) == 0
+    again = json.loads((tmp_path / "oc.json").read_text())
+    assert again["auroc"] == rec["auroc"]
+    assert all(t["reused_run"] for t in again["training"].values())
+
+
+def test_fashion_mnist_script_on_digits(tmp_path):
+    fm = _load("fashion_mnist")
+    argv = ["--train-source", "digits:train", "--test-source", "digits:test", "--epochs", "2", "--latent-dim", "8",
+            "--labels-per-class", "1,5", "--seeds", "2", "--out-dir", str(tmp_path / "work"),
+            "--out", str(tmp_path / "fm"), "--no-progress"]
+    assert fm.main(argv) == 0
+    rec = json.loads((tmp_path / "fm.json").read_text())
+    assert rec["model_config"]["latent_dim"] == 8 and rec["overrides"]["model"] == {"latent_dim": 8}
+    assert rec["extraction"]["pca_train"]["dim"] == 8 and rec["extraction"]["raw_train"]["dim"] == 64
+    assert rec["extraction"]["pca_test"]["model_fingerprint"] == rec["extraction"]["pca_train"]["model_fingerprint"]
+    for kind in ("vae", "pca", "raw"):
+        assert set(rec["probes"][kind]) == {"linear", "knn", "cluster", "fewshot"}
+        assert rec["probes"][kind]["linear"]["n_train"] == 1347 and rec["probes"][kind]["linear"]["n_test"] == 450
+        assert rec["probes"][kind]["fewshot"]["labels_per_class"] == [1, 5]
+    assert rec["probes"]["raw"]["linear"]["accuracy"] > 0.9
+    linear = next(r for r in rec["table"] if r["probe"] == "linear")
+    assert linear["raw"] == rec["probes"]["raw"]["linear"]["accuracy"] and linear["target"] == 88.0
+    assert set(rec["stage_seconds"]) >= {"train VAE", "extract VAE", "probe raw"}
+    md = (tmp_path / "fm.md").read_text()
+    assert "| linear | test accuracy |" in md and "Resolved train config" in md
