@@ -115,14 +115,19 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VAEConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config keys {unknown}: expected some of {sorted(known)}")
-        d = dict(d)
+        d = dict(check_config_keys(cls, d, "model config"))
         if d.get("widths") is not None:
             d["widths"] = tuple(d["widths"])
         return cls(**d)
+
+
+def check_config_keys(cls, d: dict, what: str) -> dict:
+    """``d`` unchanged if every key is a field of the dataclass ``cls``; ConfigError naming the others."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} keys {unknown}: expected some of {sorted(known)}")
+    return d
 
 
 @dataclass

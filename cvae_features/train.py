@@ -31,7 +31,7 @@ from ._train_loop import Loop
 from ._train_setup import (agree, agree_preprocess, claim_run_dir, derive_seed, load_data, model_overrides,
                            resolve_device)
 from .errors import ConfigError, DataError
-from .model import ConvVAE, VAEConfig, load_model
+from .model import ConvVAE, VAEConfig, check_config_keys, load_model
 
 Schedule = Literal["onecycle", "cosine", "constant"]
 AmpDtype = Literal["bfloat16", "float16"]
@@ -144,11 +144,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown train config keys {unknown}: expected some of {sorted(known)}")
-        return cls(**d)
+        return cls(**check_config_keys(cls, d, "train config"))
 
 
 @dataclass
