@@ -1,7 +1,9 @@
 """Extraction: stream a source's images through a model into a feature store.
 
-Decoding runs in the data layer's worker processes (:func:`~cvae_features.data.iter_batches`)
-while this process runs the encoder; each batch is written whole and committed
+Decoding runs in the data layer's worker processes (:func:`~cvae_features.data.iter_batches`).
+On CPU each worker also encodes the batches it decoded (one thread each), so that
+decoding and the encoder never compete for the cores; on a GPU this process runs the
+encoder. Each batch is written whole and committed
 (:class:`~cvae_features.store.StoreWriter`), so memory is bounded by the batch
 and an interrupted extraction can be finished with ``resume=True``.
 
@@ -16,9 +18,8 @@ Three feature kinds go through the same path so that baselines meet the same pro
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -348,11 +349,9 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
                                     carry_weights=weights and vae is not None, pca=pca)
 
     device_ = _resolve_device(device)
-    if vae is not None:
-        # a caller's model is given back as it came (device and train/eval mode)
-        given_state = (next(vae.parameters()).device, vae.training)
-        vae = vae.to(device_).eval()
-    encode = _make_encoder(kind, vae, pca, extras, device_)
+    encode = _BatchEncoder(kind, vae, pca, extras, device_)
+    # on CPU the decoding workers run the encoder too (see the module notes); a GPU is fed from here
+    in_workers = device_.type == "cpu"
 
     t0 = time.perf_counter()
     n_new = n_bad = 0
@@ -389,13 +388,13 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
 
         from tqdm.auto import tqdm
 
-        with _encoder_threads(device_, src, workers), \
-                tqdm(total=len(src_rows), disable=not progress, unit="img", desc=f"extracting {kind}",
-                     dynamic_ncols=True) as bar:
-            batches = iter_batches(src, pre, batch_size=batch_size, workers=workers, indices=src_rows)
+        with tqdm(total=len(src_rows), disable=not progress, unit="img", desc=f"extracting {kind}",
+                  dynamic_ncols=True) as bar:
+            batches = iter_batches(src, pre, batch_size=batch_size, workers=workers, indices=src_rows,
+                                   transform=encode if in_workers else None)
             for b, batch in enumerate(batches):
                 rows = batch.indices
-                feats, extra_arrays = encode(batch.images)
+                feats, extra_arrays = batch.output if in_workers else encode(batch.images)
                 lab = labels_all[rows]
                 lab = np.where(lab >= 0, label_map[np.maximum(lab, 0)], -1) if len(label_map) else \
                     np.full(len(rows), -1, np.int64)
@@ -419,8 +418,6 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
         n_rows, n_skipped = writer.n_rows, writer.n_skipped
     finally:
         writer.close()
-        if vae is not None:
-            vae.to(given_state[0]).train(given_state[1])
 
     if n_rows == 0:
         raise DataError(f"none of the {len(src)} images of {src.description} could be decoded "
@@ -533,61 +530,52 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-@contextlib.contextmanager
-def _encoder_threads(device, src, workers):
-    """Give the CPU encoder half the cores while decoding workers use the rest, then restore."""
-    from .data.loader import default_workers
+class _BatchEncoder:
+    """What extraction applies to a batch: uint8 images (b, C, S, S) -> (float32 features (b, d), {extra: array}).
 
-    n_workers = default_workers(src) if workers is None else workers
-    before = torch.get_num_threads()
-    if device.type != "cpu" or n_workers == 0 or len(src) == 0:
-        yield
-        return
-    # oversubscribed cores (encoder threads + decoding processes) cost 2x or more on small machines
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, min(before, cores // 2)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    Picklable, so that decoding workers can run it. It holds its own copy of the
+    model in eval mode (the caller's model is left as it is), in channels-last
+    layout on CPU, where convolutions run about 20% faster that way.
 
+    Parameters
+    ----------
+    kind : {'vae', 'raw', 'pca'}
+    vae : ConvVAE or None
+    pca : dict or None
+        'mean' (P,) and 'components' (dim, P) for kind 'pca'.
+    extras : list of str
+        vae: any of 'logvar', 'recon_error', 'neg_elbo'.
+    device : torch.device
+    """
 
-def _make_encoder(kind, vae, pca, extras, device):
-    """A function uint8 images (b, C, S, S) -> (float32 features (b, d), {extra: array})."""
-    if kind == "vae":
-        want_scores = "recon_error" in extras
+    def __init__(self, kind, vae, pca, extras, device):
+        self.kind, self.extras, self.device = kind, list(extras), torch.device(device)
+        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.vae = None
+        if vae is not None:
+            self.vae = copy.deepcopy(vae).to(self.device, memory_format=self.memory_format).eval()
+        if kind == "pca":
+            self.mean = np.asarray(pca["mean"], dtype=np.float64)
+            self.components_t = np.ascontiguousarray(np.asarray(pca["components"], dtype=np.float64).T)
 
-        @torch.no_grad()
-        def encode(images):
-            x = images.to(device, non_blocking=True)
-            if want_scores:
-                out = vae(x)  # eval mode: z = mu, so the scores are deterministic
-                mu, lv = out.mu, out.logvar
-                recon = out.recon_per_sample
-                scores = {"recon_error": recon, "neg_elbo": recon + out.kl_per_sample}
-            else:
-                mu, lv = vae.encode(x)
-                scores = {}
-            result = {k: v.float().cpu().numpy() for k, v in scores.items()}
-            if "logvar" in extras:
-                result["logvar"] = lv.float().cpu().numpy()
-            return mu.float().cpu().numpy(), result
-
-        return encode
-
-    if kind == "raw":
-        def encode(images):
+    def __call__(self, images: torch.Tensor):
+        if self.kind == "raw":
             return _pixels(images), {}
-
-        return encode
-
-    mean = np.asarray(pca["mean"], dtype=np.float64)
-    components_t = np.ascontiguousarray(np.asarray(pca["components"], dtype=np.float64).T)
-
-    def encode(images):
-        return ((_pixels(images) - mean) @ components_t).astype(np.float32), {}
-
-    return encode
+        if self.kind == "pca":
+            return ((_pixels(images) - self.mean) @ self.components_t).astype(np.float32), {}
+        with torch.no_grad():
+            x = images.to(self.device, memory_format=self.memory_format, non_blocking=True)
+            if "recon_error" in self.extras:
+                out = self.vae(x)  # eval mode: z = mu, so the scores are deterministic
+                mu, lv = out.mu, out.logvar
+                scores = {"recon_error": out.recon_per_sample, "neg_elbo": out.recon_per_sample + out.kl_per_sample}
+            else:
+                mu, lv = self.vae.encode(x)
+                scores = {}
+        result = {k: v.float().cpu().numpy() for k, v in scores.items()}
+        if "logvar" in self.extras:
+            result["logvar"] = lv.float().cpu().numpy()
+        return mu.float().cpu().numpy(), result
 
 
 def _pixels(images: torch.Tensor) -> np.ndarray:

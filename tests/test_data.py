@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from _images import png_header_only, write_class_folder, write_fake_mnist, write_idx
 from cvae_features.data import (BUILTIN_DATASETS, ArraySource, Batch, Preprocess, decode_image, infer_preprocess,
                                 iter_batches, load_images, open_source, read_idx)
-from cvae_features.data import builtin
+from cvae_features.data import builtin, preprocess
 from cvae_features.errors import ConfigError, CvaeError, DataError, DecodeError, SourceNotFoundError
 
 RGB3 = Preprocess(8, 3, "stretch")
@@ -144,6 +144,71 @@ def test_images_between_one_and_two_times_the_pixel_limit_are_refused_too(tmp_pa
         decode_image(tmp_path / "a.png", RGB3)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
     assert (decode_image(tmp_path / "a.png", Preprocess(8, 1)) == 7).all()
+
+
+def _write_png_variants(folder):
+    """PNGs beyond the zoo that probe the short PNG path; {name: whether the short path should take it}."""
+    rng = np.random.default_rng(1)
+    noise = lambda *shape: rng.integers(0, 256, shape, dtype=np.uint8)  # noqa: E731
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "an ancillary text chunk is ignored")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    variants = {
+        "gray28.png": (Image.fromarray(noise(28, 28)), {}, True),
+        "rgb_wide.png": (Image.fromarray(noise(13, 20, 3)), {}, True),
+        "rgba_noise.png": (Image.fromarray(noise(9, 11, 4), "RGBA"), {}, True),
+        "la_noise.png": (Image.fromarray(noise(10, 10, 2), "LA"), {}, True),
+        "text_chunk.png": (Image.fromarray(noise(8, 8)), {"pnginfo": info}, True),
+        "many_idat.png": (Image.fromarray(noise(300, 300, 3)), {}, True),  # incompressible: several IDAT chunks
+        "gray_trns.png": (Image.fromarray(noise(8, 8)), {"transparency": 7}, False),
+        "rgb_trns.png": (Image.fromarray(noise(8, 8, 3)), {"transparency": (1, 2, 3)}, False),
+        "exif.png": (Image.fromarray(noise(10, 6, 3)), {"exif": exif}, False),
+        "gray16_noise.png": (Image.fromarray(rng.integers(0, 65536, (8, 8)).astype(np.uint16)), {}, False),
+        "palette_plain.png": (Image.fromarray(noise(8, 8, 3)).convert("P"), {}, False),
+    }
+    expected = {}
+    for name, (image, options, fast) in variants.items():
+        image.save(folder / name, **options)
+        expected[name] = fast
+    data = (folder / "text_chunk.png").read_bytes()
+    at = data.index(b"tEXt") + 6  # a broken checksum in an ancillary chunk: Pillow's reader refuses it
+    (folder / "bad_text_crc.png").write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1:])
+    expected["bad_text_crc.png"] = False
+    return expected
+
+
+def test_short_png_path_gives_exactly_the_pillow_result(image_zoo, monkeypatch):
+    folder, zoo = image_zoo
+    variants = _write_png_variants(folder)
+    names = sorted(zoo["good"]) + sorted(zoo["bad"]) + sorted(variants)
+    pres = (Preprocess(28, 1), Preprocess(8, 3, "pad"), Preprocess(12, 1, "stretch"), Preprocess(16, 3))
+
+    def decode_all():
+        out = {}
+        for name in names:
+            for pre in pres:
+                try:
+                    out[name, pre] = decode_image(folder / name, pre)
+                except DecodeError as err:
+                    out[name, pre] = str(err)
+        return out
+
+    fast = decode_all()
+    monkeypatch.setattr(preprocess, "_open_png_fast", lambda data: None)  # everything through Image.open
+    slow = decode_all()
+    for key, value in slow.items():
+        if isinstance(value, str):
+            assert fast[key] == value, key
+        else:
+            assert isinstance(fast[key], np.ndarray) and fast[key].dtype == np.uint8, key
+            assert np.array_equal(fast[key], value), key
+    monkeypatch.undo()
+    took = {name for name in names if name.lower().endswith(".png")
+            and preprocess._open_png_fast((folder / name).read_bytes()) is not None}
+    assert took == {"rgb.png", "rgba.png", "la.png", "tiny.PNG", "big_wide.png"} | \
+        {name for name, fast in variants.items() if fast}
+    assert isinstance(slow["exif.png", pres[0]], np.ndarray)
 
 
 def test_decode_error_is_also_a_value_error():
@@ -395,6 +460,26 @@ def test_iter_batches_workers_agree_and_follow_requested_indices(class_folder):
         list(iter_batches(src, pre, batch_size=0))
     with pytest.raises(ConfigError, match="workers"):
         list(iter_batches(src, pre, workers=-1))
+
+
+def _pixel_sum_and_pid(images):
+    return images.sum(dim=(1, 2, 3)).numpy(), os.getpid()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_iter_batches_transform_runs_where_the_batch_was_decoded(image_zoo, workers):
+    folder, zoo = image_zoo
+    src = open_source(folder)
+    pre = Preprocess(8, 1)
+    batches = list(iter_batches(src, pre, batch_size=4, workers=workers, transform=_pixel_sum_and_pid))
+    for b in batches:  # chunks whose files all failed get an output too (of an empty batch)
+        sums, pid = b.output
+        assert np.array_equal(sums, b.images.sum(dim=(1, 2, 3)).numpy()) and len(sums) == len(b)
+        assert (pid == os.getpid()) == (workers == 0)
+    assert sum(len(b.skipped) for b in batches) == len(zoo["bad"])
+    assert all(b.output is None for b in iter_batches(src, pre, batch_size=4, workers=workers))
+    arrays = list(iter_batches(open_source("digits:test"), pre, batch_size=200, transform=_pixel_sum_and_pid))
+    assert [len(b.output[0]) for b in arrays] == [200, 200, 50] and arrays[0].output[1] == os.getpid()
 
 
 def test_array_source_fast_path_matches_per_row_load():

@@ -29,11 +29,14 @@ class Batch:
         Their images, ``images[j]`` is row ``indices[j]``.
     skipped : list of (int, str)
         Rows of this chunk that could not be decoded, with the reason.
+    output : object
+        What ``transform(images)`` returned, when :func:`iter_batches` was given one; else None.
     """
 
     indices: np.ndarray
     images: torch.Tensor
     skipped: list = field(default_factory=list)
+    output: object = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -66,17 +69,20 @@ class _RowDataset(Dataset):
             return row, None, str(err) or type(err).__name__
 
 
-def _collate(items, shape):
+def _collate(items, shape, transform=None):
+    """One Batch whose ``images`` is still an ndarray: a worker pickles it into the pipe, much cheaper for
+    small batches than moving a tensor to shared memory and passing its file descriptor."""
     ok = [(row, img) for row, img, _ in items if img is not None]
     skipped = [(row, reason) for row, img, reason in items if img is None]
-    if ok:
-        images = torch.from_numpy(np.stack([img for _, img in ok]))
-    else:
-        images = torch.empty((0, *shape), dtype=torch.uint8)
-    return Batch(np.asarray([row for row, _ in ok], dtype=np.int64), images, skipped)
+    images = np.stack([img for _, img in ok]) if ok else np.empty((0, *shape), dtype=np.uint8)
+    batch = Batch(np.asarray([row for row, _ in ok], dtype=np.int64), images, skipped)
+    if transform is not None:
+        batch.output = transform(torch.from_numpy(images))
+    return batch
 
 
-def iter_batches(source: ImageSource, pre: Preprocess, batch_size: int = 256, workers=None, indices=None):
+def iter_batches(source: ImageSource, pre: Preprocess, batch_size: int = 256, workers=None, indices=None,
+                 transform=None):
     """Yield the requested rows as :class:`Batch` objects, in order.
 
     Parameters
@@ -90,6 +96,12 @@ def iter_batches(source: ImageSource, pre: Preprocess, batch_size: int = 256, wo
         in-memory data, which takes a vectorised path whatever this says.
     indices : array-like of int, optional
         Rows to read, in this order; default all.
+    transform : callable, optional
+        Applied to each batch's ``images`` (also an empty one) in the process that
+        decoded it, a worker when there are workers; its result is ``Batch.output``.
+        CPU work that follows decoding (the encoder) then runs in the workers too,
+        which keeps every core busy without threads and processes competing. With
+        workers it must be picklable where processes are spawned (not forked).
 
     Yields
     ------
@@ -107,15 +119,18 @@ def iter_batches(source: ImageSource, pre: Preprocess, batch_size: int = 256, wo
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             # A copy: batches never alias the source's (possibly read-only, shared) array.
-            yield Batch(chunk, torch.from_numpy(np.array(source.batch(chunk, pre))), [])
+            images = torch.from_numpy(np.array(source.batch(chunk, pre)))
+            yield Batch(chunk, images, [], transform(images) if transform is not None else None)
         return
     if workers is None:
         workers = default_workers(source)
     n_batches = -(-len(rows) // batch_size)
     loader = DataLoader(_RowDataset(source, pre, rows), batch_size=int(batch_size), shuffle=False,
                         num_workers=min(int(workers), n_batches), persistent_workers=False,
-                        collate_fn=functools.partial(_collate, shape=pre.shape))
-    yield from loader
+                        collate_fn=functools.partial(_collate, shape=pre.shape, transform=transform))
+    for batch in loader:
+        batch.images = torch.from_numpy(batch.images)
+        yield batch
 
 
 def load_images(source: ImageSource, pre: Preprocess, workers=None, progress: bool = False, indices=None,
