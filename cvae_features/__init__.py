@@ -9,6 +9,8 @@ stays fast; torch and scikit-learn load only when a name that needs them is used
 """
 
 import importlib
+import sys
+import types
 
 from ._version import __version__
 from .errors import (CvaeError, ConfigError, DataError, DecodeError, ModelError, SourceNotFoundError,
@@ -28,6 +30,17 @@ _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = ["__version__", "CvaeError", "ConfigError", "DataError", "DecodeError", "ModelError",
            "SourceNotFoundError", "StoreError", "TrainingError", *_WHERE]
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name, value):
+        # importing the submodule ``train`` (or ``extract``) binds it here; the function of that name wins
+        if name in _WHERE and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):

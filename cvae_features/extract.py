@@ -508,13 +508,13 @@ def _read_reference_store(model, kind: str) -> dict:
 
 
 def _train_model(src, plan: AutoTrainPlan, *, resume, overwrite, progress, data_dir):
-    from . import train as training
+    from .train import train
 
     resume_run = resume and (plan.run_dir / "checkpoint.pt").exists()
     t0 = time.perf_counter()
-    result = training.train(src, plan.run_dir, model_config=plan.model_config, train_config=plan.train_config,
-                            preprocess=plan.preprocess, resume=resume_run, overwrite=overwrite and not resume_run,
-                            progress=progress, data_dir=data_dir)
+    result = train(src, plan.run_dir, model_config=plan.model_config, train_config=plan.train_config,
+                   preprocess=plan.preprocess, resume=resume_run, overwrite=overwrite and not resume_run,
+                   progress=progress, data_dir=data_dir)
     return result.model, time.perf_counter() - t0
 
 

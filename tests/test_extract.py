@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -290,7 +292,8 @@ def test_incremental_pca_path_matches_exact(images, monkeypatch):
     src = open_source(root)
     pre = Preprocess(SIZE, 1)
     exact = fit_pca(src, pre, 3, batch_size=4, workers=0)
-    monkeypatch.setattr("cvae_features.extract.PCA_COVARIANCE_MAX_FEATURES", 0)
+    # the package attribute ``extract`` is the function, so patch the module object itself
+    monkeypatch.setattr(sys.modules["cvae_features.extract"], "PCA_COVARIANCE_MAX_FEATURES", 0)
     approx = fit_pca(src, pre, 3, batch_size=4, workers=0)
     np.testing.assert_allclose(approx["mean"], exact["mean"], atol=1e-9)
     np.testing.assert_allclose(np.abs(approx["components"] @ exact["components"].T), np.eye(3), atol=1e-3)

@@ -16,6 +16,14 @@ def test_every_exported_name_resolves():
     assert set(cvae_features.__all__) <= set(dir(cvae_features))
 
 
+def test_functions_named_like_their_modules_stay_functions():
+    code = ("import cvae_features.train, cvae_features.extract; from cvae_features.train import TrainConfig; "
+            "from cvae_features import train, extract; print(callable(train), callable(extract), "
+            "type(train).__name__, type(extract).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "function", "function"]
+
+
 def test_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         cvae_features.nope  # noqa: B018
