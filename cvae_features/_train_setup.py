@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass
+from typing import Optional
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ class Data:
     description: str
     skipped: list
     fingerprint: str
+    spec: Optional[str] = None  # what open_source reopens; None for in-memory arrays
 
 
 def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress) -> Data:
@@ -40,12 +42,12 @@ def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress) -> 
         for name, hint, actual in (("image_size", size_hint, size), ("channels", channels_hint, channels)):
             if hint is not None and hint != actual:
                 raise ConfigError(f"model config {name}={hint} does not match the images' {name} {actual}")
-        pre, description, skipped = None, f"in-memory array of shape {tuple(images.shape)}", []
+        pre, description, skipped, spec = None, f"in-memory array of shape {tuple(images.shape)}", [], None
     else:
         from .data import infer_preprocess, load_images, open_source
 
         src = open_source(str(source), data_dir=data_dir) if isinstance(source, (str, Path)) else source
-        description = src.description
+        description, spec = src.description, getattr(src, "spec", None)
         if preprocess is None:
             preprocess = infer_preprocess(src, image_size=size_hint, channels=channels_hint)
         for name, hint, actual in (("image_size", size_hint, preprocess.size),
@@ -69,7 +71,7 @@ def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress) -> 
     except ConfigError as err:
         raise ConfigError(f"{err} (image_size {size} and channels {channels} come from the data)") from None
     digest = hashlib.blake2b(np.ascontiguousarray(images.numpy()).data, digest_size=8).hexdigest()
-    return Data(images.contiguous(), mcfg, pre, description, skipped, digest)
+    return Data(images.contiguous(), mcfg, pre, description, skipped, digest, spec)
 
 
 def _as_image_tensor(array) -> torch.Tensor:

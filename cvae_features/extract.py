@@ -344,7 +344,7 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
     else:
         weights = trained if carry_weights is None else bool(carry_weights)
         writer = StoreWriter.create(store_path, feature_kind=kind, dim=out_dim, preprocess=pre,
-                                    source=src.description, plan_keys=src.keys, label_names=src.label_names,
+                                    source=src.description, source_spec=getattr(src, "spec", "") or "", plan_keys=src.keys, label_names=src.label_names,
                                     extras=extras, compression=compression, model=vae,
                                     carry_weights=weights and vae is not None, pca=pca)
 

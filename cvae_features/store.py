@@ -424,6 +424,11 @@ class FeatureStore:
     def source(self) -> str:
         return _as_str(self._f.attrs.get("source")) or ""
 
+    @property
+    def source_spec(self) -> str:
+        """What ``open_source`` reopens (absolute path or ``name:split``); "" when unknown or in memory."""
+        return _as_str(self._f.attrs.get("source_spec")) or ""
+
     def label_counts(self) -> Dict[str, int]:
         """Rows per label name (plus 'unknown' when some rows have none)."""
         counts = np.bincount(self.labels + 1, minlength=len(self.label_names) + 1) if self._n else \
@@ -483,7 +488,7 @@ class StoreWriter:
     def create(cls, path, *, feature_kind: str, dim: int, preprocess, source: str, plan_keys: Sequence[str],
                label_names: Sequence[str] = (), extras: Sequence[str] = (), compression=None,
                model=None, carry_weights: bool = False, pca: Optional[Mapping[str, np.ndarray]] = None,
-               chunk_rows: Optional[int] = None) -> "StoreWriter":
+               chunk_rows: Optional[int] = None, source_spec: str = "") -> "StoreWriter":
         """Write an empty store (all plan entries pending) and return a writer on it.
 
         Parameters
@@ -512,6 +517,8 @@ class StoreWriter:
             For pca features: 'mean' (P,), 'components' (dim, P), 'explained_variance' (dim,).
         chunk_rows : int or None
             Rows per chunk; None picks about 256 KiB per feature chunk.
+        source_spec : str
+            What ``open_source`` reopens (absolute path or ``name:split``); "" when unknown.
         """
         path = Path(path)
         if feature_kind not in FEATURE_KINDS:
@@ -548,7 +555,8 @@ class StoreWriter:
                 fingerprint = pca_fingerprint(pca["mean"], pca["components"], pre)
             f.attrs.update({
                 "format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": __version__,
-                "created": now, "updated": now, "source": str(source), "feature_kind": feature_kind,
+                "created": now, "updated": now, "source": str(source), "source_spec": str(source_spec or ""),
+                "feature_kind": feature_kind,
                 "dim": dim, "preprocess": json.dumps(pre, sort_keys=True), "model_config": config_json,
                 "model_fingerprint": fingerprint, "compression": compression or "none",
                 "n_rows": 0, "n_skipped": 0,

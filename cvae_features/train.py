@@ -304,7 +304,7 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
         "tool_version": __version__, "torch_version": torch.__version__,
         "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(),
         "preprocess": data.preprocess.to_dict() if data.preprocess is not None else None,
-        "source": {"description": data.description, "n_images": n, "n_train": n - n_val, "n_val": n_val,
+        "source": {"description": data.description, "spec": data.spec, "n_images": n, "n_train": n - n_val, "n_val": n_val,
                    "n_skipped": len(data.skipped), "data_fingerprint": data.fingerprint},
         "device": str(device), "amp": tcfg.amp_dtype if amp_dtype is not None else None,
     })

@@ -320,4 +320,5 @@ def test_builtin_source_with_default_workers(model_path, tmp_path):
     res = extract("digits:test", tmp_path / "d.h5", model=model_path, progress=False, batch_size=512)
     with FeatureStore(res.path) as s:
         assert s.keys[0].startswith("digits:test/") and s.has_labels and len(s.label_names) == 10
+        assert s.source_spec == "digits:test"
         assert s.n_rows == res.n_rows > 300 and s.n_skipped == 0

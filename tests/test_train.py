@@ -107,6 +107,7 @@ def test_train_on_digits_writes_the_run_dir(tmp_path):
     assert config["preprocess"] == {"size": 8, "channels": 1, "resize": "crop"}
     assert config["train_config"]["epochs"] == 3 and config["train_config"]["lr"] == 2e-3
     assert config["source"]["description"].startswith("digits")
+    assert config["source"]["spec"] == "digits:all"  # what open_source reopens
     assert config["source"]["n_train"] == 1617 and config["tool_version"]
 
     assert json.loads((run / "history.json").read_text()) == result.history
