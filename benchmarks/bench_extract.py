@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from _common import git_commit  # benchmarks/ is on sys.path when a script runs
 from cvae_features.data import Preprocess, decode_image, iter_batches, open_source
 from cvae_features.data.loader import default_workers
 from cvae_features.extract import _BatchEncoder, extract
@@ -306,14 +307,6 @@ def machine() -> dict:
             "pillow": Image.__version__, "load_average_at_start": list(os.getloadavg())}
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=10_000, help="PNG files in the speed test (default 10,000)")
@@ -395,7 +388,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "extract_speed", "command": " ".join(["python", "benchmarks/bench_extract.py"] + list(argv or
                                                                                                     sys.argv[1:])),
-        "commit": git_commit(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        **git_commit(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": info, "wall_s": round(time.perf_counter() - t_start, 1),
         "config": {"n_files": n, "big_files": n * args.memory_factor, "repetitions": args.reps,
                    "batch_size": args.batch_size, "decoding_workers": default_workers(src),
@@ -433,7 +426,7 @@ def write_results(result: dict, out: Path) -> None:
     lines = [
         "# Extraction speed",
         "",
-        f"`{result['command']}` at commit `{result['commit'][:12]}`, {result['date']}; {m['platform']}, "
+        f"`{result['command']}` at commit `{(result['commit'] or 'unknown')[:12]}`, {result['date']}; {m['platform']}, "
         f"{m['usable_cores']} usable cores, torch {m['torch']} ({m['torch_threads']} threads), Pillow {m['pillow']}; "
         f"wall time {result['wall_s']:.0f} s; load average at start {m['load_average_at_start'][0]:.2f}, "
         f"at end {m['load_average_at_end'][0]:.2f}.",

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import git_commit  # benchmarks/ is on sys.path when a script runs
 from cvae_features import __version__
 from cvae_features.data import load_images, open_source, infer_preprocess
 from cvae_features.model import ConvVAE, VAEConfig
@@ -81,17 +82,6 @@ def run_minimal(images, model_config: VAEConfig, tcfg: TrainConfig) -> dict:
     final = float(torch.stack(losses).mean())
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "images_per_s": n * tcfg.epochs / wall, "final_loss": final}
-
-
-def git_commit() -> dict:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip() != ""
-    except OSError:
-        head, dirty = "", None
-    return {"commit": head or None, "working_tree_modified": dirty}
 
 
 def main(argv=None) -> int:
