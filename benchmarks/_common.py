@@ -174,7 +174,7 @@ def config_lines(title: str, d: dict) -> list:
 
 def write_results(stem, record: dict, markdown: str) -> tuple[Path, Path]:
     """Write ``<stem>.json`` and ``<stem>.md`` (each via a temporary file, then renamed)."""
-    from cvae_features.probes._common import to_builtin
+    from cvae_features._json import to_builtin
 
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)

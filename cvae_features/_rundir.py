@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._json import to_builtin
 from .errors import ConfigError
 
 CHECKPOINT = "checkpoint.pt"
@@ -41,7 +42,7 @@ def _replace_from_tmp(path: Path, write) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    _replace_from_tmp(path, lambda tmp: tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n"))
+    _replace_from_tmp(path, lambda tmp: tmp.write_text(json.dumps(to_builtin(obj), indent=2) + "\n"))
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
@@ -115,13 +116,3 @@ def save_reconstructions(path: Path, originals: torch.Tensor, recons: torch.Tens
     _replace_from_tmp(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .probes._common import to_builtin
+from ._json import to_builtin
 
 DEFAULT_LABEL = "features"
 

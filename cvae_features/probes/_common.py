@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
+from .._json import to_builtin
 from ..errors import ConfigError
 
 PREPROCESSINGS = ("standardize", "l2", "none")
@@ -238,21 +238,6 @@ def selection_splits(y: np.ndarray, *, cv: int | None, val_fraction: float, max_
 
 
 # --------------------------------------------------------------------------- records
-
-def to_builtin(value):
-    """Convert numpy scalars/arrays (also nested in dicts, lists, tuples) to plain Python for JSON."""
-    if isinstance(value, dict):
-        return {str(k): to_builtin(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_builtin(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_builtin(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
 
 class ResultRecord:
     """Mixin of the probes' result dataclasses: ``to_dict()`` and ``summary()``.
