@@ -156,14 +156,6 @@ def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
     raise ConfigError(f"run_dir {run_dir} already holds {what}: resume it (--resume) or replace it (--overwrite)")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"invalid device={name!r}: CUDA is not available here (use 'cpu' or 'auto')")
-    return torch.device(name)
-
-
 def derive_seed(seed: int, *keys) -> int:
     """A well-mixed 63-bit seed derived from the run seed and a purpose (and epoch)."""
     words = [seed] + [k if isinstance(k, int) else int.from_bytes(k.encode()[:8], "little") for k in keys]

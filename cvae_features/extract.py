@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError, ModelError, StoreError
+from .model import resolve_device
 from .store import FEATURE_KINDS, FeatureStore, StoreWriter, is_store, normalize_compression
 
 #: Exact PCA (covariance + eigh) up to this many pixel values per image; IncrementalPCA beyond.
@@ -348,7 +349,7 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
                                     extras=extras, compression=compression, model=vae,
                                     carry_weights=weights and vae is not None, pca=pca)
 
-    device_ = _resolve_device(device)
+    device_ = resolve_device(device)
     encode = _BatchEncoder(kind, vae, pca, extras, device_)
     # on CPU the decoding workers run the encoder too (see the module notes); a GPU is fed from here
     in_workers = device_.type == "cpu"
@@ -516,18 +517,6 @@ def _train_model(src, plan: AutoTrainPlan, *, resume, overwrite, progress, data_
                    preprocess=plan.preprocess, resume=resume_run, overwrite=overwrite and not resume_run,
                    progress=progress, data_dir=data_dir)
     return result.model, time.perf_counter() - t0
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"invalid device={name!r}: expected 'auto', 'cpu' or 'cuda[:N]'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"invalid device={name!r}: CUDA is not available here (use 'cpu' or 'auto')")
-    return device
 
 
 class _BatchEncoder:

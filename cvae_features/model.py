@@ -333,6 +333,22 @@ def fingerprint_state(config: VAEConfig, state_dict: dict) -> str:
     return h.hexdigest()[:16]
 
 
+def resolve_device(name: str) -> torch.device:
+    """``'auto'`` (CUDA when available, else CPU), ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` -> a torch device.
+
+    Raises ConfigError for a malformed name or for CUDA on a machine without it.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"invalid device={name!r}: expected 'auto', 'cpu' or 'cuda[:N]'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"invalid device={name!r}: CUDA is not available here (use 'cpu' or 'auto')")
+    return device
+
+
 def load_model(path) -> ConvVAE:
     """Load a model from a model file, a run directory holding ``model.pt``, or a feature store carrying one.
 
@@ -379,5 +395,5 @@ def count_parameters(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-__all__ = ["VAEConfig", "VAEOutput", "ConvVAE", "load_model", "fingerprint_state", "to_unit_float",
+__all__ = ["VAEConfig", "VAEOutput", "ConvVAE", "load_model", "resolve_device", "fingerprint_state", "to_unit_float",
            "count_parameters", "Likelihood"]

@@ -28,10 +28,9 @@ import torch
 from . import _rundir as rd
 from ._version import __version__
 from ._train_loop import Loop
-from ._train_setup import (agree, agree_preprocess, claim_run_dir, derive_seed, load_data, model_overrides,
-                           resolve_device)
+from ._train_setup import agree, agree_preprocess, claim_run_dir, derive_seed, load_data, model_overrides
 from .errors import ConfigError, DataError
-from .model import ConvVAE, VAEConfig, check_config_keys, load_model
+from .model import ConvVAE, VAEConfig, check_config_keys, load_model, resolve_device
 
 Schedule = Literal["onecycle", "cosine", "constant"]
 AmpDtype = Literal["bfloat16", "float16"]
