@@ -29,7 +29,7 @@ WORK = ROOT / "benchmarks" / "_work"
 # Command-line option -> field of VAEConfig / TrainConfig. Options left unset are not passed on,
 # so the package defaults stay the single source of truth (as in `cvae train`).
 MODEL_OPTIONS = {"latent_dim": "latent_dim", "beta": "beta", "likelihood": "likelihood",
-                 "convs_per_level": "convs_per_level", "batch_norm": "batch_norm"}
+                 "convs_per_level": "convs_per_level", "batch_norm": "batch_norm", "widths": "widths"}
 TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "schedule": "schedule",
                  "beta_warmup_epochs": "beta_warmup_epochs", "val_fraction": "val_fraction",
                  "patience": "patience", "train_seed": "seed", "device": "device"}
@@ -43,6 +43,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=None)
     g.add_argument("--convs-per-level", type=int, default=None)
     g.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--widths", type=_int_tuple, default=None, help="channels per level, e.g. 64,128,256")
     g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--lr", type=float, default=None)
@@ -52,6 +53,13 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--patience", type=int, default=None)
     g.add_argument("--train-seed", type=int, default=None, help="TrainConfig.seed")
     g.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+
+
+def _int_tuple(text: str) -> tuple:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
 
 
 def config_overrides(args: argparse.Namespace, preset_model=None, preset_train=None) -> tuple[dict, dict]:

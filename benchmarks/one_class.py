@@ -58,6 +58,10 @@ SCORES = {
     "raw_ocsvm": ("raw OC-SVM", "baseline"),
 }
 KNN_K = 5
+# The score the target is assessed on, fixed before a run (not picked by test AUROC): the latent GMM
+# was the best cvae score of the earlier digits run and of the earlier Fashion-MNIST run with another
+# model config (latent 64, beta 1, 10 epochs), both committed under benchmarks/results/.
+PRIMARY_SCORE = "latent_gmm"
 OCSVM = {"kernel": "rbf", "nu": 0.1, "gamma": "scale"}
 
 
@@ -74,6 +78,8 @@ def parse_args(argv):
     p.add_argument("--reuse", action="store_true", help="reuse runs and complete stores found in --out-dir")
     p.add_argument("--out", default=None, help="results path without suffix")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--score", choices=tuple(n for n in SCORES if SCORES[n][1] == "cvae"), default=PRIMARY_SCORE,
+                   help=f"the cvae score the target is assessed on, fixed in advance (default {PRIMARY_SCORE})")
     bc.add_config_options(p)
     args = p.parse_args(argv)
     ds = DATASETS[args.dataset]
@@ -204,10 +210,10 @@ def run(args, argv) -> dict:
                                    "normal training pixels only"),
                      "vae_scores": "extract(..., scores=True): recon_error = Bernoulli/Gaussian NLL at z = μ, "
                                    "neg_elbo = recon_error + KL (β = 1)"},
-        "auroc": auroc, "mean_auroc": mean, "best_cvae_score": best,
+        "auroc": auroc, "mean_auroc": mean, "primary_score": args.score, "best_cvae_score": best,
         "anchors": ds["anchors"], "target": ds["target"],
         # a quick run (3 classes, few epochs) says nothing about the target
-        "target_met": None if ds["target"] is None or args.quick else bool(100 * mean[best] >= ds["target"]),
+        "target_met": None if ds["target"] is None or args.quick else bool(100 * mean[args.score] >= ds["target"]),
         "per_class": per_class, "training": train_records,
         "training_images_per_s_median": statistics.median(rates) if rates else None,
         "stage_seconds": stages.seconds,
@@ -255,13 +261,15 @@ def markdown(rec: dict, args) -> str:
                     + [bc.pct(rec["auroc"][n][c]) for n in SCORES])
     body.append(["**mean**"] + [f"**{bc.pct(rec['mean_auroc'][n])}**" for n in SCORES])
     lines += bc.md_table(header, body) + [""]
-    best = rec["best_cvae_score"]
-    lines += [f"Best cvae score (picked by its mean test AUROC, so all columns are shown): {SCORES[best][0]}, "
-              f"mean AUROC {bc.pct(rec['mean_auroc'][best])}."]
+    primary, best = rec["primary_score"], rec["best_cvae_score"]
+    lines += [f"Primary cvae score, fixed before the run (`--score`): {SCORES[primary][0]}, mean AUROC "
+              f"{bc.pct(rec['mean_auroc'][primary])}; the target is assessed on it. The best cvae column by "
+              f"mean test AUROC is {SCORES[best][0]} ({bc.pct(rec['mean_auroc'][best])}), shown for "
+              "information only."]
     if rec["anchors"]:
         lines += ["", *bc.md_table(["anchor (mean AUROC, BENCHMARKS.md)", "value"],
                                    [[k, f"{v:.1f}"] for k, v in rec["anchors"].items()]
-                                   + [["target for the best cvae score", f"≥ {rec['target']:.1f}"]])]
+                                   + [[f"target for the primary score ({SCORES[primary][0]})", f"≥ {rec['target']:.1f}"]])]
         lines += ["", "Target met: not assessed (quick run: reduced data and epochs, a few classes)." if args.quick
                   else f"Target met: {'yes' if rec['target_met'] else 'no'}."]
     else:

@@ -38,9 +38,9 @@ def _announce_training(plan) -> None:
 @click.option("--features", type=click.Choice(["vae", "raw", "pca"]), default=None,
               help="vae (default): the VAE's posterior mean; raw: resized pixels in [0, 1]; pca: their PCA.")
 @click.option("--dim", type=int, default=None,
-              help="pca: number of components; vae: latent width of the auto-trained model (default 64).")
+              help="pca: number of components; vae: latent width of the auto-trained model (default: the VAEConfig default).")
 @click.option("--epochs", type=int, default=None,
-              help="Epochs of the auto-trained model (default: about 600k images seen, 5 to 30 epochs).")
+              help="Epochs of the auto-trained model (default: as many images seen as the default epochs on 60k images, 5 to 60 epochs).")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Images per batch.")
 @click.option("--workers", type=int, default=None, help="Decoding processes (default: one per core).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted store (same model).")

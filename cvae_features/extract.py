@@ -34,10 +34,11 @@ from .store import FEATURE_KINDS, FeatureStore, StoreWriter, is_store, normalize
 
 #: Exact PCA (covariance + eigh) up to this many pixel values per image; IncrementalPCA beyond.
 PCA_COVARIANCE_MAX_FEATURES = 4096
-#: Images an auto-trained model should see in total (epochs = this / n, clamped to AUTO_EPOCHS).
-AUTO_TRAIN_IMAGE_PASSES = 600_000
-AUTO_EPOCHS = (5, 30)
-AUTO_LATENT_DIM = 64
+#: A data set of this many images gets exactly the TrainConfig defaults (the benchmarked model:
+#: Fashion-MNIST's 60k training images); others get epochs scaled so that the same number of
+#: images is seen in total, clamped to AUTO_EPOCHS.
+AUTO_REFERENCE_IMAGES = 60_000
+AUTO_EPOCHS = (5, 60)
 _SKIPPED_KEPT = 100
 
 
@@ -115,9 +116,11 @@ def plan_auto_training(source, store_path, *, dim=None, model_config=None, train
                        estimate: bool = True) -> AutoTrainPlan:
     """Choose the model and schedule ``extract`` trains when no model is given, and estimate its time.
 
-    Defaults: ``latent_dim`` = ``dim`` or 64; epochs so that about 600,000 images are seen
-    in total, clamped to 5..30; everything else from ``VAEConfig`` / ``TrainConfig``.
-    Given configs win. The estimate times one optimizer step on random data.
+    Defaults: ``latent_dim`` = ``dim`` or the ``VAEConfig`` default; everything else from
+    ``VAEConfig`` / ``TrainConfig``, except that the epochs are scaled so that as many images
+    are seen in total as the defaults see on 60,000 images (``TrainConfig().epochs`` epochs
+    there, the benchmarked Fashion-MNIST model), clamped to 5..60. Given configs win.
+    The estimate times one optimizer step on random data.
     """
     from .data import infer_preprocess, open_source
     from .model import VAEConfig
@@ -131,10 +134,11 @@ def plan_auto_training(source, store_path, *, dim=None, model_config=None, train
     size = given.get("image_size") if given.get("image_size") not in (None, VAEConfig.image_size) else None
     channels = given.get("channels") if given.get("channels") not in (None, VAEConfig.channels) else None
     pre = infer_preprocess(src, image_size=size, channels=channels)
-    latent = dim if dim is not None else given.get("latent_dim", AUTO_LATENT_DIM)
+    latent = dim if dim is not None else given.get("latent_dim", VAEConfig.latent_dim)
     mcfg = VAEConfig.from_dict({**given, "image_size": pre.size, "channels": pre.channels, "latent_dim": latent})
     if train_config is None:
-        epochs = int(np.clip(math.ceil(AUTO_TRAIN_IMAGE_PASSES / max(n, 1)), *AUTO_EPOCHS))
+        passes = AUTO_REFERENCE_IMAGES * TrainConfig.epochs
+        epochs = int(np.clip(math.ceil(passes / max(n, 1)), *AUTO_EPOCHS))
         tcfg = TrainConfig(epochs=epochs)
     elif isinstance(train_config, dict):
         tcfg = TrainConfig.from_dict(train_config)

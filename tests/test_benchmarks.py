@@ -94,3 +94,21 @@ def test_fashion_mnist_script_on_digits(tmp_path):
     assert set(rec["stage_seconds"]) >= {"train VAE", "extract VAE", "probe raw"}
     md = (tmp_path / "fm.md").read_text()
     assert "| linear | test accuracy |" in md and "Resolved train config" in md
+
+
+def test_tuning_script_scores_on_a_validation_split_of_train_only(tmp_path):
+    tuning = _load("fashion_mnist_tuning")
+    argv = ["--source", "digits:train", "--name", "tiny", "--epochs", "2", "--latent-dim", "8", "--beta", "0.5", "--widths", "16",
+            "--out-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "tuning"), "--no-progress"]
+    tuning.main(argv)
+    rec = json.loads((tmp_path / "tuning" / "tiny.json").read_text())
+    assert rec["source"] == "digits:train" and rec["n_train"] == 1347
+    assert rec["model_config"]["widths"] == [16] and rec["overrides"]["model"]["latent_dim"] == 8
+    v = rec["validation"]
+    assert 0.5 < v["linear"]["accuracy"] <= 1 and 0.5 < v["knn"]["accuracy"] <= 1
+    assert set(v["cluster"]) == {"l2", "standardize", "none"}
+    assert set(v["fewshot10"]) == {"logistic", "label_spreading"}
+    md = (tmp_path / "tuning.md").read_text()
+    assert "| `tiny` | 8 | 0.5 | 16 |" in md and "test split was not read" in md
+    with pytest.raises(SystemExit):
+        tuning.parse_args([])  # --name is required

@@ -322,3 +322,20 @@ def test_builtin_source_with_default_workers(model_path, tmp_path):
         assert s.keys[0].startswith("digits:test/") and s.has_labels and len(s.label_names) == 10
         assert s.source_spec == "digits:test"
         assert s.n_rows == res.n_rows > 300 and s.n_skipped == 0
+
+
+def test_auto_training_plan_is_the_benchmarked_default_on_a_fashion_mnist_sized_set(tmp_path):
+    from cvae_features.data import ArraySource
+    from cvae_features.extract import plan_auto_training
+    from cvae_features.model import VAEConfig
+    from cvae_features.train import TrainConfig
+
+    pixels = np.zeros((60_000, 1, 28, 28), dtype=np.uint8)
+    big = ArraySource(pixels)
+    plan = plan_auto_training(big, tmp_path / "f.h5", estimate=False)
+    assert plan.model_config == VAEConfig() and plan.train_config == TrainConfig()
+    # smaller sets see as many images in total (clamped), larger ones fewer epochs
+    small = plan_auto_training(ArraySource(pixels[:6_000]), tmp_path / "f.h5", estimate=False).train_config.epochs
+    assert small == min(10 * TrainConfig().epochs, 60)
+    assert plan_auto_training(ArraySource(pixels[:20]), tmp_path / "f.h5", estimate=False).train_config.epochs == 60
+    assert plan_auto_training(ArraySource(pixels[:20]), tmp_path / "f.h5", dim=7, estimate=False).model_config.latent_dim == 7
