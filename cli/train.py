@@ -19,12 +19,12 @@ _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "s
 @click.argument("source")
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False),
               help="Run directory for model.pt, checkpoint.pt, config.json, history and plots.")
-@click.option("--epochs", type=int, default=None, help="Passes over the data (default 30).")
+@click.option("--epochs", type=int, default=None, help="Passes over the data (default 20).")
 @click.option("--batch-size", type=int, default=None, help="Images per step (default 128).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default 2e-3).")
 @click.option("--schedule", default=None, metavar="NAME", help="onecycle (default), cosine or constant.")
-@click.option("--latent-dim", type=int, default=None, help="Width of the embedding (default 64).")
-@click.option("--beta", type=float, default=None, help="Weight of the KL term (default 1.0).")
+@click.option("--latent-dim", type=int, default=None, help="Width of the embedding (default 256).")
+@click.option("--beta", type=float, default=None, help="Weight of the KL term (default 0.05).")
 @click.option("--beta-warmup", type=float, default=None, metavar="EPOCHS",
               help="Ramp the KL weight from 0 over this many epochs (default 0).")
 @click.option("--likelihood", default=None, metavar="NAME", help="bernoulli (default) or gaussian.")

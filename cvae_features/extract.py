@@ -195,7 +195,7 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
         store, else 'vae'.
     dim : int or None
         pca: number of components (required unless the basis comes from a store).
-        vae: latent width of the auto-trained model (default 64).
+        vae: latent width of the auto-trained model (default: ``VAEConfig().latent_dim``).
     train_config, model_config : TrainConfig/dict, VAEConfig/dict, optional
         For the auto-trained model.
     batch_size : int, default=256

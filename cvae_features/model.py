@@ -50,14 +50,14 @@ class VAEConfig:
         Side of the square input image, 8 to 256.
     channels : int, default=1
         1 (grayscale) or 3 (RGB).
-    latent_dim : int, default=64
+    latent_dim : int, default=256
         Width of the latent code (and of the embedding), 1 to 4096.
     widths : tuple of int or None, default=None
         Channels of each encoder level (the decoder mirrors them). ``None``
         derives one width per level from the image size (32, 64, 128, 256...).
     likelihood : {"bernoulli", "gaussian"}, default="bernoulli"
         Pixel likelihood; "gaussian" learns one global variance.
-    beta : float, default=1.0
+    beta : float, default=0.05
         Weight of the KL term (β-VAE), >= 0.
     convs_per_level : int, default=1
         Convolutions per encoder/decoder level (1 to 4); more is deeper.
@@ -67,10 +67,10 @@ class VAEConfig:
 
     image_size: int = 28
     channels: int = 1
-    latent_dim: int = 64
+    latent_dim: int = 256
     widths: Optional[Tuple[int, ...]] = None
     likelihood: Likelihood = "bernoulli"
-    beta: float = 1.0
+    beta: float = 0.05
     convs_per_level: int = 1
     batch_norm: bool = False
 

@@ -43,7 +43,7 @@ class TrainConfig:
 
     Parameters
     ----------
-    epochs : int, default=30
+    epochs : int, default=20
         Passes over the training images, 1 to 100000.
     batch_size : int, default=128
         Images per optimizer step, 1 to 65536.
@@ -78,7 +78,7 @@ class TrainConfig:
         Decoding processes for file sources (None: the data layer's default).
     """
 
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.0

@@ -71,11 +71,21 @@ def test_train_config_errors_name_parameter_value_and_range(field, value, expect
     assert expected in str(info.value)
 
 
+def test_cli_help_states_the_library_defaults():
+    cli, prefix = _cli()
+    text = " ".join(CliRunner().invoke(cli, prefix + ["--help"]).output.split())
+    for phrase in (f"Passes over the data (default {TrainConfig().epochs})",
+                   f"Images per step (default {TrainConfig().batch_size})",
+                   f"Width of the embedding (default {VAEConfig().latent_dim})",
+                   f"Weight of the KL term (default {VAEConfig().beta})"):
+        assert phrase in text
+
+
 def test_train_config_round_trip_and_defaults():
     cfg = TrainConfig(epochs=5, lr=1e-3, schedule="cosine", patience=3, grad_clip=5, seed=np.int64(7))
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.grad_clip == 5.0 and isinstance(cfg.seed, int)
-    assert TrainConfig().epochs == 30 and TrainConfig().batch_size == 128 and TrainConfig().lr == 2e-3
+    assert TrainConfig().batch_size == 128 and TrainConfig().lr == 2e-3
     with pytest.raises(ConfigError, match="unknown train config keys \\['epoch'\\]"):
         TrainConfig.from_dict({"epoch": 3})
 
