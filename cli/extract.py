@@ -38,7 +38,7 @@ def _announce_training(plan) -> None:
 @click.option("--features", type=click.Choice(["vae", "raw", "pca"]), default=None,
               help="vae (default): the VAE's posterior mean; raw: resized pixels in [0, 1]; pca: their PCA.")
 @click.option("--dim", type=int, default=None,
-              help="pca: number of components; vae: latent width of the auto-trained model (default: the VAEConfig default).")
+              help="pca: number of components; vae: latent width of the auto-trained model (default 256).")
 @click.option("--epochs", type=int, default=None,
               help="Epochs of the auto-trained model (default: as many images seen as the default epochs on 60k images, 5 to 60 epochs).")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Images per batch.")

@@ -22,6 +22,11 @@ __all__ = ["VAEFeatureExtractor"]
 class VAEFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Unsupervised image features: the posterior mean of a convolutional VAE.
 
+    Its defaults (latent 32, β 1, 10 epochs) suit the small arrays scikit-learn pipelines are
+    usually fitted on; they are not the package defaults of ``VAEConfig`` / ``TrainConfig``
+    (latent 256, β 0.05, 20 epochs, tuned on Fashion-MNIST's 60k images). Pass those explicitly,
+    or ``model=`` a trained run, to get the benchmarked model.
+
     Parameters
     ----------
     latent_dim : int, default=32

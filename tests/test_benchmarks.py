@@ -64,8 +64,15 @@ def test_one_class_digits_two_classes_and_reuse(tmp_path):
     assert rec["mean_auroc"]["raw_knn"] > 0.9  # digits are easy for raw k-NN: a sanity check of the labels
     assert rec["train_config"]["epochs"] == 3 and rec["train_config"]["batch_size"] == 32  # preset + override
     assert rec["per_class"]["0"]["ocsvm"]["gamma_resolved"] > 0
+    from cvae_features.demo import DEMO_MODEL
+
+    # the digits preset is the demo's model, chosen on digits:train
+    assert {k: rec["model_config"][k] for k in ("latent_dim", "beta")} == {"latent_dim": DEMO_MODEL.latent_dim,
+                                                                           "beta": DEMO_MODEL.beta}
+    # the target is assessed on the score fixed in advance, not on the best column
+    assert rec["primary_score"] == oc.PRIMARY_SCORE == "latent_mahalanobis" and rec["target_met"] is None
     md = (tmp_path / "oc.md").read_text()
-    assert "| class | VAE −ELBO |" in md and "**mean**" in md
+    assert "| class | VAE −ELBO |" in md and "**mean**" in md and "Primary cvae score, fixed before the run" in md
 
     # --reuse: the finished runs and complete stores are taken as they are, so the numbers repeat exactly
     assert oc.main(argv + ["--reuse"]) == 0

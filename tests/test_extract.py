@@ -337,5 +337,7 @@ def test_auto_training_plan_is_the_benchmarked_default_on_a_fashion_mnist_sized_
     # smaller sets see as many images in total (clamped), larger ones fewer epochs
     small = plan_auto_training(ArraySource(pixels[:6_000]), tmp_path / "f.h5", estimate=False).train_config.epochs
     assert small == min(10 * TrainConfig().epochs, 60)
+    half = plan_auto_training(ArraySource(pixels[:30_000]), tmp_path / "f.h5", estimate=False).train_config.epochs
+    assert half == min(2 * TrainConfig().epochs, 60)
     assert plan_auto_training(ArraySource(pixels[:20]), tmp_path / "f.h5", estimate=False).train_config.epochs == 60
     assert plan_auto_training(ArraySource(pixels[:20]), tmp_path / "f.h5", dim=7, estimate=False).model_config.latent_dim == 7

@@ -79,6 +79,10 @@ def test_cli_help_states_the_library_defaults():
                    f"Width of the embedding (default {VAEConfig().latent_dim})",
                    f"Weight of the KL term (default {VAEConfig().beta})"):
         assert phrase in text
+    from cvae_cli.main import cli as main_cli
+
+    text = " ".join(CliRunner().invoke(main_cli, ["extract", "--help"]).output.split())
+    assert f"latent width of the auto-trained model (default {VAEConfig().latent_dim})" in text
 
 
 def test_train_config_round_trip_and_defaults():

@@ -1,0 +1,133 @@
+"""The README's result tables, made from the committed result files (so the numbers are theirs).
+
+    python benchmarks/readme_tables.py            # print every table
+    python benchmarks/readme_tables.py --write    # replace the tables in README.md
+
+Each table sits in README.md between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``;
+``tests/test_readme.py`` checks that what is there equals what this script makes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as bc  # noqa: E402
+from one_class import SCORES  # noqa: E402  (the one-class benchmark's own column names)
+
+README = bc.ROOT / "README.md"
+
+
+def _load(name: str) -> dict:
+    path = bc.RESULTS / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"{path}: no such results file (run its benchmark first)")
+    rec = json.loads(path.read_text())
+    if rec.get("arguments", {}).get("quick") or "quick" in rec.get("benchmark", ""):
+        raise SystemExit(f"{path}: a --quick run; the README shows full runs only")
+    return rec
+
+
+def _target(value, target, digits=0) -> str:
+    if target is None:
+        return ""
+    if value is None:
+        return f"≥ {target:.{digits}f}"
+    return f"≥ {target:.{digits}f} ({'met' if 100 * value >= target - 1e-9 else 'missed'})"
+
+
+def _caption(rec: dict, what: str) -> str:
+    m, t = rec["model_config"], rec["train_config"]
+    return (f"{what}: latent {m['latent_dim']}, β {m['beta']}, {t['epochs']} epochs; wall time "
+            f"{rec['wall_s'] / 60:.0f} min; commit `{(rec.get('commit') or '?')[:7]}`.")
+
+
+def fashion_mnist() -> str:
+    rec = _load("fashion_mnist")
+    rows = {(r["probe"], r["metric"]): r for r in rec["table"]}
+    dim = rec["model_config"]["latent_dim"]
+
+    def cell(r, key):
+        std = r.get(key + "_std")
+        return bc.pct(r[key]) if std is None else bc.pct_std(r[key], std)
+
+    out = [_caption(rec, "Shipped defaults"), "",
+           f"| probe | VAE μ ({dim}) | PCA ({dim}) | raw pixels | anchor (BENCHMARKS.md) | target for VAE μ |",
+           "|---|---|---|---|---|---|"]
+    for label, key in (("linear", ("linear", "test accuracy")), ("k-NN", ("k-NN", "test accuracy"))):
+        r = rows[key]
+        out.append(f"| {label} | {cell(r, 'vae')} | {cell(r, 'pca')} | {cell(r, 'raw')} | {r['anchor']} | "
+                   f"{_target(r['vae'], r['target'])} |")
+    for metric in ("ACC", "NMI"):
+        r = rows[("k-means k=10", metric)]
+        out.append(f"| k-means {metric} | {cell(r, 'vae')} | {cell(r, 'pca')} | {cell(r, 'raw')} | {r['anchor']} | "
+                   f"{_target(r['vae'], r['target'])} |")
+    for method, label in (("label_spreading", "label spreading"), ("logistic", "logistic regression")):
+        key = ("few labels", f"{method} @ 10/class")
+        if key not in rows:
+            raise SystemExit(f"fashion_mnist.json: no few-label row {key[1]!r} (run with 10 labels per class)")
+        r = rows[key]
+        out.append(f"| 10 labels per class, {label} | {cell(r, 'vae')} | {cell(r, 'pca')} | {cell(r, 'raw')} | "
+                   f"{r['anchor']} | {_target(r['vae'], r['target'], 1)} |")
+    return "\n".join(out)
+
+
+def one_class(name: str) -> str:
+    rec = _load(name)
+    mean, primary = rec["mean_auroc"], rec["primary_score"]
+    out = [_caption(rec, "One VAE per normal class"), "", "| score | mean AUROC |", "|---|---|"]
+    for key, (title, family) in SCORES.items():
+        label = f"{title} (primary, fixed before the run)" if key == primary else title
+        label += " — baseline" if family == "baseline" else ""
+        value = bc.pct(mean[key])
+        out.append(f"| {label} | {'**' + value + '**' if key == primary else value} |")
+    for anchor, value in rec["anchors"].items():
+        out.append(f"| {anchor} (anchor) | {value:.1f} |")
+    if rec.get("target") is not None:
+        out.append(f"| target for the primary score | {_target(mean[primary], rec['target'], 1)} |")
+    return "\n".join(out)
+
+
+TABLES = {
+    "fashion_mnist": fashion_mnist,
+    "one_class_fashion_mnist": lambda: one_class("one_class_fashion_mnist"),
+    "one_class_digits": lambda: one_class("one_class_digits"),
+}
+
+
+def block(name: str, body: str) -> str:
+    return f"<!-- results:{name} -->\n{body}\n<!-- /results:{name} -->"
+
+
+def find_block(text: str, name: str):
+    m = re.search(rf"<!-- results:{re.escape(name)} -->\n.*?\n<!-- /results:{re.escape(name)} -->", text, re.S)
+    return m
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--write", action="store_true", help="replace the tables in README.md")
+    args = p.parse_args(argv)
+    text = README.read_text()
+    for name, make in TABLES.items():
+        new = block(name, make())
+        if not args.write:
+            print(new + "\n")
+            continue
+        m = find_block(text, name)
+        if m is None:
+            bc.say(f"README.md has no <!-- results:{name} --> block; not written")
+            continue
+        text = text[:m.start()] + new + text[m.end():]
+    if args.write:
+        README.write_text(text)
+        bc.say("README.md tables written")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
