@@ -92,8 +92,57 @@ def one_class(name: str) -> str:
     return "\n".join(out)
 
 
+def fashion_mnist_tuning() -> str:
+    folder = bc.RESULTS / "fashion_mnist_tuning"
+    recs = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+    if not recs:
+        raise SystemExit(f"{folder}: no tuning records (run benchmarks/fashion_mnist_tuning.py)")
+    recs.sort(key=lambda r: (r["train_config"]["epochs"], -r["validation"]["linear"]["accuracy"]))
+    out = ["| setting | latent | β | convs/level, BN | epochs | train min | linear | k-NN | k-means ACC / NMI "
+           "| label spreading @10 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        v, m = r["validation"], r["model_config"]
+        km = v["cluster"]["l2"]
+        out.append(f"| `{r['name']}` | {m['latent_dim']} | {m['beta']} | {m['convs_per_level']}, "
+                   f"{'BN' if m['batch_norm'] else 'no BN'} | {r['train_config']['epochs']} | "
+                   f"{r['train_s'] / 60:.0f} | {bc.pct(v['linear']['accuracy'])} | {bc.pct(v['knn']['accuracy'])} | "
+                   f"{bc.pct(km['acc'])} / {bc.pct(km['nmi'])} | {bc.pct(v['fewshot10']['label_spreading']['mean'])} |")
+    return "\n".join(out)
+
+
+def demo() -> str:
+    rec = _load("demo")
+    rows = {(r["store"], r["probe"], r["metric"]): r for r in rec["summary_rows"]}
+    dim = rec["model_config"]["latent_dim"]
+    n_test = rec["report"]["meta"]["runs"]["vae"]["n_test"]
+
+    def cell(probe, metric, fmt="{:.3f}"):
+        out = []
+        for store in ("vae", "raw"):
+            r = rows.get((store, probe, metric))
+            if r is None:
+                raise SystemExit(f"demo.json: no {store} {probe} {metric} row")
+            text = fmt.format(r["value"])
+            out.append(text if r["std"] is None else f"{text} ± {r['std']:.3f}")
+        return out
+
+    table = [("linear accuracy", cell("linear", "accuracy")),
+             ("k-NN accuracy", cell("knn", "accuracy")),
+             ("k-means ACC / NMI", [f"{a} / {b}" for a, b in zip(cell("cluster", "kmeans_acc"),
+                                                                  cell("cluster", "kmeans_nmi"))]),
+             ("label spreading, 10 labels per class (5 seeds)", cell("fewshot", "label_spreading@10")),
+             ("one-class mean AUROC (latent k-NN distance)", cell("one_class", "knn_mean_auroc"))]
+    out = [f"`cvae demo` took {rec['wall_s']:.0f} s here (2 CPU cores; commit `{(rec.get('commit') or '?')[:7]}`). "
+           f"Some of the rows it printed (test split, {n_test} images):", "",
+           f"| probe | VAE μ ({dim}) | raw pixels |", "|---|---|---|"]
+    out += [f"| {label} | {vae} | {raw} |" for label, (vae, raw) in table]
+    return "\n".join(out)
+
+
 TABLES = {
+    "demo": demo,
     "fashion_mnist": fashion_mnist,
+    "fashion_mnist_tuning": fashion_mnist_tuning,
     "one_class_fashion_mnist": lambda: one_class("one_class_fashion_mnist"),
     "one_class_digits": lambda: one_class("one_class_digits"),
 }
