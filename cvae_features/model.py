@@ -237,13 +237,19 @@ class ConvVAE(nn.Module):
         out = self.decode(z)
         return torch.sigmoid(out) if self.config.likelihood == "bernoulli" else out.clamp(0, 1)
 
-    def reconstruction_nll(self, decoder_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Negative log-likelihood of x under the decoder output, summed per image: shape (n,)."""
+    def reconstruction_nll(self, decoder_out: torch.Tensor, x: torch.Tensor,
+                           weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Negative log-likelihood of x under the decoder output, summed per image: shape (n,).
+
+        ``weight`` (broadcast to x) multiplies each pixel's term; 0/1 weights sum over a subset of pixels.
+        """
         if self.config.likelihood == "bernoulli":
             nll = F.binary_cross_entropy_with_logits(decoder_out, x, reduction="none")
         else:
             log_s2 = self.log_sigma2.clamp(min=-9.0)
             nll = 0.5 * ((x - decoder_out) ** 2 / log_s2.exp() + log_s2 + math.log(2 * math.pi))
+        if weight is not None:
+            nll = nll * weight
         return nll.flatten(1).sum(1)
 
     # -- training path ----------------------------------------------------

@@ -119,3 +119,22 @@ def test_tuning_script_scores_on_a_validation_split_of_train_only(tmp_path):
     assert "| `tiny` | 8 | 0.5 | 16 |" in md and "test split was not read" in md
     with pytest.raises(SystemExit):
         tuning.parse_args([])  # --name is required
+
+
+def test_inpainting_script_records_every_mask(tmp_path):
+    from cvae_features.show import MASKS
+    from cvae_features.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    train("digits:train", run, model_config={"latent_dim": 6, "widths": [16]},
+          train_config=TrainConfig(epochs=2, batch_size=64, device="cpu", seed=0), progress=False)
+    bench = _load("inpainting")
+    assert bench.main(["--model", str(run), "--source", "digits:test", "--name", "t", "--n", "40",
+                       "--out", str(tmp_path / "inp")]) == 0
+    rec = json.loads((tmp_path / "inp.json").read_text())
+    assert [r["mask"] for r in rec["rows"]] == list(MASKS) and rec["n_images"] == 40
+    for r in rec["rows"]:
+        assert r["hidden_pixels"] == {"right": 32, "bottom": 32, "centre": 16}[r["mask"]]
+        for key in ("mse_grey", "mse_rounds", "mse_inpaint"):
+            assert 0.0 < r[key] < 1.0
+    assert "| right | 32 |" in (tmp_path / "inp.md").read_text()

@@ -121,12 +121,25 @@ def test_inpainting_keeps_known_pixels_and_fills_the_rest(run_dir, digits_images
     assert mask_for("right", 1, 8)[0, :, :4].all() and not mask_for("right", 1, 8)[0, :, 4:].any()
 
 
+def test_inpainting_leaves_the_model_as_it_was(run_dir, digits_images):
+    model = load_model(run_dir)
+    before = model.fingerprint()
+    model.train()
+    flags = [p.requires_grad for p in model.parameters()]
+    inpaint(model, digits_images[:4], mask_for("centre", 1, 8), steps=3)
+    assert model.fingerprint() == before and model.training
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_inpainting_error_on_bad_arguments(run_dir, digits_images):
     model = load_model(run_dir)
     with pytest.raises(ConfigError, match="mask='left'"):
         mask_for("left", 1, 8)
     with pytest.raises(ConfigError, match="steps=0"):
         inpaint(model, digits_images[:2], mask_for("right", 1, 8), steps=0)
+    with pytest.raises(ConfigError, match="lr=0"):
+        inpaint(model, digits_images[:2], mask_for("right", 1, 8), lr=0)
 
 
 def test_same_seed_same_pictures_other_seed_other_samples(run_dir, tmp_path):
