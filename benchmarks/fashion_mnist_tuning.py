@@ -27,6 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as bc  # noqa: E402
 
 TUNING = bc.RESULTS / "fashion_mnist_tuning"
+# The rows the package default was chosen from (2026-11-22, before the final test-split runs of
+# fashion_mnist.py and one_class.py). Rows recorded later are checks, reported beside them.
+CANDIDATES = ("z256_b0.05_e8", "z128_b0.1_e8", "z128_b0.1_deep_bn_e8", "z128_b0.1_deep_e8")
 VAL_ROWS = 10_000
 CLUSTER_PREPS = ("l2", "standardize", "none")
 
@@ -145,19 +148,21 @@ def summarize(folder: Path) -> Path:
                           "linear", "k-NN", "k-means ACC / NMI", "k-means ACC, other prep",
                           "logistic @10", "label spreading @10", "what it tries"], rows)
     if recs:
-        best = max(recs, key=lambda r: (r["validation"]["linear"]["accuracy"], -r["train_s"]))
+        cands = [r for r in recs if r["name"] in CANDIDATES] or recs
+        best = max(cands, key=lambda r: (r["validation"]["linear"]["accuracy"], -r["train_s"]))
+        names = ", ".join(f"`{r['name']}`" for r in cands)
         lines += ["", f"Rule for the package default: the best validation linear accuracy (the target furthest from "
-                      f"reach in the earlier test-split run), ties to the faster setting. Here: `{best['name']}` "
-                      f"(latent {best['model_config']['latent_dim']}, β {best['model_config']['beta']}). "
-                      + _package_default_line(best)]
-        epochs = sorted({r["train_config"]["epochs"] for r in recs})
-        lines += ["", f"The rows trained {' or '.join(map(str, epochs))} epochs; the package default trains "
-                      f"{_default_epochs()}, and that setting is measured (on the test split) only by "
-                      "`fashion_mnist.md`."]
-        km = {r["name"]: r["validation"]["cluster"]["l2"]["acc"] for r in recs}
+                      f"reach in the earlier test-split run), ties to the faster setting, among the rows it was "
+                      f"chosen from ({names}). Here: `{best['name']}` (latent {best['model_config']['latent_dim']}, "
+                      f"β {best['model_config']['beta']}). " + _package_default_line(best)]
+        epochs = sorted({r["train_config"]["epochs"] for r in cands})
+        lines += ["", f"Those rows trained {' or '.join(map(str, epochs))} epochs; the package default trains "
+                      f"{_default_epochs()}, measured on the test split by `fashion_mnist.md`."]
+        km = {r["name"]: r["validation"]["cluster"]["l2"]["acc"] for r in cands}
         if km[best["name"]] < max(km.values()):
             lines[-1] += (f" The rule trades clustering for the linear probe: the chosen row's k-means ACC "
-                          f"({bc.pct(km[best['name']])}) is below the table's best ({bc.pct(max(km.values()))}).")
+                          f"({bc.pct(km[best['name']])}) is below the best of those rows ({bc.pct(max(km.values()))}).")
+        lines += _later_rows(recs, cands, best)
     dirty = [f"`{r['name']}` (commit `{(r.get('commit') or '?')[:7]}`)" for r in recs if r.get("working_tree_modified")]
     if dirty:
         lines += ["", "Run from a working tree with uncommitted changes (the tuning script itself was not yet "
@@ -170,6 +175,49 @@ def summarize(folder: Path) -> Path:
     path = folder.with_name(folder.name + ".md")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _later_rows(recs, cands, best) -> list:
+    """Rows recorded after the choice: what the default gives at its own epoch count, and what else was tried."""
+    later = [r for r in recs if r not in cands]
+    if not later:
+        return []
+    v0 = best["validation"]
+    out = ["", "Rows recorded after the choice (checks, not candidates): "
+               + ", ".join(f"`{r['name']}`" for r in later) + ".", ""]
+    same_arch = [r for r in later if r["model_config"] == best["model_config"]
+                 and r["train_config"]["epochs"] == _default_epochs()]
+    gap = None
+    test_path = bc.RESULTS / "fashion_mnist.json"
+    if same_arch and test_path.exists():
+        test = json.loads(test_path.read_text())
+        r = same_arch[0]
+        if test["model_config"] == r["model_config"] and test["train_config"]["epochs"] == r["train_config"]["epochs"]:
+            test_lin = test["probes"]["vae"]["linear"]["accuracy"]
+            gap = r["validation"]["linear"]["accuracy"] - test_lin
+            out.append(f"- `{r['name']}` is the package default itself: validation linear "
+                       f"{bc.pct(r['validation']['linear']['accuracy'])} against {bc.pct(test_lin)} on the test split "
+                       f"(`fashion_mnist.md`, the same setting), a gap of {100 * gap:.1f} points; the test split scores "
+                       f"lower than this validation split, so reaching 88 on test needs about "
+                       f"{88 + 100 * gap:.1f} here.")
+    for r in later:
+        v = r["validation"]
+        d_lin = v["linear"]["accuracy"] - v0["linear"]["accuracy"]
+        if r in same_arch or d_lin <= 0:
+            continue
+        parts = [f"linear {100 * d_lin:+.1f}", f"k-NN {100 * (v['knn']['accuracy'] - v0['knn']['accuracy']):+.1f}",
+                 f"k-means ACC {100 * (v['cluster']['l2']['acc'] - v0['cluster']['l2']['acc']):+.1f}",
+                 f"label spreading @10 {100 * (v['fewshot10']['label_spreading']['mean'] - v0['fewshot10']['label_spreading']['mean']):+.1f}"]
+        text = (f"- `{r['name']}` against the chosen row (both {r['train_config']['epochs']} epochs)"
+                if r["train_config"]["epochs"] == best["train_config"]["epochs"]
+                else f"- `{r['name']}` against the chosen row")
+        text += ": " + ", ".join(parts) + " points"
+        if gap is not None:
+            pred = v["linear"]["accuracy"] - gap
+            text += (f"; with the gap above its linear probe would be about {bc.pct(pred)} on test, "
+                     f"{'still below' if pred < 0.88 else 'at or above'} the 88 target")
+        out.append(text + ".")
+    return out
 
 
 def _default_epochs() -> int:

@@ -110,6 +110,16 @@ def fashion_mnist_tuning() -> str:
     return "\n".join(out)
 
 
+def inpainting(name: str) -> str:
+    rec = _load(name)
+    out = [f"{rec['n_images']} images of `{rec['source'].split(' ')[0]}`; mean squared error of the hidden pixels "
+           "(values in [0, 1]), lower is better:", "",
+           "| hidden region | grey (no model) | encode/decode rounds | `cvae show` inpainting |", "|---|---|---|---|"]
+    out += [f"| {r['mask']} | {r['mse_grey']:.3f} | {r['mse_rounds']:.3f} | {r['mse_inpaint']:.3f} |"
+            for r in rec["rows"]]
+    return "\n".join(out)
+
+
 def demo() -> str:
     rec = _load("demo")
     rows = {(r["store"], r["probe"], r["metric"]): r for r in rec["summary_rows"]}
@@ -143,6 +153,7 @@ TABLES = {
     "demo": demo,
     "fashion_mnist": fashion_mnist,
     "fashion_mnist_tuning": fashion_mnist_tuning,
+    "inpainting_fashion_mnist": lambda: inpainting("inpainting_fashion_mnist"),
     "one_class_fashion_mnist": lambda: one_class("one_class_fashion_mnist"),
     "one_class_digits": lambda: one_class("one_class_digits"),
 }
