@@ -246,7 +246,7 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
     ConfigError, DataError, SourceNotFoundError, ModelError
         Bad options, an unusable source, an unloadable model.
     """
-    from .data import Preprocess, infer_preprocess, iter_batches, open_source
+    from .data import open_source
 
     store_path = Path(store_path)
     _check_options(features, dim, batch_size, max_bad, resume, update, overwrite)
@@ -268,157 +268,39 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
 
     old = _read_existing(store_path) if appending else None
     kind = _resolve_kind(features, model, old, store_path)
-
-    # -- what turns images into features ------------------------------------------------
-    vae, pca, trained, train_seconds, run_dir = None, None, False, 0.0, None
-    pre_dict = None
     if kind == "vae":
-        if model is not None:
-            vae, pre_dict = _load_vae(model)
-        elif old is not None and old["has_model"]:
-            vae, pre_dict = _load_vae(store_path)
-        elif old is not None:
-            raise StoreError(f"{store_path} carries only the fingerprint {old['fingerprint']} of its model, not "
-                             "the weights; pass the model (--model RUN_DIR or model file) to go on")
-        else:
-            plan = plan_auto_training(src, store_path, dim=dim, model_config=model_config,
-                                      train_config=train_config, data_dir=data_dir, estimate=on_training is not None)
-            if on_training is not None:
-                on_training(plan)
-            vae, train_seconds = _train_model(src, plan, resume=resume, overwrite=overwrite, progress=progress,
-                                              data_dir=data_dir)
-            trained, run_dir = True, plan.run_dir
-            pre_dict = plan.preprocess.to_dict()
-        # the model decides size and channels; a recorded preprocess only contributes its resize policy,
-        # and a store being finished keeps its own (its fingerprint check below guarantees the size fits)
-        if old is not None:
-            pre_dict = old["preprocess"]
-        pre = Preprocess(vae.config.image_size, vae.config.channels, (pre_dict or {}).get("resize", "crop"))
-        fingerprint = vae.fingerprint()
-        out_dim = vae.config.latent_dim
-        if dim is not None and dim != out_dim:
-            raise ConfigError(f"dim={dim} does not match the model's latent width {out_dim}; "
-                              "dim only chooses the width of an auto-trained model")
+        feat = _resolve_vae(src, store_path, old, model=model, dim=dim, model_config=model_config,
+                            train_config=train_config, resume=resume, overwrite=overwrite, progress=progress,
+                            data_dir=data_dir, on_training=on_training)
     else:
-        ref = None
-        if model is not None:
-            ref = _read_reference_store(model, kind)
-        if old is not None:
-            pre = Preprocess.from_dict(old["preprocess"])
-            pca = old["pca"]
-        elif ref is not None:
-            pre = Preprocess.from_dict(ref["preprocess"])
-            pca = ref["pca"]
-        else:
-            pre = infer_preprocess(src)
-        n_pixels = pre.channels * pre.size * pre.size
-        if kind == "pca" and pca is None:
-            if dim is None:
-                raise ConfigError("features='pca' needs dim (the number of components), or --model with a pca store")
-            pca = fit_pca(src, pre, dim, batch_size=batch_size, workers=workers, progress=progress)
-        if kind == "pca":
-            from .store import pca_fingerprint
-
-            if dim is not None and dim != len(pca["components"]):
-                raise ConfigError(f"dim={dim} does not match the pca basis of width {len(pca['components'])}")
-            fingerprint = pca_fingerprint(pca["mean"], pca["components"], pre.to_dict())
-            out_dim = len(pca["components"])
-        else:
-            if dim is not None and dim != n_pixels:
-                raise ConfigError(f"dim={dim} does not fit raw features of {pre.channels}x{pre.size}x{pre.size} "
-                                  f"= {n_pixels} values; leave dim unset for raw")
-            fingerprint, out_dim = None, n_pixels
-        if ref is not None and old is not None and ref["fingerprint"] != old["fingerprint"]:
-            raise StoreError(f"store {store_path} was written by model {old['fingerprint']}, not {ref['fingerprint']}; "
-                             "use --overwrite or another -o")
-
-    if old is not None and old["fingerprint"] != fingerprint:
-        raise StoreError(f"store {store_path} was written by model {old['fingerprint']}, not {fingerprint}; "
+        feat = _resolve_pixels(kind, src, store_path, old, model=model, dim=dim, batch_size=batch_size,
+                               workers=workers, progress=progress)
+    if old is not None and old["fingerprint"] != feat.fingerprint:
+        raise StoreError(f"store {store_path} was written by model {old['fingerprint']}, not {feat.fingerprint}; "
                          "use --overwrite or another -o")
 
-    # -- the store ----------------------------------------------------------------------
-    extras = []
-    if kind == "vae":
-        extras = (["logvar"] if logvar else []) + (["recon_error", "neg_elbo"] if scores else [])
+    device_ = resolve_device(device)
+    extras = (["logvar"] if logvar else []) + (["recon_error", "neg_elbo"] if scores else []) if kind == "vae" else []
     if appending:
         writer = StoreWriter.append_to(store_path)
         extras = writer.extras
-        if writer.dim != out_dim:
+        if writer.dim != feat.out_dim:
             writer.close()
-            raise StoreError(f"store {store_path} has dim {writer.dim}, the model gives {out_dim}")
+            raise StoreError(f"store {store_path} has dim {writer.dim}, the model gives {feat.out_dim}")
     else:
-        weights = trained if carry_weights is None else bool(carry_weights)
-        writer = StoreWriter.create(store_path, feature_kind=kind, dim=out_dim, preprocess=pre,
-                                    source=src.description, source_spec=getattr(src, "spec", "") or "", plan_keys=src.keys, label_names=src.label_names,
-                                    extras=extras, compression=compression, model=vae,
-                                    carry_weights=weights and vae is not None, pca=pca)
-
-    device_ = resolve_device(device)
-    encode = _BatchEncoder(kind, vae, pca, extras, device_)
-    # on CPU the decoding workers run the encoder too (see the module notes); a GPU is fed from here
-    in_workers = device_.type == "cpu"
-
-    t0 = time.perf_counter()
-    n_new = n_bad = 0
-    kept_skips: List[Tuple[str, str]] = []
+        weights = feat.trained if carry_weights is None else bool(carry_weights)
+        writer = StoreWriter.create(store_path, feature_kind=kind, dim=feat.out_dim, preprocess=feat.pre,
+                                    source=src.description, source_spec=getattr(src, "spec", "") or "",
+                                    plan_keys=src.keys, label_names=src.label_names, extras=extras,
+                                    compression=compression, model=feat.vae,
+                                    carry_weights=weights and feat.vae is not None, pca=feat.pca)
     try:
-        if appending:
-            if update:
-                known = set(writer.plan_keys)
-                writer.add_plan([k for k in src.keys if k not in known])
-            label_map = writer.merge_label_names(src.label_names)
-            pending = writer.pending()
-            plan_keys = writer.plan_keys
-            row_of = {k: i for i, k in enumerate(src.keys)}
-            src_rows = np.fromiter((row_of.get(plan_keys[p], -1) for p in pending), dtype=np.int64,
-                                   count=len(pending))
-            gone = pending[src_rows < 0]
-            if len(gone):
-                reason = f"not in source {src.description}"
-                writer.write_batch([], np.zeros((0, out_dim), np.float32), [],
-                                   extras={e: np.zeros((0, out_dim) if e == "logvar" else (0,), np.float32)
-                                           for e in extras},
-                                   skipped_index=gone, reasons=[reason] * len(gone))
-                n_bad += len(gone)
-                kept_skips += [(plan_keys[p], reason) for p in gone[:_SKIPPED_KEPT]]
-            pending, src_rows = pending[src_rows >= 0], src_rows[src_rows >= 0]
-        else:
-            label_map = np.arange(len(src.label_names), dtype=np.int64)
-            pending = writer.pending()
-            src_rows = pending.copy()  # a new plan is the source's key list
-        plan_of_row = np.full(len(src), -1, dtype=np.int64)
-        plan_of_row[src_rows] = pending
-        labels_all = src.labels
-        keys_all = src.keys
-
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(src_rows), disable=not progress, unit="img", desc=f"extracting {kind}",
-                  dynamic_ncols=True) as bar:
-            batches = iter_batches(src, pre, batch_size=batch_size, workers=workers, indices=src_rows,
-                                   transform=encode if in_workers else None)
-            for b, batch in enumerate(batches):
-                rows = batch.indices
-                feats, extra_arrays = batch.output if in_workers else encode(batch.images)
-                lab = labels_all[rows]
-                lab = np.where(lab >= 0, label_map[np.maximum(lab, 0)], -1) if len(label_map) else \
-                    np.full(len(rows), -1, np.int64)
-                skip_rows = np.asarray([r for r, _ in batch.skipped], dtype=np.int64)
-                reasons = [reason for _, reason in batch.skipped]
-                writer.write_batch(plan_of_row[rows], feats, lab, extras=extra_arrays,
-                                   skipped_index=plan_of_row[skip_rows], reasons=reasons)
-                n_new += len(rows)
-                n_bad += len(skip_rows)
-                if len(kept_skips) < _SKIPPED_KEPT:
-                    kept_skips += [(keys_all[r], reason) for r, reason in batch.skipped]
-                bar.update(len(rows) + len(skip_rows))
-                if max_bad is not None and n_bad > max_bad:
-                    first_key, first_reason = kept_skips[0]
-                    raise DataError(f"{n_bad} images could not be decoded, more than max_bad={max_bad} "
-                                    f"(first: {first_key}: {first_reason}); the {writer.n_rows} rows written "
-                                    f"are kept in {store_path}")
-                if callback is not None:
-                    callback(ExtractProgress(b, n_new, n_bad, len(src_rows)))
+        encode = _BatchEncoder(kind, feat.vae, feat.pca, writer.extras, device_)
+        t0 = time.perf_counter()
+        work = _pending_work(writer, src, appending=appending, update=update, out_dim=feat.out_dim)
+        n_new, n_bad, kept_skips = _write_batches(writer, src, feat, work, encode, batch_size=batch_size,
+                                                  workers=workers, max_bad=max_bad, store_path=store_path,
+                                                  progress=progress, callback=callback)
         seconds = time.perf_counter() - t0
         n_rows, n_skipped = writer.n_rows, writer.n_skipped
     finally:
@@ -432,10 +314,174 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
         complete = store.is_complete
     processed = n_new + n_bad
     return ExtractResult(
-        path=store_path, feature_kind=kind, dim=out_dim, n_rows=n_rows, n_skipped=n_skipped, n_new=n_new,
+        path=store_path, feature_kind=kind, dim=feat.out_dim, n_rows=n_rows, n_skipped=n_skipped, n_new=n_new,
         n_new_skipped=n_bad, complete=complete, seconds=seconds,
-        images_per_s=processed / seconds if seconds > 0 else float("nan"), model_fingerprint=fingerprint,
-        trained=trained, train_seconds=train_seconds, run_dir=run_dir, skipped=kept_skips[:_SKIPPED_KEPT])
+        images_per_s=processed / seconds if seconds > 0 else float("nan"), model_fingerprint=feat.fingerprint,
+        trained=feat.trained, train_seconds=feat.train_seconds, run_dir=feat.run_dir, skipped=kept_skips[:_SKIPPED_KEPT])
+
+
+# ----------------------------------------------------------------------------------------------
+# the steps of extract()
+
+@dataclass
+class _Featurizer:
+    """What turns this extraction's images into features, and where it came from."""
+
+    kind: str
+    pre: "object"  # data.Preprocess
+    out_dim: int
+    fingerprint: Optional[str]
+    vae: Optional[object] = None  # ConvVAE
+    pca: Optional[dict] = None
+    trained: bool = False
+    train_seconds: float = 0.0
+    run_dir: Optional[Path] = None
+
+
+@dataclass
+class _Work:
+    """The plan rows still to write, the source rows they come from, and the skips already recorded."""
+
+    pending: np.ndarray
+    src_rows: np.ndarray
+    label_map: np.ndarray
+    n_bad: int
+    kept_skips: List[Tuple[str, str]]
+
+
+def _resolve_vae(src, store_path, old, *, model, dim, model_config, train_config, resume, overwrite, progress,
+                 data_dir, on_training) -> _Featurizer:
+    """The VAE: the one given, the one the store being finished carries, or one trained here."""
+    from .data import Preprocess
+
+    trained, train_seconds, run_dir, pre_dict = False, 0.0, None, None
+    if model is not None:
+        vae, pre_dict = _load_vae(model)
+    elif old is not None and old["has_model"]:
+        vae, pre_dict = _load_vae(store_path)
+    elif old is not None:
+        raise StoreError(f"{store_path} carries only the fingerprint {old['fingerprint']} of its model, not "
+                         "the weights; pass the model (--model RUN_DIR or model file) to go on")
+    else:
+        plan = plan_auto_training(src, store_path, dim=dim, model_config=model_config,
+                                  train_config=train_config, data_dir=data_dir, estimate=on_training is not None)
+        if on_training is not None:
+            on_training(plan)
+        vae, train_seconds = _train_model(src, plan, resume=resume, overwrite=overwrite, progress=progress,
+                                          data_dir=data_dir)
+        trained, run_dir = True, plan.run_dir
+        pre_dict = plan.preprocess.to_dict()
+    # the model decides size and channels; a recorded preprocess only contributes its resize policy,
+    # and a store being finished keeps its own (the caller's fingerprint check guarantees the size fits)
+    if old is not None:
+        pre_dict = old["preprocess"]
+    pre = Preprocess(vae.config.image_size, vae.config.channels, (pre_dict or {}).get("resize", "crop"))
+    out_dim = vae.config.latent_dim
+    if dim is not None and dim != out_dim:
+        raise ConfigError(f"dim={dim} does not match the model's latent width {out_dim}; "
+                          "dim only chooses the width of an auto-trained model")
+    return _Featurizer("vae", pre, out_dim, vae.fingerprint(), vae=vae, trained=trained,
+                       train_seconds=train_seconds, run_dir=run_dir)
+
+
+def _resolve_pixels(kind, src, store_path, old, *, model, dim, batch_size, workers, progress) -> _Featurizer:
+    """raw or pca: the preprocessing (and basis) of the store being finished, of a reference store, or new."""
+    from .data import Preprocess, infer_preprocess
+
+    ref = _read_reference_store(model, kind) if model is not None else None
+    pca = None
+    if old is not None:
+        pre, pca = Preprocess.from_dict(old["preprocess"]), old["pca"]
+    elif ref is not None:
+        pre, pca = Preprocess.from_dict(ref["preprocess"]), ref["pca"]
+    else:
+        pre = infer_preprocess(src)
+    if ref is not None and old is not None and ref["fingerprint"] != old["fingerprint"]:
+        raise StoreError(f"store {store_path} was written by model {old['fingerprint']}, not {ref['fingerprint']}; "
+                         "use --overwrite or another -o")
+    n_pixels = pre.channels * pre.size * pre.size
+    if kind == "raw":
+        if dim is not None and dim != n_pixels:
+            raise ConfigError(f"dim={dim} does not fit raw features of {pre.channels}x{pre.size}x{pre.size} "
+                              f"= {n_pixels} values; leave dim unset for raw")
+        return _Featurizer("raw", pre, n_pixels, None)
+    from .store import pca_fingerprint
+
+    if pca is None:
+        if dim is None:
+            raise ConfigError("features='pca' needs dim (the number of components), or --model with a pca store")
+        pca = fit_pca(src, pre, dim, batch_size=batch_size, workers=workers, progress=progress)
+    if dim is not None and dim != len(pca["components"]):
+        raise ConfigError(f"dim={dim} does not match the pca basis of width {len(pca['components'])}")
+    return _Featurizer("pca", pre, len(pca["components"]),
+                       pca_fingerprint(pca["mean"], pca["components"], pre.to_dict()), pca=pca)
+
+
+def _pending_work(writer, src, *, appending, update, out_dim) -> _Work:
+    """Which plan rows to write from which source rows; plan keys no longer in the source are skipped here."""
+    if not appending:
+        pending = writer.pending()
+        return _Work(pending, pending.copy(), np.arange(len(src.label_names), dtype=np.int64), 0, [])
+    if update:
+        known = set(writer.plan_keys)
+        writer.add_plan([k for k in src.keys if k not in known])
+    label_map = writer.merge_label_names(src.label_names)
+    pending = writer.pending()
+    plan_keys = writer.plan_keys
+    row_of = {k: i for i, k in enumerate(src.keys)}
+    src_rows = np.fromiter((row_of.get(plan_keys[p], -1) for p in pending), dtype=np.int64, count=len(pending))
+    gone = pending[src_rows < 0]
+    kept: List[Tuple[str, str]] = []
+    if len(gone):
+        reason = f"not in source {src.description}"
+        writer.write_batch([], np.zeros((0, out_dim), np.float32), [],
+                           extras={e: np.zeros((0, out_dim) if e == "logvar" else (0,), np.float32)
+                                   for e in writer.extras},
+                           skipped_index=gone, reasons=[reason] * len(gone))
+        kept = [(plan_keys[p], reason) for p in gone[:_SKIPPED_KEPT]]
+    keep = src_rows >= 0
+    return _Work(pending[keep], src_rows[keep], label_map, len(gone), kept)
+
+
+def _write_batches(writer, src, feat: _Featurizer, work: _Work, encode, *, batch_size, workers, max_bad,
+                   store_path, progress, callback) -> Tuple[int, int, List[Tuple[str, str]]]:
+    """Decode, encode and commit batch by batch; returns (rows written, images skipped, first skips)."""
+    from tqdm.auto import tqdm
+
+    from .data import iter_batches
+
+    # on CPU the decoding workers run the encoder too (see the module notes); a GPU is fed from here
+    in_workers = encode.device.type == "cpu"
+    plan_of_row = np.full(len(src), -1, dtype=np.int64)
+    plan_of_row[work.src_rows] = work.pending
+    labels_all, keys_all, label_map = src.labels, src.keys, work.label_map
+    n_new, n_bad, kept_skips = 0, work.n_bad, list(work.kept_skips)
+    with tqdm(total=len(work.src_rows), disable=not progress, unit="img", desc=f"extracting {feat.kind}",
+              dynamic_ncols=True) as bar:
+        batches = iter_batches(src, feat.pre, batch_size=batch_size, workers=workers, indices=work.src_rows,
+                               transform=encode if in_workers else None)
+        for b, batch in enumerate(batches):
+            rows = batch.indices
+            feats, extra_arrays = batch.output if in_workers else encode(batch.images)
+            lab = labels_all[rows]
+            lab = np.where(lab >= 0, label_map[np.maximum(lab, 0)], -1) if len(label_map) else \
+                np.full(len(rows), -1, np.int64)
+            skip_rows = np.asarray([r for r, _ in batch.skipped], dtype=np.int64)
+            writer.write_batch(plan_of_row[rows], feats, lab, extras=extra_arrays,
+                               skipped_index=plan_of_row[skip_rows], reasons=[reason for _, reason in batch.skipped])
+            n_new += len(rows)
+            n_bad += len(skip_rows)
+            if len(kept_skips) < _SKIPPED_KEPT:
+                kept_skips += [(keys_all[r], reason) for r, reason in batch.skipped]
+            bar.update(len(rows) + len(skip_rows))
+            if max_bad is not None and n_bad > max_bad:
+                first_key, first_reason = kept_skips[0]
+                raise DataError(f"{n_bad} images could not be decoded, more than max_bad={max_bad} "
+                                f"(first: {first_key}: {first_reason}); the {writer.n_rows} rows written "
+                                f"are kept in {store_path}")
+            if callback is not None:
+                callback(ExtractProgress(b, n_new, n_bad, len(work.src_rows)))
+    return n_new, n_bad, kept_skips
 
 
 # ----------------------------------------------------------------------------------------------

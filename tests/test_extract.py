@@ -341,3 +341,10 @@ def test_auto_training_plan_is_the_benchmarked_default_on_a_fashion_mnist_sized_
     assert half == min(2 * TrainConfig().epochs, 60)
     assert plan_auto_training(ArraySource(pixels[:20]), tmp_path / "f.h5", estimate=False).train_config.epochs == 60
     assert plan_auto_training(ArraySource(pixels[:20]), tmp_path / "f.h5", dim=7, estimate=False).model_config.latent_dim == 7
+
+
+def test_bad_device_is_refused_before_a_store_is_created(tmp_path):
+    out = tmp_path / "raw.h5"
+    with pytest.raises(ConfigError, match="device='bogus'"):
+        extract("digits", out, features="raw", device="bogus", progress=False)
+    assert not out.exists()
