@@ -163,6 +163,9 @@ def summarize(folder: Path) -> Path:
             lines[-1] += (f" The rule trades clustering for the linear probe: the chosen row's k-means ACC "
                           f"({bc.pct(km[best['name']])}) is below the best of those rows ({bc.pct(max(km.values()))}).")
         lines += _later_rows(recs, cands, best)
+        spread = _seed_spread(recs)
+        if spread:
+            lines += ["", "The same setting trained with another seed (the noise floor of this table):", ""] + spread
     dirty = [f"`{r['name']}` (commit `{(r.get('commit') or '?')[:7]}`)" for r in recs if r.get("working_tree_modified")]
     if dirty:
         lines += ["", "Run from a working tree with uncommitted changes (the tuning script itself was not yet "
@@ -203,7 +206,7 @@ def _later_rows(recs, cands, best) -> list:
     for r in later:
         v = r["validation"]
         d_lin = v["linear"]["accuracy"] - v0["linear"]["accuracy"]
-        if r in same_arch or d_lin <= 0:
+        if r in same_arch or d_lin <= 0 or _setting(r) == _setting(best):
             continue
         parts = [f"linear {100 * d_lin:+.1f}", f"k-NN {100 * (v['knn']['accuracy'] - v0['knn']['accuracy']):+.1f}",
                  f"k-means ACC {100 * (v['cluster']['l2']['acc'] - v0['cluster']['l2']['acc']):+.1f}",
@@ -217,6 +220,36 @@ def _later_rows(recs, cands, best) -> list:
             text += (f"; with the gap above its linear probe would be about {bc.pct(pred)} on test, "
                      f"{'still below' if pred < 0.88 else 'at or above'} the 88 target")
         out.append(text + ".")
+    return out
+
+
+def _setting(r) -> str:
+    """Everything that defines a row's model except the training seed."""
+    train = {k: v for k, v in r["train_config"].items() if k != "seed"}
+    return json.dumps([r["model_config"], train], sort_keys=True)
+
+
+def _seed_spread(recs) -> list:
+    """For settings trained with more than one seed: how far apart the seeds land (the noise floor of this table)."""
+    groups: dict = {}
+    for r in recs:
+        groups.setdefault(_setting(r), []).append(r)
+    out = []
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        rows = sorted(rows, key=lambda r: r["train_config"]["seed"])
+
+        def spread(get):
+            vals = [get(r["validation"]) for r in rows]
+            return 100 * (max(vals) - min(vals))
+
+        names = ", ".join(f"`{r['name']}` (seed {r['train_config']['seed']})" for r in rows)
+        out.append(f"- {names}, the same validation split: "
+                   f"linear differs by {spread(lambda v: v['linear']['accuracy']):.1f}, "
+                   f"k-NN by {spread(lambda v: v['knn']['accuracy']):.1f}, k-means ACC by "
+                   f"{spread(lambda v: v['cluster']['l2']['acc']):.1f}, label spreading @10 by "
+                   f"{spread(lambda v: v['fewshot10']['label_spreading']['mean']):.1f} points.")
     return out
 
 

@@ -119,6 +119,13 @@ def test_tuning_script_scores_on_a_validation_split_of_train_only(tmp_path):
     assert "| `tiny` | 8 | 0.5 | 16 |" in md and "test split was not read" in md
     with pytest.raises(SystemExit):
         tuning.parse_args([])  # --name is required
+    # a second training seed of the same setting: the summary states how far apart the seeds land
+    other = dict(rec, name="tiny_seed1", train_config=dict(rec["train_config"], seed=1),
+                 validation=dict(v, linear=dict(v["linear"], accuracy=v["linear"]["accuracy"] - 0.012)))
+    (tmp_path / "tuning" / "tiny_seed1.json").write_text(json.dumps(other))
+    tuning.main(["--summarize", "--results-dir", str(tmp_path / "tuning")])
+    md = (tmp_path / "tuning.md").read_text()
+    assert "- `tiny` (seed 0), `tiny_seed1` (seed 1), the same validation split: " in md and "linear differs by 1.2, k-NN by 0.0" in md
 
 
 def test_inpainting_script_records_every_mask(tmp_path):
