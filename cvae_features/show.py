@@ -276,7 +276,10 @@ def show(model_or_path, out_dir, *, source=None, n: int = 16, seed: int = 0, dat
         traversal_dims=[int(d) for d in dims], traversal_kl=[round(float(k), 4) for k in dim_kl],
         inpaint_mask=mask, fingerprint=model.fingerprint(), config=cfg.to_dict())
     _write_index(result, model, origin.get("label", "model"))
-    (out_dir / "show.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    # show.json lives beside the pictures: it names them relative to its folder, so the folder can move
+    saved = dict(result.to_dict(), out_dir=".", index=result.index.name,
+                 files={k: v.name for k, v in result.files.items()})
+    (out_dir / "show.json").write_text(json.dumps(saved, indent=2) + "\n")
     return result
 
 
@@ -540,7 +543,7 @@ def _save_map(feats, labels, label_names, out_dir):
 
     feats = np.asarray(feats, dtype=np.float64)
     if feats.shape[1] >= 2 and len(feats) >= 2:
-        pca = PCA(n_components=2).fit(feats)
+        pca = PCA(n_components=2, random_state=0).fit(feats)
         xy, ratio = pca.transform(feats), pca.explained_variance_ratio_
     else:  # a 1-d latent: plot it against zero
         xy = np.column_stack([feats[:, 0], np.zeros(len(feats))])

@@ -88,7 +88,8 @@ def test_result_records_what_was_shown(shown, run_dir):
     assert all(k >= 0 for k in result.traversal_kl)
     assert "digits" in result.source
     saved = json.loads((out / "show.json").read_text())
-    assert saved["fingerprint"] == result.fingerprint and saved["files"]["samples"].endswith("samples.png")
+    assert saved["fingerprint"] == result.fingerprint and saved["files"]["samples"] == "samples.png"
+    assert saved["index"] == "index.html" and all((out / name).is_file() for name in saved["files"].values())
 
 
 def test_index_html_references_exactly_the_written_files(shown, run_dir):
@@ -149,6 +150,7 @@ def test_same_seed_same_pictures_other_seed_other_samples(run_dir, tmp_path):
     for name in ("samples", "reconstructions", "inpainting"):
         assert a.files[name].read_bytes() == b.files[name].read_bytes(), name
         assert a.files[name].read_bytes() != c.files[name].read_bytes(), name
+    assert a.files["embedding_map"].read_bytes() == b.files["embedding_map"].read_bytes()
     assert a.n_images == 4
 
 
