@@ -185,7 +185,6 @@ def _later_rows(recs, cands, best) -> list:
     later = [r for r in recs if r not in cands]
     if not later:
         return []
-    v0 = best["validation"]
     out = ["", "Rows recorded after the choice (checks, not candidates): "
                + ", ".join(f"`{r['name']}`" for r in later) + ".", ""]
     same_arch = [r for r in later if r["model_config"] == best["model_config"]
@@ -203,23 +202,38 @@ def _later_rows(recs, cands, best) -> list:
                        f"(`fashion_mnist.md`, the same setting), a gap of {100 * gap:.1f} points; the test split scores "
                        f"lower than this validation split, so reaching 88 on test needs about "
                        f"{88 + 100 * gap:.1f} here.")
+    metrics = {"linear": lambda v: v["linear"]["accuracy"], "k-NN": lambda v: v["knn"]["accuracy"],
+               "k-means ACC": lambda v: v["cluster"]["l2"]["acc"],
+               "label spreading @10": lambda v: v["fewshot10"]["label_spreading"]["mean"]}
+
+    def mean_of(rows, get):
+        return float(np.mean([get(r["validation"]) for r in rows]))
+
+    base = [r for r in recs if _setting(r) == _setting(best)]
+    groups: dict = {}
     for r in later:
-        v = r["validation"]
-        d_lin = v["linear"]["accuracy"] - v0["linear"]["accuracy"]
-        if r in same_arch or d_lin <= 0 or _setting(r) == _setting(best):
+        if r not in same_arch and _setting(r) != _setting(best):
+            groups.setdefault(_setting(r), []).append(r)
+    predictions = []
+    for rows in groups.values():
+        d_lin = mean_of(rows, metrics["linear"]) - mean_of(base, metrics["linear"])
+        if d_lin <= 0:
             continue
-        parts = [f"linear {100 * d_lin:+.1f}", f"k-NN {100 * (v['knn']['accuracy'] - v0['knn']['accuracy']):+.1f}",
-                 f"k-means ACC {100 * (v['cluster']['l2']['acc'] - v0['cluster']['l2']['acc']):+.1f}",
-                 f"label spreading @10 {100 * (v['fewshot10']['label_spreading']['mean'] - v0['fewshot10']['label_spreading']['mean']):+.1f}"]
-        text = (f"- `{r['name']}` against the chosen row (both {r['train_config']['epochs']} epochs)"
-                if r["train_config"]["epochs"] == best["train_config"]["epochs"]
-                else f"- `{r['name']}` against the chosen row")
-        text += ": " + ", ".join(parts) + " points"
+        names = " and ".join(f"`{r['name']}`" for r in rows)
+        seeds = f"means over {len(rows)} and {len(base)} training seeds" if len(rows) > 1 or len(base) > 1 \
+            else "one seed each"
+        parts = [f"{k} {100 * (mean_of(rows, get) - mean_of(base, get)):+.1f}" for k, get in metrics.items()]
+        text = f"- {names} against the chosen setting ({seeds}): " + ", ".join(parts) + " points"
         if gap is not None:
-            pred = v["linear"]["accuracy"] - gap
+            pred = mean_of(rows, metrics["linear"]) - gap
+            predictions.append(pred)
             text += (f"; with the gap above its linear probe would be about {bc.pct(pred)} on test, "
                      f"{'still below' if pred < 0.88 else 'at or above'} the 88 target")
         out.append(text + ".")
+    if predictions and max(predictions) < 0.88 and _default_matches(best):
+        out += ["", "The package default was kept: no setting checked afterwards is predicted to reach the linear "
+                    "target on test, and each gain above is weighed against the k-NN and k-means changes beside it "
+                    "(k-means moves by several points between training seeds alone; see below)."]
     return out
 
 
@@ -259,12 +273,19 @@ def _default_epochs() -> int:
     return TrainConfig().epochs
 
 
+def _default_matches(best: dict) -> bool:
+    """Whether the package's VAEConfig has the architecture of the row ``best``."""
+    from cvae_features import VAEConfig
+
+    keys = ("latent_dim", "beta", "widths", "convs_per_level", "batch_norm", "likelihood")
+    return all(best["model_config"][k] == (list(v) if isinstance(v := getattr(VAEConfig(), k), tuple) else v)
+               for k in keys)
+
+
 def _package_default_line(best: dict) -> str:
     from cvae_features import TrainConfig, VAEConfig
 
-    keys = ("latent_dim", "beta", "widths", "convs_per_level", "batch_norm", "likelihood")
-    same = all(best["model_config"][k] == (list(v) if isinstance(v := getattr(VAEConfig(), k), tuple) else v)
-               for k in keys)
+    same = _default_matches(best)
     default = VAEConfig()
     return (f"The package default now (VAEConfig / TrainConfig): latent {default.latent_dim}, β {default.beta}, "
             f"{TrainConfig().epochs} epochs; its architecture {'matches' if same else 'DIFFERS FROM'} this row "

@@ -102,14 +102,15 @@ def fashion_mnist_tuning() -> str:
                              -r["validation"]["linear"]["accuracy"]))
     cands = [r for r in recs if r["name"] in CANDIDATES]
     chosen = max(cands, key=lambda r: (r["validation"]["linear"]["accuracy"], -r["train_s"]))["name"] if cands else None
-    out = ["| setting | role | latent | β | convs/level, BN | epochs | train min | linear | k-NN | k-means ACC / NMI "
-           "| label spreading @10 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| setting | role | latent | β | convs/level, BN | epochs | seed | train min | linear | k-NN "
+           "| k-means ACC / NMI | label spreading @10 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         v, m = r["validation"], r["model_config"]
         km = v["cluster"]["l2"]
         role = ("**chosen**" if r["name"] == chosen else "candidate") if r["name"] in CANDIDATES else "later check"
         out.append(f"| `{r['name']}` | {role} | {m['latent_dim']} | {m['beta']} | {m['convs_per_level']}, "
                    f"{'BN' if m['batch_norm'] else 'no BN'} | {r['train_config']['epochs']} | "
+                   f"{r['train_config']['seed']} | "
                    f"{r['train_s'] / 60:.0f} | {bc.pct(v['linear']['accuracy'])} | {bc.pct(v['knn']['accuracy'])} | "
                    f"{bc.pct(km['acc'])} / {bc.pct(km['nmi'])} | {bc.pct(v['fewshot10']['label_spreading']['mean'])} |")
     return "\n".join(out)
