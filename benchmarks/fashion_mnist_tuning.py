@@ -117,6 +117,14 @@ def run(args, argv) -> dict:
     return rec
 
 
+def choose(recs: list):
+    """(candidate rows, chosen row): the rule for the package default, applied to CANDIDATES (all rows if none
+    of them are recorded); the chosen row is None when there are no rows."""
+    cands = [r for r in recs if r["name"] in CANDIDATES] or list(recs)
+    best = max(cands, key=lambda r: (r["validation"]["linear"]["accuracy"], -r["train_s"])) if cands else None
+    return cands, best
+
+
 def summarize(folder: Path) -> Path:
     recs = sorted((json.loads(p.read_text()) for p in folder.glob("*.json")), key=lambda r: r["date"])
     rows = []
@@ -148,8 +156,7 @@ def summarize(folder: Path) -> Path:
                           "linear", "k-NN", "k-means ACC / NMI", "k-means ACC, other prep",
                           "logistic @10", "label spreading @10", "what it tries"], rows)
     if recs:
-        cands = [r for r in recs if r["name"] in CANDIDATES] or recs
-        best = max(cands, key=lambda r: (r["validation"]["linear"]["accuracy"], -r["train_s"]))
+        cands, best = choose(recs)
         names = ", ".join(f"`{r['name']}`" for r in cands)
         lines += ["", f"Rule for the package default: the best validation linear accuracy (the target furthest from "
                       f"reach in the earlier test-split run), ties to the faster setting, among the rows it was "
@@ -189,19 +196,23 @@ def _later_rows(recs, cands, best) -> list:
                + ", ".join(f"`{r['name']}`" for r in later) + ".", ""]
     same_arch = [r for r in later if r["model_config"] == best["model_config"]
                  and r["train_config"]["epochs"] == _default_epochs()]
-    gap = None
+    gap, target = None, 0.88
     test_path = bc.RESULTS / "fashion_mnist.json"
     if same_arch and test_path.exists():
         test = json.loads(test_path.read_text())
-        r = same_arch[0]
-        if test["model_config"] == r["model_config"] and test["train_config"]["epochs"] == r["train_config"]["epochs"]:
+        rows = [r for r in same_arch if test["model_config"] == r["model_config"]
+                and test["train_config"]["epochs"] == r["train_config"]["epochs"]]
+        if rows:
+            linear_row = next((t for t in test.get("table", []) if t.get("probe") == "linear"), {})
+            target = (linear_row.get("target") or 100 * target) / 100
             test_lin = test["probes"]["vae"]["linear"]["accuracy"]
-            gap = r["validation"]["linear"]["accuracy"] - test_lin
-            out.append(f"- `{r['name']}` is the package default itself: validation linear "
-                       f"{bc.pct(r['validation']['linear']['accuracy'])} against {bc.pct(test_lin)} on the test split "
-                       f"(`fashion_mnist.md`, the same setting), a gap of {100 * gap:.1f} points; the test split scores "
-                       f"lower than this validation split, so reaching 88 on test needs about "
-                       f"{88 + 100 * gap:.1f} here.")
+            val_lin = float(np.mean([r["validation"]["linear"]["accuracy"] for r in rows]))
+            gap = val_lin - test_lin
+            names = " and ".join(f"`{r['name']}`" for r in rows)
+            out.append(f"- {names}: the package default itself. Validation linear {bc.pct(val_lin)} against "
+                       f"{bc.pct(test_lin)} on the test split (`fashion_mnist.md`, the same setting): the test split "
+                       f"scores {abs(100 * gap):.1f} points {'lower' if gap >= 0 else 'higher'}, so reaching "
+                       f"{100 * target:g} on test needs about {100 * (target + gap):.1f} here.")
     metrics = {"linear": lambda v: v["linear"]["accuracy"], "k-NN": lambda v: v["knn"]["accuracy"],
                "k-means ACC": lambda v: v["cluster"]["l2"]["acc"],
                "label spreading @10": lambda v: v["fewshot10"]["label_spreading"]["mean"]}
@@ -228,12 +239,15 @@ def _later_rows(recs, cands, best) -> list:
             pred = mean_of(rows, metrics["linear"]) - gap
             predictions.append(pred)
             text += (f"; with the gap above its linear probe would be about {bc.pct(pred)} on test, "
-                     f"{'still below' if pred < 0.88 else 'at or above'} the 88 target")
+                     f"{'still below' if pred < target else 'at or above'} the {100 * target:g} target")
         out.append(text + ".")
-    if predictions and max(predictions) < 0.88 and _default_matches(best):
-        out += ["", "The package default was kept: no setting checked afterwards is predicted to reach the linear "
-                    "target on test, and each gain above is weighed against the k-NN and k-means changes beside it "
-                    "(k-means moves by several points between training seeds alone; see below)."]
+    if predictions and max(predictions) < target and _default_matches(best):
+        text = ("The package default was kept: no setting checked afterwards is predicted to reach the linear "
+                "target on test, and each gain above is weighed against the k-NN and k-means changes beside it")
+        km = [_spread(rows, metrics["k-means ACC"]) for rows in _seed_groups(recs)]
+        if km:
+            text += f" (k-means ACC moves by up to {max(km):.1f} points between training seeds alone; see below)"
+        out += ["", text + "."]
     return out
 
 
@@ -243,27 +257,29 @@ def _setting(r) -> str:
     return json.dumps([r["model_config"], train], sort_keys=True)
 
 
-def _seed_spread(recs) -> list:
-    """For settings trained with more than one seed: how far apart the seeds land (the noise floor of this table)."""
+def _seed_groups(recs) -> list:
+    """Rows grouped by setting, for settings trained with more than one seed (sorted by seed)."""
     groups: dict = {}
     for r in recs:
         groups.setdefault(_setting(r), []).append(r)
+    return [sorted(rows, key=lambda r: r["train_config"]["seed"]) for rows in groups.values() if len(rows) > 1]
+
+
+def _spread(rows, get) -> float:
+    vals = [get(r["validation"]) for r in rows]
+    return 100 * (max(vals) - min(vals))
+
+
+def _seed_spread(recs) -> list:
+    """For settings trained with more than one seed: how far apart the seeds land (the noise floor of this table)."""
     out = []
-    for rows in groups.values():
-        if len(rows) < 2:
-            continue
-        rows = sorted(rows, key=lambda r: r["train_config"]["seed"])
-
-        def spread(get):
-            vals = [get(r["validation"]) for r in rows]
-            return 100 * (max(vals) - min(vals))
-
+    for rows in _seed_groups(recs):
         names = ", ".join(f"`{r['name']}` (seed {r['train_config']['seed']})" for r in rows)
         out.append(f"- {names}, the same validation split: "
-                   f"linear differs by {spread(lambda v: v['linear']['accuracy']):.1f}, "
-                   f"k-NN by {spread(lambda v: v['knn']['accuracy']):.1f}, k-means ACC by "
-                   f"{spread(lambda v: v['cluster']['l2']['acc']):.1f}, label spreading @10 by "
-                   f"{spread(lambda v: v['fewshot10']['label_spreading']['mean']):.1f} points.")
+                   f"linear differs by {_spread(rows, lambda v: v['linear']['accuracy']):.1f}, "
+                   f"k-NN by {_spread(rows, lambda v: v['knn']['accuracy']):.1f}, k-means ACC by "
+                   f"{_spread(rows, lambda v: v['cluster']['l2']['acc']):.1f}, label spreading @10 by "
+                   f"{_spread(rows, lambda v: v['fewshot10']['label_spreading']['mean']):.1f} points.")
     return out
 
 

@@ -251,6 +251,7 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
     store_path = Path(store_path)
     _check_options(features, dim, batch_size, max_bad, resume, update, overwrite)
     compression = normalize_compression(compression)
+    device_ = resolve_device(device)  # before any training, fitting or writing
     exists = store_path.exists()
     if store_path.is_dir():
         raise StoreError(f"store path {store_path} is a directory: expected an .h5 file name")
@@ -279,11 +280,9 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
         raise StoreError(f"store {store_path} was written by model {old['fingerprint']}, not {feat.fingerprint}; "
                          "use --overwrite or another -o")
 
-    device_ = resolve_device(device)
     extras = (["logvar"] if logvar else []) + (["recon_error", "neg_elbo"] if scores else []) if kind == "vae" else []
     if appending:
         writer = StoreWriter.append_to(store_path)
-        extras = writer.extras
         if writer.dim != feat.out_dim:
             writer.close()
             raise StoreError(f"store {store_path} has dim {writer.dim}, the model gives {feat.out_dim}")

@@ -12,6 +12,7 @@ import dataclasses
 import html
 import json
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,36 +154,39 @@ def inpaint(model: ConvVAE, images: torch.Tensor, known: torch.Tensor, steps: in
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ConfigError(f"invalid steps={steps!r}: expected an integer >= 1")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"invalid lr={lr!r}: expected a positive number")
     if images.dtype != torch.uint8:
         raise ConfigError(f"invalid images dtype {images.dtype}: expected torch.uint8")
     device = _device_of(model)
-    known = known.to(device).expand_as(images)
-    original = images.to(device)
-    x = original.float() / 255.0
-    weight = known.float()
-    was_training, flags = model.training, [p.requires_grad for p in model.parameters()]
+    modes = {m: m.training for m in model.modules()}
+    flags = [p.requires_grad for p in model.parameters()]
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        with torch.no_grad():
-            z = model.encode(torch.where(known, x, torch.full_like(x, 0.5)))[0].float()
-        z.requires_grad_(True)
-        opt = torch.optim.Adam([z], lr=lr)
-        with torch.enable_grad():
+        # gradients flow to z only; this also works when the caller is inside torch.inference_mode()
+        with torch.inference_mode(False), torch.enable_grad():
+            known = known.to(device).expand_as(images).clone()
+            original = images.to(device).clone()
+            x = original.float() / 255.0
+            weight = known.float()
+            with torch.no_grad():
+                z = model.encode(torch.where(known, x, torch.full_like(x, 0.5)))[0].float()
+            z.requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=float(lr))
             for _ in range(steps):
                 loss = (model.reconstruction_nll(model.decode(z).float(), x, weight) + 0.5 * z.pow(2).sum(1)).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-        with torch.no_grad():
-            recon = model.decode_mean(z.detach())
+            with torch.no_grad():
+                recon = model.decode_mean(z.detach())
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     filled = (recon * 255.0).round().clamp(0, 255).to(torch.uint8)
     # Copy the known pixels byte for byte so float round-trips cannot alter them.
     return torch.where(known, original, filled).cpu()
@@ -639,7 +643,8 @@ def _write_index(result: ShowResult, model: ConvVAE, label: str) -> Path:
                       f"to values from -{TRAVERSAL_RANGE:g} to +{TRAVERSAL_RANGE:g}; "
                       "the others stay at μ of one image.",
         "inpainting": f"Rows in triples: the input with its {result.inpaint_mask} part hidden (grey), the model's "
-                      f"fill after {INPAINT_STEPS} encode/decode rounds with known pixels kept, the original.",
+                      f"fill (the most probable code given the known pixels, {INPAINT_STEPS} Adam steps, decoded; "
+                      "known pixels kept), the original.",
         "embedding_map": f"PCA of the embeddings μ to two dimensions, {result.map_points} points from the "
                          f"{'store' if result.map_from == 'store' else 'source'}, coloured by label.",
     }

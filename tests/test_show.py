@@ -131,6 +131,12 @@ def test_inpainting_leaves_the_model_as_it_was(run_dir, digits_images):
     assert model.fingerprint() == before and model.training
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
+    # a submodule the caller froze in eval mode stays so; and it works under inference_mode
+    first = next(m for m in model.modules() if m is not model)
+    first.eval()
+    with torch.inference_mode():
+        filled = inpaint(model, digits_images[:4], mask_for("right", 1, 8), steps=3)
+    assert filled.shape == digits_images[:4].shape and model.training and not first.training
 
 
 def test_inpainting_error_on_bad_arguments(run_dir, digits_images):
@@ -139,8 +145,10 @@ def test_inpainting_error_on_bad_arguments(run_dir, digits_images):
         mask_for("left", 1, 8)
     with pytest.raises(ConfigError, match="steps=0"):
         inpaint(model, digits_images[:2], mask_for("right", 1, 8), steps=0)
-    with pytest.raises(ConfigError, match="lr=0"):
-        inpaint(model, digits_images[:2], mask_for("right", 1, 8), lr=0)
+    for lr in (0, True, float("nan")):
+        with pytest.raises(ConfigError, match="lr="):
+            inpaint(model, digits_images[:2], mask_for("right", 1, 8), lr=lr)
+    assert inpaint(model, digits_images[:2], mask_for("right", 1, 8), steps=1, lr=np.float32(0.1)).shape[0] == 2
 
 
 def test_same_seed_same_pictures_other_seed_other_samples(run_dir, tmp_path):
