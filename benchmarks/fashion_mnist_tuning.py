@@ -31,6 +31,10 @@ TUNING = bc.RESULTS / "fashion_mnist_tuning"
 # fashion_mnist.py and one_class.py). Rows recorded later are checks, reported beside them.
 CANDIDATES = ("z256_b0.05_e8", "z128_b0.1_e8", "z128_b0.1_deep_bn_e8", "z128_b0.1_deep_e8")
 VAL_ROWS = 10_000
+# The validation numbers the summary compares rows on, as getters of a record's "validation" dict.
+METRICS = {"linear": lambda v: v["linear"]["accuracy"], "k-NN": lambda v: v["knn"]["accuracy"],
+           "k-means ACC": lambda v: v["cluster"]["l2"]["acc"],
+           "label spreading @10": lambda v: v["fewshot10"]["label_spreading"]["mean"]}
 CLUSTER_PREPS = ("l2", "standardize", "none")
 
 
@@ -125,8 +129,13 @@ def choose(recs: list):
     return cands, best
 
 
+def load_records(folder: Path = TUNING) -> list:
+    """Every recorded setting in ``folder``, oldest first."""
+    return sorted((json.loads(p.read_text()) for p in folder.glob("*.json")), key=lambda r: r["date"])
+
+
 def summarize(folder: Path) -> Path:
-    recs = sorted((json.loads(p.read_text()) for p in folder.glob("*.json")), key=lambda r: r["date"])
+    recs = load_records(folder)
     rows = []
     for r in recs:
         v, mc, tc = r["validation"], r["model_config"], r["train_config"]
@@ -213,30 +222,22 @@ def _later_rows(recs, cands, best) -> list:
                        f"{bc.pct(test_lin)} on the test split (`fashion_mnist.md`, the same setting): the test split "
                        f"scores {abs(100 * gap):.1f} points {'lower' if gap >= 0 else 'higher'}, so reaching "
                        f"{100 * target:g} on test needs about {100 * (target + gap):.1f} here.")
-    metrics = {"linear": lambda v: v["linear"]["accuracy"], "k-NN": lambda v: v["knn"]["accuracy"],
-               "k-means ACC": lambda v: v["cluster"]["l2"]["acc"],
-               "label spreading @10": lambda v: v["fewshot10"]["label_spreading"]["mean"]}
-
     def mean_of(rows, get):
         return float(np.mean([get(r["validation"]) for r in rows]))
 
     base = [r for r in recs if _setting(r) == _setting(best)]
-    groups: dict = {}
-    for r in later:
-        if r not in same_arch and _setting(r) != _setting(best):
-            groups.setdefault(_setting(r), []).append(r)
     predictions = []
-    for rows in groups.values():
-        d_lin = mean_of(rows, metrics["linear"]) - mean_of(base, metrics["linear"])
+    for rows in _by_setting([r for r in later if r not in same_arch and _setting(r) != _setting(best)]):
+        d_lin = mean_of(rows, METRICS["linear"]) - mean_of(base, METRICS["linear"])
         if d_lin <= 0:
             continue
         names = " and ".join(f"`{r['name']}`" for r in rows)
         seeds = f"means over {len(rows)} and {len(base)} training seeds" if len(rows) > 1 or len(base) > 1 \
             else "one seed each"
-        parts = [f"{k} {100 * (mean_of(rows, get) - mean_of(base, get)):+.1f}" for k, get in metrics.items()]
+        parts = [f"{k} {100 * (mean_of(rows, get) - mean_of(base, get)):+.1f}" for k, get in METRICS.items()]
         text = f"- {names} against the chosen setting ({seeds}): " + ", ".join(parts) + " points"
         if gap is not None:
-            pred = mean_of(rows, metrics["linear"]) - gap
+            pred = mean_of(rows, METRICS["linear"]) - gap
             predictions.append(pred)
             text += (f"; with the gap above its linear probe would be about {bc.pct(pred)} on test, "
                      f"{'still below' if pred < target else 'at or above'} the {100 * target:g} target")
@@ -244,7 +245,7 @@ def _later_rows(recs, cands, best) -> list:
     if predictions and max(predictions) < target and _default_matches(best):
         text = ("The package default was kept: no setting checked afterwards is predicted to reach the linear "
                 "target on test, and each gain above is weighed against the k-NN and k-means changes beside it")
-        km = [_spread(rows, metrics["k-means ACC"]) for rows in _seed_groups(recs)]
+        km = [_spread(rows, METRICS["k-means ACC"]) for rows in _seed_groups(recs)]
         if km:
             text += f" (k-means ACC moves by up to {max(km):.1f} points between training seeds alone; see below)"
         out += ["", text + "."]
@@ -257,12 +258,17 @@ def _setting(r) -> str:
     return json.dumps([r["model_config"], train], sort_keys=True)
 
 
-def _seed_groups(recs) -> list:
-    """Rows grouped by setting, for settings trained with more than one seed (sorted by seed)."""
+def _by_setting(recs) -> list:
+    """Rows grouped by setting (first appearance order), each group sorted by training seed."""
     groups: dict = {}
     for r in recs:
         groups.setdefault(_setting(r), []).append(r)
-    return [sorted(rows, key=lambda r: r["train_config"]["seed"]) for rows in groups.values() if len(rows) > 1]
+    return [sorted(rows, key=lambda r: r["train_config"]["seed"]) for rows in groups.values()]
+
+
+def _seed_groups(recs) -> list:
+    """The settings trained with more than one seed."""
+    return [rows for rows in _by_setting(recs) if len(rows) > 1]
 
 
 def _spread(rows, get) -> float:
@@ -275,11 +281,9 @@ def _seed_spread(recs) -> list:
     out = []
     for rows in _seed_groups(recs):
         names = ", ".join(f"`{r['name']}` (seed {r['train_config']['seed']})" for r in rows)
-        out.append(f"- {names}, the same validation split: "
-                   f"linear differs by {_spread(rows, lambda v: v['linear']['accuracy']):.1f}, "
-                   f"k-NN by {_spread(rows, lambda v: v['knn']['accuracy']):.1f}, k-means ACC by "
-                   f"{_spread(rows, lambda v: v['cluster']['l2']['acc']):.1f}, label spreading @10 by "
-                   f"{_spread(rows, lambda v: v['fewshot10']['label_spreading']['mean']):.1f} points.")
+        (first, v0), *rest = [(k, _spread(rows, get)) for k, get in METRICS.items()]
+        out.append(f"- {names}, the same validation split: {first} differs by {v0:.1f}, "
+                   + ", ".join(f"{k} by {v:.1f}" for k, v in rest) + " points.")
     return out
 
 

@@ -91,7 +91,7 @@ def markdown(rec: dict) -> str:
         f"{m['image_size']}×{m['image_size']}. {rec['n_images']} images drawn with seed {rec['seed']}. Mean squared "
         "error of the hidden pixels (values in [0, 1]) against the originals; lower is better.",
         "",
-        f"- grey: the hidden part left at mid-grey (no model).",
+        "- grey: the hidden part left at mid-grey (no model).",
         f"- rounds: from mid-grey, {rec['rounds']} rounds of encode to μ, decode, put the known pixels back.",
         f"- inpaint (what `cvae show` draws): the code z minimising −log p(known pixels | z) + ‖z‖²/2, "
         f"{rec['inpaint_steps']} Adam steps of size {rec['inpaint_lr']} from μ of the grey-filled image; decoded.",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as bc  # noqa: E402
-from fashion_mnist_tuning import CANDIDATES, choose  # noqa: E402  (the rule that chose the default)
+from fashion_mnist_tuning import CANDIDATES, METRICS, choose, load_records  # noqa: E402  (the tuning rule)
 from one_class import SCORES  # noqa: E402  (the one-class benchmark's own column names)
 
 README = bc.ROOT / "README.md"
@@ -94,12 +94,12 @@ def one_class(name: str) -> str:
 
 
 def fashion_mnist_tuning() -> str:
-    folder = bc.RESULTS / "fashion_mnist_tuning"
-    recs = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+    recs = load_records()
     if not recs:
-        raise SystemExit(f"{folder}: no tuning records (run benchmarks/fashion_mnist_tuning.py)")
+        raise SystemExit("benchmarks/results/fashion_mnist_tuning/: no tuning records "
+                         "(run benchmarks/fashion_mnist_tuning.py)")
     recs.sort(key=lambda r: (r["name"] not in CANDIDATES, r["train_config"]["epochs"],
-                             -r["validation"]["linear"]["accuracy"]))
+                             -METRICS["linear"](r["validation"])))
     cands, best = choose(recs)
     chosen = best["name"] if best else None
     out = ["| setting | role | latent | β | convs/level, BN | epochs | seed | train min | linear | k-NN "
