@@ -10,7 +10,6 @@ The demo itself (model, data, probes) is ``cvae_features.demo.run_demo``, exactl
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -36,9 +35,6 @@ def main(argv=None) -> int:
     rec.update(model_config=DEMO_MODEL.to_dict(), train_config=DEMO_TRAINING.to_dict(), seconds=result.seconds,
                notes=result.notes, table=result.table,
                report=json.loads((Path(result.report_dir) / "report.json").read_text()))
-    with (Path(result.report_dir) / "results.csv").open(newline="") as fh:
-        rec["summary_rows"] = [dict(r, value=float(r["value"]) if r["value"] else None,
-                                    std=float(r["std"]) if r["std"] else None) for r in csv.DictReader(fh)]
     lines = ["# `cvae demo` (digits)", ""] + bc.header_lines(rec) + [
         "", "What `cvae demo` printed (the same run's `report.json` is in `demo.json` under `report`):", "",
         "```", result.table.rstrip(), "```", ""]

@@ -161,7 +161,7 @@ def extract_speed() -> str:
 
 def demo() -> str:
     rec = _load("demo")
-    rows = {(r["store"], r["probe"], r["metric"]): r for r in rec["summary_rows"]}
+    rows = {(r["store"], r["probe"], r["metric"]): r for r in rec["report"]["summary"]}  # = results.csv
     dim = rec["model_config"]["latent_dim"]
     n_test = rec["report"]["meta"]["runs"]["vae"]["n_test"]
 
