@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
 from ._common import echo_json, library_errors
@@ -52,8 +55,15 @@ def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data
     given = {k: v for k, v in options.items() if v is not None}
     model_config = {_MODEL_OPTIONS[k]: v for k, v in given.items() if k in _MODEL_OPTIONS}
     train_config = {_TRAIN_OPTIONS[k]: v for k, v in given.items() if k in _TRAIN_OPTIONS}
-    result = train(source, run_dir, model_config=model_config or None, train_config=train_config or None,
-                   resume=resume, overwrite=overwrite, progress=not no_progress, data_dir=data_dir)
+    try:
+        result = train(source, run_dir, model_config=model_config or None, train_config=train_config or None,
+                       resume=resume, overwrite=overwrite, progress=not no_progress, data_dir=data_dir)
+    except KeyboardInterrupt:
+        # What to rerun depends on what the run dir holds now: --resume only works once a checkpoint exists.
+        from cvae_features._train_setup import interrupted_advice
+
+        click.echo(interrupted_advice(Path(run_dir)), err=True)
+        sys.exit(130)
     summary = result.to_dict()
     if as_json:
         echo_json(summary)

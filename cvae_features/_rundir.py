@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ._json import to_builtin
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -50,18 +50,42 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     _replace_from_tmp(path, lambda tmp: torch.save(payload, tmp))
 
 
+#: What resuming reads from a checkpoint; every version-1 checkpoint has all of them.
+_CHECKPOINT_DICTS = ("model", "optimizer", "model_config", "train_config")
+_CHECKPOINT_KEYS = _CHECKPOINT_DICTS + ("epoch", "history", "seconds", "best_val_loss", "best_epoch", "bad_epochs",
+                                        "stopped_early", "data_fingerprint")
+
+
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`; a damaged or foreign file is a ConfigError."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds for a file that is not a checkpoint
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ConfigError(f"cannot read checkpoint {path}: {type(err).__name__}: {first}") from None
+    """Read a checkpoint written by :func:`save_checkpoint`; a damaged or foreign file is a one-line ConfigError.
+
+    Like model files it is read with ``torch.load(weights_only=True)`` and never unpickled otherwise;
+    its entries are checked before use, and saved weights holding NaN or inf are refused.
+    """
+    from .model import check_state_dict, read_torch_file
+
+    payload = read_torch_file(path, ConfigError, "cvae training checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{path} is not a cvae training checkpoint")
-    if payload.get("format_version", 0) > CHECKPOINT_VERSION:
-        raise ConfigError(f"{path} is checkpoint format version {payload['format_version']}, newer than this "
+    version = payload.get("format_version", CHECKPOINT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(f"{path} has format_version {version!r}: expected a positive integer (damaged checkpoint)")
+    if version > CHECKPOINT_VERSION:
+        raise ConfigError(f"{path} is checkpoint format version {version}, newer than this "
                           f"tool reads ({CHECKPOINT_VERSION}); upgrade cvae-features")
+    missing = [key for key in _CHECKPOINT_KEYS if key not in payload]
+    if missing:
+        raise ConfigError(f"{path} is a damaged checkpoint: it lacks {', '.join(map(repr, missing))}")
+    for key in _CHECKPOINT_DICTS:
+        if not isinstance(payload[key], dict):
+            raise ConfigError(f"{path} is a damaged checkpoint: its {key!r} entry is of type "
+                              f"{type(payload[key]).__name__}, not a dict")
+    if isinstance(payload["epoch"], bool) or not isinstance(payload["epoch"], int) or payload["epoch"] < 0:
+        raise ConfigError(f"{path} is a damaged checkpoint: its epoch is {payload['epoch']!r}")
+    try:
+        check_state_dict(payload["model"], source=f"checkpoint {path}")
+    except ModelError as err:
+        raise ConfigError(str(err)) from None
     return payload
 
 

@@ -137,23 +137,56 @@ def agree_preprocess(saved: dict, given):
     return saved_pre
 
 
-def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
-    present = [name for name in rd.RUN_FILES if (run_dir / name).exists()]
-    if overwrite or not {rd.CHECKPOINT, rd.MODEL} & set(present):
-        # Without a checkpoint or a model, a run never finished an epoch: nothing of value is lost.
-        for name in present:
-            (run_dir / name).unlink()
-        return
-    what = "a run"
+def existing_run(run_dir: Path):
+    """What ``run_dir`` holds, as (kind, words): the one reading behind every rerun rule and advice.
+
+    kind is None when it holds neither a checkpoint nor a model (a run that never finished an epoch:
+    a new run may start there, nothing of value is lost); "finished" or "resumable" for a readable
+    checkpoint (``resume`` returns or continues it); "stuck" for a model without a checkpoint or a
+    damaged checkpoint, which only ``overwrite`` (or another directory) gets past.
+    """
     ckpt = run_dir / rd.CHECKPOINT
     if ckpt.exists():
         try:
             state = rd.load_checkpoint(ckpt)
-            what = ("a finished run" if state.get("finished")
-                    else f"an unfinished run (epoch {state['epoch']} of {state['train_config']['epochs']})")
         except ConfigError:
-            what = "a damaged run"
+            return "stuck", f"a damaged {rd.CHECKPOINT}"
+        if state.get("finished"):
+            return "finished", "a finished run"
+        epochs = state["train_config"].get("epochs", "?")
+        return "resumable", f"an unfinished run (epoch {state['epoch']} of {epochs})"
+    if (run_dir / rd.MODEL).exists():
+        return "stuck", f"a {rd.MODEL} without a {rd.CHECKPOINT}"
+    return None, "no checkpoint"
+
+
+def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
+    present = [name for name in rd.RUN_FILES if (run_dir / name).exists()]
+    kind, what = existing_run(run_dir)
+    if overwrite or kind is None:
+        for name in present:
+            (run_dir / name).unlink()
+        return
+    if kind == "stuck":
+        raise ConfigError(f"run_dir {run_dir} already holds {what}, so it cannot be resumed: replace it "
+                          "(--overwrite) or pick another directory")
     raise ConfigError(f"run_dir {run_dir} already holds {what}: resume it (--resume) or replace it (--overwrite)")
+
+
+def interrupted_advice(run_dir: Path) -> str:
+    """The one line to show after training was interrupted (Ctrl-C): what the run dir holds, what to rerun.
+
+    It follows :func:`existing_run`, i.e. the rules the rerun itself applies.
+    """
+    kind, what = existing_run(run_dir)
+    if kind == "resumable":
+        return f"interrupted; {run_dir} holds {what}: rerun with --resume to go on from its last checkpoint"
+    if kind == "finished":
+        return f"interrupted after the last epoch; {run_dir} holds {what}: rerun with --resume for its summary"
+    if kind == "stuck":
+        return f"interrupted; {run_dir} holds {what}, which cannot be resumed: rerun with --overwrite to start again"
+    return (f"interrupted before the first epoch ended, so no checkpoint was written in {run_dir}: "
+            "rerun the same command without --resume to start again")
 
 
 def derive_seed(seed: int, *keys) -> int:

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Tuple, get_args
@@ -29,6 +30,10 @@ MODEL_FILE_FORMAT = "cvae-model"
 MODEL_FILE_VERSION = 1
 MODEL_FILENAME = "model.pt"
 _DEFAULT_WIDTHS = (32, 64, 128, 256, 256, 256)
+#: The encoder's log-variance is clamped to this range: exp(logvar) stays finite, and so do the KL and its gradient.
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+#: Floor of the gaussian likelihood's learned log-variance: the squared error is never divided by ~0.
+LOG_SIGMA2_MIN = -9.0
 
 
 def _depth_for(image_size: int) -> int:
@@ -225,7 +230,7 @@ class ConvVAE(nn.Module):
         """Posterior parameters (mu, logvar), each of shape (n, latent_dim)."""
         h = self.to_latent(self.encoder(to_unit_float(x)))
         mu, logvar = h.chunk(2, dim=1)
-        return mu, logvar.clamp(-30.0, 20.0)
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Raw decoder output (n, C, H, W): logits (bernoulli) or means (gaussian)."""
@@ -246,7 +251,7 @@ class ConvVAE(nn.Module):
         if self.config.likelihood == "bernoulli":
             nll = F.binary_cross_entropy_with_logits(decoder_out, x, reduction="none")
         else:
-            log_s2 = self.log_sigma2.clamp(min=-9.0)
+            log_s2 = self.log_sigma2.clamp(min=LOG_SIGMA2_MIN)
             nll = 0.5 * ((x - decoder_out) ** 2 / log_s2.exp() + log_s2 + math.log(2 * math.pi))
         if weight is not None:
             nll = nll * weight
@@ -313,16 +318,81 @@ class ConvVAE(nn.Module):
         return path
 
     @classmethod
-    def from_state(cls, config: dict, state_dict: dict) -> "ConvVAE":
-        """Build a model from a config dict and a state dict (as stored in model files and stores)."""
-        model = cls(VAEConfig.from_dict(config))
+    def from_state(cls, config: dict, state_dict: dict, source=None) -> "ConvVAE":
+        """Build a model from a config dict and a state dict (as stored in model files and stores).
+
+        Raises ModelError (one line, prefixed with ``source`` when given) for a config that is not a
+        valid VAEConfig, a state dict that is not a dict of tensors, weights that do not fit the
+        config (names or shapes), or weights holding NaN or infinite values.
+        """
+        where = f"{source}: " if source is not None else ""
+        if not isinstance(config, dict):
+            raise ModelError(f"{where}the model config is of type {type(config).__name__}: expected a dict of "
+                             "VAEConfig fields")
+        try:
+            cfg = VAEConfig.from_dict(config)
+        except (ValueError, TypeError) as err:  # ConfigError is a ValueError
+            raise ModelError(f"{where}invalid model config: {_first_line(err)}") from None
+        check_state_dict(state_dict, source)
+        model = cls(cfg)
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in expected]
+        if missing or unexpected:
+            parts = ([f"missing {_some(missing)}"] if missing else []) + (
+                [f"unexpected {_some(unexpected)}"] if unexpected else [])
+            raise ModelError(f"{where}weights do not fit the model config: {'; '.join(parts)}")
+        for name, ref in expected.items():
+            if tuple(state_dict[name].shape) != tuple(ref.shape):
+                raise ModelError(f"{where}weights do not fit the model config: tensor {name!r} has shape "
+                                 f"{tuple(state_dict[name].shape)}, expected {tuple(ref.shape)}")
         try:
             model.load_state_dict(state_dict)
         except RuntimeError as err:
-            first = str(err).strip().splitlines()[0]
-            raise ModelError(f"weights do not fit the model config: {first}") from None
+            raise ModelError(f"{where}weights do not fit the model config: {_first_line(err)}") from None
         model.eval()
         return model
+
+
+def check_state_dict(state_dict, source=None) -> None:
+    """ModelError unless ``state_dict`` is a dict of tensors by name, every value finite.
+
+    The message (one line, prefixed with ``source`` when given) names the first offending entry.
+    """
+    where = f"{source}: " if source is not None else ""
+    if not isinstance(state_dict, dict):
+        raise ModelError(f"{where}the weights are of type {type(state_dict).__name__}: expected a dict of tensors")
+    for name, value in state_dict.items():
+        if not isinstance(name, str):
+            raise ModelError(f"{where}a weight is named {name!r} (of type {type(name).__name__}): expected "
+                             "string names")
+        if not isinstance(value, torch.Tensor):
+            raise ModelError(f"{where}weight {name!r} is of type {type(value).__name__}: expected a tensor")
+    bad = first_non_finite(state_dict)
+    if bad is not None:
+        name, n_bad, numel = bad
+        raise ModelError(f"{where}tensor {name!r} holds non-finite values (NaN or inf in {n_bad} of {numel}); "
+                         "these weights are unusable: retrain or use another model file")
+
+
+def first_non_finite(state_dict: dict):
+    """(name, number of non-finite values, size) of the first floating tensor holding NaN or inf, else None."""
+    for name, t in state_dict.items():
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                return name, int((~finite).sum()), t.numel()
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _some(names, n: int = 3) -> str:
+    shown = ", ".join(repr(k) for k in names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def fingerprint_state(config: VAEConfig, state_dict: dict) -> str:
@@ -358,6 +428,13 @@ def resolve_device(name: str) -> torch.device:
 def load_model(path) -> ConvVAE:
     """Load a model from a model file, a run directory holding ``model.pt``, or a feature store carrying one.
 
+    The file is read with ``torch.load(weights_only=True)``: anything but tensors and plain values is
+    refused, never unpickled. Every way a file can be unusable is a one-line ModelError naming the file
+    and the problem: missing, empty, truncated, not a torch file, holding other objects, not a cvae model
+    file (or a training checkpoint), a newer or malformed format version, a missing or invalid config,
+    weights that are not a dict of tensors or do not fit the config, a fingerprint mismatch, or weights
+    holding NaN or infinite values.
+
     Raises
     ------
     ModelError
@@ -371,25 +448,74 @@ def load_model(path) -> ConvVAE:
         if not candidate.exists():
             raise ModelError(f"no {MODEL_FILENAME} in run directory {path}")
         path = candidate
-    if _is_hdf5(path):
+    if not path.is_file():
+        raise ModelError(f"{path} is not a regular file: expected a {MODEL_FILENAME} model file")
+    try:
+        hdf5 = _is_hdf5(path)
+    except OSError as err:
+        raise ModelError(f"cannot read {path}: {err.strerror or _first_line(err)}") from None
+    if hdf5:
         from .store import FeatureStore
 
         with FeatureStore(path) as store:
             return store.load_model()
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch raises many kinds (KeyError, UnpicklingError, RuntimeError) for a non-model file
-        raise ModelError(f"{path} is not a cvae model file (torch cannot read it)") from None
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
-        raise ModelError(f"{path} is not a cvae model file")
-    if payload.get("format_version", 0) > MODEL_FILE_VERSION:
+    payload = read_torch_file(path, ModelError, "cvae model file")
+    if not isinstance(payload, dict):
+        raise ModelError(f"{path} is not a cvae model file: it holds a {type(payload).__name__}, not a dict")
+    fmt = payload.get("format")
+    if isinstance(fmt, str) and fmt == "cvae-checkpoint":
+        raise ModelError(f"{path} is a training checkpoint, not a model file: pass the run directory or its "
+                         f"{MODEL_FILENAME}")
+    if not isinstance(fmt, str) or fmt != MODEL_FILE_FORMAT:
+        raise ModelError(f"{path} is not a cvae model file (no format tag {MODEL_FILE_FORMAT!r})")
+    version = payload.get("format_version", MODEL_FILE_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ModelError(f"{path} has format_version {version!r}: expected a positive integer "
+                         "(damaged or not written by cvae-features)")
+    if version > MODEL_FILE_VERSION:
         raise ModelError(
-            f"{path} is model format version {payload['format_version']}, newer than this tool reads "
+            f"{path} is model format version {version}, newer than this tool reads "
             f"({MODEL_FILE_VERSION}); upgrade cvae-features")
-    model = ConvVAE.from_state(payload["config"], payload["state_dict"])
-    if payload.get("fingerprint") and payload["fingerprint"] != model.fingerprint():
+    for key in ("config", "state_dict"):
+        if key not in payload:
+            raise ModelError(f"{path} is a damaged cvae model file: it has no {key!r} entry")
+    model = ConvVAE.from_state(payload["config"], payload["state_dict"], source=path)
+    recorded = payload.get("fingerprint")
+    if recorded is not None and not isinstance(recorded, str):
+        raise ModelError(f"{path} is a damaged cvae model file: its fingerprint is of type "
+                         f"{type(recorded).__name__}, not a string")
+    if recorded and recorded != model.fingerprint():
         raise ModelError(f"{path}: weights do not match their recorded fingerprint (file damaged?)")
     return model
+
+
+def read_torch_file(path: Path, error=ModelError, what: str = "cvae model file"):
+    """``torch.load(path, weights_only=True)`` on the CPU; any failure is a one-line ``error`` naming the file.
+
+    torch's own message is never passed on: for a file holding objects other than tensors and plain
+    values it advises loading with unpickling allowed, which must never be done with an untrusted file.
+    """
+    try:
+        if path.stat().st_size == 0:
+            raise error(f"{path} is empty: not a {what}")
+    except OSError as err:
+        raise error(f"cannot read {path}: {err.strerror or _first_line(err)}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's text only picks the wording; it is never shown (it suggests unpickling the file).
+        if "global" in str(err).lower():
+            reason = "it holds Python objects other than tensors and plain values, which are refused, never unpickled"
+        else:
+            reason = "it is not a torch file of tensors and plain values"
+    except RuntimeError as err:
+        zip_damage = "zip" in str(err).lower() or "PytorchStreamReader" in str(err)
+        reason = "it is damaged or truncated" if zip_damage else "torch cannot read it"
+    except OSError as err:
+        raise error(f"cannot read {path}: {err.strerror or _first_line(err)}") from None
+    except Exception:  # torch raises many kinds (KeyError, EOFError, ValueError...) for a file it did not write
+        reason = "it is truncated or not a torch file"
+    raise error(f"{path} is not a {what} this tool can load safely: {reason}")
 
 
 def _is_hdf5(path: Path) -> bool:
@@ -402,4 +528,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = ["VAEConfig", "VAEOutput", "ConvVAE", "load_model", "resolve_device", "fingerprint_state", "to_unit_float",
-           "count_parameters", "Likelihood"]
+           "count_parameters", "Likelihood", "check_state_dict", "first_non_finite", "read_torch_file"]

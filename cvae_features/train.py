@@ -246,7 +246,8 @@ def train(source, run_dir, *, model_config: Union[VAEConfig, dict, None] = None,
     Raises
     ------
     ConfigError
-        Bad configuration, a run dir that already holds a run, a resume without checkpoint.
+        Bad configuration, a run dir that already holds a run, a resume without a checkpoint or from
+        a damaged one.
     TrainingError
         The loss became NaN or infinite.
     """
@@ -316,7 +317,12 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
                    "source": data.description, "data_fingerprint": data.fingerprint}
     loop = Loop(mcfg, tcfg, device, amp_dtype, train_images, val_images, progress, callback)
     if state is not None:
-        loop.restore(state)
+        try:
+            loop.restore(state)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"cannot resume from {ckpt_path}: its saved state does not fit this run ({first}); "
+                              "start again with overwrite") from None
     state = loop.run(run_dir, state_extra)
     return _result(run_dir, state, n - n_val, n_val, data.skipped)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cvae_features.errors import ConfigError, ModelError
-from cvae_features.model import ConvVAE, VAEConfig, load_model
+from cvae_features.model import LOGVAR_MAX, LOGVAR_MIN, ConvVAE, VAEConfig, load_model
 
 
 def _tiny(**kw):
@@ -115,6 +115,35 @@ def test_gaussian_loss_equals_hand_computation():
     kl = -0.5 * (1 + logvar - mu ** 2 - np.exp(logvar)).sum(1)
     np.testing.assert_allclose(out.recon_per_sample.detach().numpy(), nll, rtol=1e-5)
     assert float(out.loss) == pytest.approx(float(np.mean(nll + 2.0 * kl)), rel=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("bias", [1e4, -1e4])
+def test_extreme_log_variance_keeps_loss_kl_and_gradients_finite(bias, training):
+    # Without the log-variance clamp, +1e4 makes exp(logvar) and so the KL infinite (and the gradients NaN),
+    # and -1e4 leaves the range where the KL is bounded by the clamp floor.
+    model = _tiny().train(training)
+    latent = model.config.latent_dim
+    with torch.no_grad():
+        model.to_latent.bias[latent:] = bias  # the second half of to_latent's output is the log-variance
+    out = model(_images(4, 1, 8))
+    assert LOGVAR_MIN <= float(out.logvar.detach().min()) and float(out.logvar.detach().max()) <= LOGVAR_MAX
+    assert torch.isfinite(out.loss) and torch.isfinite(out.kl) and torch.isfinite(out.kl_per_sample).all()
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), name
+
+
+def test_gaussian_log_variance_floor_keeps_the_loss_finite():
+    # Without the floor on log_sigma2, exp(-1e4) is 0 and the squared error is divided by zero.
+    model = _tiny(likelihood="gaussian")
+    with torch.no_grad():
+        model.log_sigma2.fill_(-1e4)
+    out = model(_images(4, 1, 8))
+    assert torch.isfinite(out.loss) and torch.isfinite(out.recon)
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), name
 
 
 @torch.no_grad()

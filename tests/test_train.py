@@ -376,6 +376,90 @@ def test_cli_refuses_an_existing_run(tmp_path):
     assert CliRunner().invoke(cli, args + ["--overwrite"]).exit_code == 0
 
 
+def _interrupt_cli_train(monkeypatch, at_epoch):
+    """Make the CLI's train() raise KeyboardInterrupt (as Ctrl-C would) at the first step of ``at_epoch``."""
+    import importlib
+
+    train_module = importlib.import_module("cvae_features.train")  # the package attribute is the function
+    real = train_module.train
+
+    def ctrl_c(epoch, batch_index, logs):
+        if epoch == at_epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", lambda *a, **kw: real(*a, **{**kw, "callback": ctrl_c}))
+    return lambda: monkeypatch.setattr(train_module, "train", real)
+
+
+def _train_args(prefix, run, *extra):
+    return prefix + ["digits", "-o", str(run), "--epochs", "2", "--max-images", "200", "--no-progress", *extra]
+
+
+def test_cli_interrupt_in_the_first_epoch_says_to_rerun_without_resume(tmp_path, monkeypatch):
+    cli, prefix = _cli()
+    run = tmp_path / "run"
+    restore = _interrupt_cli_train(monkeypatch, at_epoch=1)
+    result = CliRunner().invoke(cli, _train_args(prefix, run))
+    assert result.exit_code == 130
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "no checkpoint was written" in lines[0] and "rerun the same command without --resume" in lines[0]
+    assert "with --resume" not in lines[0]
+    assert not (run / "checkpoint.pt").exists() and (run / "config.json").exists()  # the dir is not empty
+    restore()
+    # the advice is true: --resume would fail, the same command without it succeeds (no --overwrite needed)
+    assert "holds no checkpoint.pt" in CliRunner().invoke(cli, _train_args(prefix, run, "--resume")).output
+    assert CliRunner().invoke(cli, _train_args(prefix, run)).exit_code == 0
+
+
+def test_cli_interrupt_after_a_checkpoint_says_to_resume(tmp_path, monkeypatch):
+    cli, prefix = _cli()
+    run = tmp_path / "run"
+    restore = _interrupt_cli_train(monkeypatch, at_epoch=2)
+    result = CliRunner().invoke(cli, _train_args(prefix, run))
+    assert result.exit_code == 130
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "unfinished run (epoch 1 of 2)" in lines[0] and "rerun with --resume" in lines[0]
+    restore()
+    resumed = CliRunner().invoke(cli, _train_args(prefix, run, "--resume"))
+    assert resumed.exit_code == 0 and "trained 2 epochs" in resumed.output, resumed.output
+
+
+def test_cli_interrupt_between_model_and_first_checkpoint_says_to_overwrite(tmp_path, monkeypatch):
+    # model.pt is written just before the checkpoint: a Ctrl-C in between leaves a model without a checkpoint,
+    # which neither --resume nor a plain rerun accepts.
+    from cvae_features import _rundir
+
+    cli, prefix = _cli()
+    run = tmp_path / "run"
+
+    def ctrl_c(path, payload):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_rundir, "save_checkpoint", ctrl_c)
+    result = CliRunner().invoke(cli, _train_args(prefix, run))
+    monkeypatch.undo()
+    assert result.exit_code == 130 and (run / "model.pt").exists() and not (run / "checkpoint.pt").exists()
+    line = result.output.strip()
+    assert "model.pt without a checkpoint.pt" in line and "rerun with --overwrite" in line, result.output
+    plain = CliRunner().invoke(cli, _train_args(prefix, run))
+    assert plain.exit_code == 1 and "cannot be resumed: replace it (--overwrite)" in plain.output
+    assert "--resume" not in plain.output
+    assert CliRunner().invoke(cli, _train_args(prefix, run, "--overwrite")).exit_code == 0
+
+
+def test_resume_from_a_checkpoint_that_does_not_fit_is_a_config_error(tmp_path, digits):
+    run = tmp_path / "run"
+    _run(digits[:200], run, epochs=2)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    ckpt["finished"] = False
+    ckpt["model"].pop("to_latent.bias")
+    torch.save(ckpt, run / "checkpoint.pt")
+    with pytest.raises(ConfigError, match=r"cannot resume from .*checkpoint.pt: its saved state does not fit"):
+        train(digits[:200], run, resume=True, progress=False)
+
+
 def test_autocast_and_gradient_clipping_paths_run_on_cpu(tmp_path, digits):
     # CUDA is absent here; bf16 autocast on the CPU exercises the same mixed-precision code path.
     result = _run(digits[:200], tmp_path / "run", epochs=1, amp=True, grad_clip=1.0)
