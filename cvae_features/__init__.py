@@ -14,7 +14,7 @@ import types
 
 from ._version import __version__
 from .errors import (CvaeError, ConfigError, DataError, DecodeError, ModelError, SourceNotFoundError,
-                     StoreError, TrainingError)
+                     StoreError, StoreNoSpaceError, TrainingError)
 
 _LAZY = {
     ".data": ("Preprocess", "open_source"),
@@ -29,7 +29,7 @@ _LAZY = {
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = ["__version__", "CvaeError", "ConfigError", "DataError", "DecodeError", "ModelError",
-           "SourceNotFoundError", "StoreError", "TrainingError", *_WHERE]
+           "SourceNotFoundError", "StoreError", "StoreNoSpaceError", "TrainingError", *_WHERE]
 
 
 class _Package(types.ModuleType):

@@ -31,6 +31,10 @@ class StoreError(CvaeError, ValueError):
     """A feature store is missing, not a cvae store, too new, incomplete or incompatible."""
 
 
+class StoreNoSpaceError(StoreError):
+    """The disk holding a feature store is full; what was committed is kept and can be resumed."""
+
+
 class ModelError(CvaeError, ValueError):
     """A model file or run directory cannot be loaded or does not fit the request."""
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,9 +29,10 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError, ModelError, StoreError
+from .data.sources import FileSource
+from .errors import ConfigError, DataError, ModelError, StoreError, StoreNoSpaceError
 from .model import resolve_device
-from .store import FEATURE_KINDS, FeatureStore, StoreWriter, is_store, normalize_compression
+from .store import DONE, FEATURE_KINDS, FeatureStore, StoreWriter, is_store, normalize_compression
 
 #: Exact PCA (covariance + eigh) up to this many pixel values per image; IncrementalPCA beyond.
 PCA_COVARIANCE_MAX_FEATURES = 4096
@@ -77,7 +79,8 @@ class ExtractResult:
     """What :func:`extract` returns.
 
     ``n_rows`` / ``n_skipped`` count the whole store; ``n_new`` / ``n_new_skipped``
-    this run. ``skipped`` lists (key, reason) of this run's skipped files (the
+    this run; ``n_changed`` / ``n_removed`` (update) the rows rewritten because their
+    file changed, and the rows whose file is gone (kept). ``skipped`` lists (key, reason) of this run's skipped files (the
     first 100; the store keeps them all). ``seconds`` and ``images_per_s`` cover
     the extraction pass (not training or PCA fitting).
     """
@@ -97,6 +100,9 @@ class ExtractResult:
     train_seconds: float = 0.0
     run_dir: Optional[Path] = None
     skipped: List[Tuple[str, str]] = field(default_factory=list)
+    n_train_images: Optional[int] = None  # images the auto-trained model was trained and validated on
+    n_changed: int = 0  # update: rows rewritten because their file changed since it was extracted
+    n_removed: int = 0  # update: rows whose file is no longer in the source (kept in the store)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -204,9 +210,13 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
         Decoding processes (None: the data layer's default, one per core for files).
     resume : bool
         Finish an interrupted store: only pending plan entries are processed. The
-        model must be the one that wrote the store. Without a store, starts one.
+        model and the source must be the ones that wrote the store. Without a store,
+        starts one.
     update : bool
-        Add the keys of ``source`` that the store does not plan yet (same model).
+        Bring the store up to date with its own source (same model): add the keys
+        that the store does not plan yet, rewrite the rows of files whose size or
+        modification time changed since they were extracted, and count the rows
+        whose file is gone (they are kept).
     overwrite : bool
         Replace an existing store. It is replaced in place when writing starts
         (after any training); an interrupted overwrite is finished with ``resume``.
@@ -242,7 +252,10 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
     ------
     StoreError
         The store exists and no resume/update/overwrite was asked, or it was
-        written by another model or feature kind.
+        written by another model, feature kind or source; the store's folder does
+        not exist; the store is damaged, in use, or its disk is full
+        (:class:`~cvae_features.errors.StoreNoSpaceError`: what was committed is
+        kept, and ``resume=True`` finishes it once there is space).
     ConfigError, DataError, SourceNotFoundError, ModelError
         Bad options, an unusable source, an unloadable model.
     """
@@ -267,7 +280,11 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
     if len(src) == 0:
         raise DataError(f"{src.description} holds no images")
 
+    if not store_path.parent.is_dir():
+        raise StoreError(f"cannot write {store_path}: folder {store_path.parent} does not exist (create it first)")
     old = _read_existing(store_path) if appending else None
+    if old is not None:
+        _check_same_source(store_path, old, src)
     kind = _resolve_kind(features, model, old, store_path)
     if kind == "vae":
         feat = _resolve_vae(src, store_path, old, model=model, dim=dim, model_config=model_config,
@@ -292,18 +309,30 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
                                     source=src.description, source_spec=getattr(src, "spec", "") or "",
                                     plan_keys=src.keys, label_names=src.label_names, extras=extras,
                                     compression=compression, model=feat.vae,
-                                    carry_weights=weights and feat.vae is not None, pca=feat.pca)
+                                    carry_weights=weights and feat.vae is not None, pca=feat.pca,
+                                    plan_identity=file_identity(src))
     try:
         encode = _BatchEncoder(kind, feat.vae, feat.pca, writer.extras, device_)
         t0 = time.perf_counter()
-        work = _pending_work(writer, src, appending=appending, update=update, out_dim=feat.out_dim)
+        work = _pending_work(writer, src, appending=appending, update=update, out_dim=feat.out_dim,
+                             store_path=store_path)
+        n_changed = _rewrite_changed(writer, src, feat, work, encode, batch_size=batch_size, workers=workers,
+                                     progress=progress) if update else 0
         n_new, n_bad, kept_skips = _write_batches(writer, src, feat, work, encode, batch_size=batch_size,
                                                   workers=workers, max_bad=max_bad, store_path=store_path,
                                                   progress=progress, callback=callback)
         seconds = time.perf_counter() - t0
         n_rows, n_skipped = writer.n_rows, writer.n_skipped
+    except StoreNoSpaceError:
+        left = len(writer.pending())
+        raise StoreNoSpaceError(
+            f"no space left on the device of {store_path}: about {_bytes_needed(writer, left) / 1e6:,.1f} MB more "
+            f"are needed for the {left:,} images left; the {writer.n_rows:,} rows written are kept: free space, "
+            f"then finish with --resume") from None
     finally:
         writer.close()
+        if not appending and writer.n_rows == 0 and store_path.exists():
+            store_path.unlink()  # a store this run created and left without a row would only block the rerun
 
     if n_rows == 0:
         raise DataError(f"none of the {len(src)} images of {src.description} could be decoded "
@@ -316,7 +345,8 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
         path=store_path, feature_kind=kind, dim=feat.out_dim, n_rows=n_rows, n_skipped=n_skipped, n_new=n_new,
         n_new_skipped=n_bad, complete=complete, seconds=seconds,
         images_per_s=processed / seconds if seconds > 0 else float("nan"), model_fingerprint=feat.fingerprint,
-        trained=feat.trained, train_seconds=feat.train_seconds, run_dir=feat.run_dir, skipped=kept_skips[:_SKIPPED_KEPT])
+        trained=feat.trained, train_seconds=feat.train_seconds, run_dir=feat.run_dir, skipped=kept_skips[:_SKIPPED_KEPT],
+        n_train_images=feat.n_train_images, n_changed=n_changed, n_removed=work.n_removed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,17 +365,25 @@ class _Featurizer:
     trained: bool = False
     train_seconds: float = 0.0
     run_dir: Optional[Path] = None
+    n_train_images: Optional[int] = None
 
 
 @dataclass
 class _Work:
-    """The plan rows still to write, the source rows they come from, and the skips already recorded."""
+    """The plan rows still to write, the source rows they come from, and the skips already recorded.
+
+    ``changed`` / ``changed_rows``: (update) plan entries whose file changed since their row
+    was written, and their source rows; ``n_removed``: rows whose file is gone.
+    """
 
     pending: np.ndarray
     src_rows: np.ndarray
     label_map: np.ndarray
     n_bad: int
     kept_skips: List[Tuple[str, str]]
+    changed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    changed_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    n_removed: int = 0
 
 
 def _resolve_vae(src, store_path, old, *, model, dim, model_config, train_config, resume, overwrite, progress,
@@ -353,7 +391,7 @@ def _resolve_vae(src, store_path, old, *, model, dim, model_config, train_config
     """The VAE: the one given, the one the store being finished carries, or one trained here."""
     from .data import Preprocess
 
-    trained, train_seconds, run_dir, pre_dict = False, 0.0, None, None
+    trained, train_seconds, run_dir, pre_dict, n_train_images = False, 0.0, None, None, None
     if model is not None:
         vae, pre_dict = _load_vae(model)
     elif old is not None and old["has_model"]:
@@ -366,8 +404,8 @@ def _resolve_vae(src, store_path, old, *, model, dim, model_config, train_config
                                   train_config=train_config, data_dir=data_dir, estimate=on_training is not None)
         if on_training is not None:
             on_training(plan)
-        vae, train_seconds = _train_model(src, plan, resume=resume, overwrite=overwrite, progress=progress,
-                                          data_dir=data_dir)
+        vae, train_seconds, n_train_images = _train_model(src, plan, resume=resume, overwrite=overwrite,
+                                                          progress=progress, data_dir=data_dir)
         trained, run_dir = True, plan.run_dir
         pre_dict = plan.preprocess.to_dict()
     # the model decides size and channels; a recorded preprocess only contributes its resize policy,
@@ -380,7 +418,7 @@ def _resolve_vae(src, store_path, old, *, model, dim, model_config, train_config
         raise ConfigError(f"dim={dim} does not match the model's latent width {out_dim}; "
                           "dim only chooses the width of an auto-trained model")
     return _Featurizer("vae", pre, out_dim, vae.fingerprint(), vae=vae, trained=trained,
-                       train_seconds=train_seconds, run_dir=run_dir)
+                       train_seconds=train_seconds, run_dir=run_dir, n_train_images=n_train_images)
 
 
 def _resolve_pixels(kind, src, store_path, old, *, model, dim, batch_size, workers, progress) -> _Featurizer:
@@ -416,30 +454,98 @@ def _resolve_pixels(kind, src, store_path, old, *, model, dim, batch_size, worke
                        pca_fingerprint(pca["mean"], pca["components"], pre.to_dict()), pca=pca)
 
 
-def _pending_work(writer, src, *, appending, update, out_dim) -> _Work:
-    """Which plan rows to write from which source rows; plan keys no longer in the source are skipped here."""
+def _pending_work(writer, src, *, appending, update, out_dim, store_path) -> _Work:
+    """Which plan rows to write from which source rows, and (update) which rows to rewrite.
+
+    Pending plan entries that the source no longer lists are recorded as skipped only when the
+    file is really gone from the store's own source; otherwise (a subset or another view of the
+    source) nothing is written and the run is refused, so no pending image is ever lost.
+    """
     if not appending:
         pending = writer.pending()
         return _Work(pending, pending.copy(), np.arange(len(src.label_names), dtype=np.int64), 0, [])
+    row_of = {k: i for i, k in enumerate(src.keys)}
+    plan_keys = writer.plan_keys
+    changed = changed_rows = np.zeros(0, np.int64)
+    n_removed = 0
     if update:
-        known = set(writer.plan_keys)
-        writer.add_plan([k for k in src.keys if k not in known])
+        sizes, mtimes = writer.identity()
+        done = np.flatnonzero(writer.status == DONE)
+        rows = np.fromiter((row_of.get(plan_keys[p], -1) for p in done), dtype=np.int64, count=len(done))
+        n_removed = int((rows < 0).sum())
+        done, rows = done[rows >= 0], rows[rows >= 0]
+        now_sizes, now_mtimes = file_identity(src, rows)
+        known = (sizes[done] >= 0) & (now_sizes >= 0)
+        moved = known & ((sizes[done] != now_sizes) | (mtimes[done] != now_mtimes))
+        changed, changed_rows = done[moved], rows[moved]
+        known_keys = set(plan_keys)
+        new_rows = np.asarray([i for i, k in enumerate(src.keys) if k not in known_keys], dtype=np.int64)
+        writer.add_plan([src.keys[i] for i in new_rows], identity=file_identity(src, new_rows))
+        plan_keys = writer.plan_keys
     label_map = writer.merge_label_names(src.label_names)
     pending = writer.pending()
-    plan_keys = writer.plan_keys
-    row_of = {k: i for i, k in enumerate(src.keys)}
     src_rows = np.fromiter((row_of.get(plan_keys[p], -1) for p in pending), dtype=np.int64, count=len(pending))
     gone = pending[src_rows < 0]
     kept: List[Tuple[str, str]] = []
     if len(gone):
-        reason = f"not in source {src.description}"
+        still_there = [plan_keys[p] for p in gone if _file_exists(src, plan_keys[p])]
+        if still_there or not isinstance(src, FileSource):
+            example = still_there[0] if still_there else plan_keys[gone[0]]
+            raise StoreError(f"{len(gone):,} images still pending in {store_path} are not in {src.description} "
+                             f"(e.g. {example}): resume or update with the store's whole source; nothing was written")
+        reason = "removed from the source folder before it was extracted"
         writer.write_batch([], np.zeros((0, out_dim), np.float32), [],
                            extras={e: np.zeros((0, out_dim) if e == "logvar" else (0,), np.float32)
                                    for e in writer.extras},
                            skipped_index=gone, reasons=[reason] * len(gone))
         kept = [(plan_keys[p], reason) for p in gone[:_SKIPPED_KEPT]]
     keep = src_rows >= 0
-    return _Work(pending[keep], src_rows[keep], label_map, len(gone), kept)
+    return _Work(pending[keep], src_rows[keep], label_map, len(gone), kept, changed, changed_rows, n_removed)
+
+
+def _rewrite_changed(writer, src, feat: _Featurizer, work: _Work, encode, *, batch_size, workers, progress) -> int:
+    """update: re-extract the files that changed since their row was written and overwrite those rows."""
+    from tqdm.auto import tqdm
+
+    from .data import iter_batches
+
+    if not len(work.changed):
+        return 0
+    plan_of_row = dict(zip(work.changed_rows.tolist(), work.changed.tolist()))
+    n_done = 0
+    in_workers = encode.device.type == "cpu"
+    with tqdm(total=len(work.changed), disable=not progress, unit="img", desc="re-extracting changed files",
+              dynamic_ncols=True) as bar:
+        for batch in iter_batches(src, feat.pre, batch_size=batch_size, workers=workers, indices=work.changed_rows,
+                                  transform=encode if in_workers else None):
+            rows = batch.indices
+            feats, extra_arrays = batch.output if in_workers else encode(batch.images)
+            _check_finite(feats, src.keys, rows, writer)
+            plan = np.asarray([plan_of_row[r] for r in rows], dtype=np.int64)
+            labels = _store_labels(src.labels[rows], work.label_map)
+            writer.replace_rows(plan, feats, labels, extra_arrays, identity=file_identity(src, rows))
+            n_done += len(rows)
+            # a changed file that no longer decodes keeps its old row; the run's summary lists it
+            work.kept_skips += [(src.keys[r], f"changed, and now: {reason}; its row keeps the old features")
+                                for r, reason in batch.skipped][: max(0, _SKIPPED_KEPT - len(work.kept_skips))]
+            work.n_bad += len(batch.skipped)
+            bar.update(len(rows) + len(batch.skipped))
+    return n_done
+
+
+def _store_labels(labels: np.ndarray, label_map: np.ndarray) -> np.ndarray:
+    """Source label indices -> store label indices (-1 stays -1)."""
+    if not len(label_map):
+        return np.full(len(labels), -1, np.int64)
+    return np.where(labels >= 0, label_map[np.maximum(labels, 0)], -1)
+
+
+def _check_finite(feats: np.ndarray, keys, rows, writer) -> None:
+    bad = ~np.isfinite(feats).all(axis=1)
+    if bad.any():
+        raise ModelError(f"the model gave non-finite features (NaN or inf) for {keys[rows[int(np.argmax(bad))]]} "
+                         f"and {int(bad.sum()) - 1} more of its batch: its weights are probably damaged; nothing of "
+                         f"that batch was written ({writer.n_rows:,} rows kept in {writer.path})")
 
 
 def _write_batches(writer, src, feat: _Featurizer, work: _Work, encode, *, batch_size, workers, max_bad,
@@ -462,9 +568,8 @@ def _write_batches(writer, src, feat: _Featurizer, work: _Work, encode, *, batch
         for b, batch in enumerate(batches):
             rows = batch.indices
             feats, extra_arrays = batch.output if in_workers else encode(batch.images)
-            lab = labels_all[rows]
-            lab = np.where(lab >= 0, label_map[np.maximum(lab, 0)], -1) if len(label_map) else \
-                np.full(len(rows), -1, np.int64)
+            _check_finite(feats, keys_all, rows, writer)
+            lab = _store_labels(labels_all[rows], label_map)
             skip_rows = np.asarray([r for r, _ in batch.skipped], dtype=np.int64)
             writer.write_batch(plan_of_row[rows], feats, lab, extras=extra_arrays,
                                skipped_index=plan_of_row[skip_rows], reasons=[reason for _, reason in batch.skipped])
@@ -504,7 +609,45 @@ def _check_options(features, dim, batch_size, max_bad, resume, update, overwrite
 def _read_existing(path: Path) -> dict:
     with FeatureStore(path) as s:
         return {"kind": s.feature_kind, "fingerprint": s.model_fingerprint, "has_model": s.has_model,
-                "preprocess": s.preprocess_dict, "pca": s.pca, "dim": s.dim}
+                "preprocess": s.preprocess_dict, "pca": s.pca, "dim": s.dim, "source_spec": s.source_spec,
+                "source": s.source}
+
+
+def _check_same_source(store_path: Path, old: dict, src) -> None:
+    """--resume / --update go on with the store's own source only (its recorded spec)."""
+    recorded, given = old["source_spec"], getattr(src, "spec", "") or ""
+    if recorded and given and recorded != given:
+        raise StoreError(f"{store_path} was extracted from {recorded}, not {given}: --resume and --update "
+                         "continue a store with its own source (use another -o for other images, or --overwrite)")
+
+
+def file_identity(src, rows=None) -> Tuple[np.ndarray, np.ndarray]:
+    """(sizes, mtimes in ns) of the files of ``src``'s rows (default all), int64; -1 where unknown.
+
+    In-memory sources have no files: all -1. A file that cannot be stat'ed is -1 too.
+    """
+    rows = np.arange(len(src), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    sizes = np.full(len(rows), -1, np.int64)
+    mtimes = np.full(len(rows), -1, np.int64)
+    if isinstance(src, FileSource):
+        for j, i in enumerate(rows.tolist()):
+            try:
+                st = os.stat(src.paths[i])
+            except OSError:
+                continue
+            sizes[j], mtimes[j] = st.st_size, st.st_mtime_ns
+    return sizes, mtimes
+
+
+def _file_exists(src, key: str) -> bool:
+    return isinstance(src, FileSource) and os.path.lexists(os.path.join(src.root, key))
+
+
+def _bytes_needed(writer, n_rows: int) -> float:
+    """Rough bytes that ``n_rows`` more rows take in ``writer``'s store (features, extras, label, key)."""
+    per_row = 4 * writer.dim + 8 + 64
+    per_row += sum(4 * writer.dim if e == "logvar" else 4 for e in writer.extras)
+    return 1.2 * per_row * n_rows
 
 
 def _resolve_kind(features, model, old, store_path) -> str:
@@ -565,7 +708,7 @@ def _train_model(src, plan: AutoTrainPlan, *, resume, overwrite, progress, data_
     result = train(src, plan.run_dir, model_config=plan.model_config, train_config=plan.train_config,
                    preprocess=plan.preprocess, resume=resume_run, overwrite=overwrite and not resume_run,
                    progress=progress, data_dir=data_dir)
-    return result.model, time.perf_counter() - t0
+    return result.model, time.perf_counter() - t0, result.n_train + result.n_val
 
 
 class _BatchEncoder:

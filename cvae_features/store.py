@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ._version import __version__
-from .errors import ConfigError, ModelError, StoreError
+from .errors import ConfigError, ModelError, StoreError, StoreNoSpaceError
 
 FORMAT = "cvae-features-store"
 FORMAT_VERSION = 1
@@ -52,6 +52,8 @@ _ENCODINGS = {
 }
 _STR = h5py.string_dtype("utf-8")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_NEW = "~new"  # suffix of a dataset being rebuilt; see _replace_strings
+_IDENTITY = ("size", "mtime_ns")  # per plan entry: the file's identity when it was planned (-1 unknown)
 
 
 def _tag(obj, encoding_type: str) -> None:
@@ -130,6 +132,19 @@ def pca_fingerprint(mean: np.ndarray, components: np.ndarray, preprocess: dict) 
     return h.hexdigest()[:16]
 
 
+def _open_error(path: Path, err: OSError) -> StoreError:
+    """One line for an HDF5 file that exists but cannot be opened: in use, truncated, or otherwise damaged."""
+    text = str(err)
+    low = text.lower()
+    if "lock" in low:
+        return StoreError(f"{path} is in use by another process (a cvae extract still writing it?); "
+                          "wait for it to finish or stop it first")
+    if "truncated" in low:
+        return StoreError(f"{path} is damaged (truncated: the file is shorter than its HDF5 header says); "
+                          "it cannot be read or resumed: extract again with --overwrite")
+    return StoreError(f"{path} is damaged or unreadable as HDF5: {text.splitlines()[0] if text else type(err).__name__}")
+
+
 def _open_h5(path: Path, mode: str) -> h5py.File:
     if not path.exists():
         raise StoreError(f"feature store not found: {path}")
@@ -142,13 +157,16 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
     try:
         f = h5py.File(path, mode)
     except OSError as err:
-        raise StoreError(f"cannot open feature store {path}: {str(err).splitlines()[0]}") from None
+        raise _open_error(path, err) from None
     try:
         fmt = _as_str(f.attrs.get("format"))
         if fmt != FORMAT:
             raise StoreError(f"{path} is an HDF5 file but not a cvae feature store "
                              f"(attribute format={fmt!r}, expected {FORMAT!r})")
-        version = int(f.attrs.get("format_version", 0))
+        version = f.attrs.get("format_version", 0)
+        if isinstance(version, (bool, np.bool_)) or not isinstance(version, (int, np.integer)):
+            raise StoreError(f"{path}: damaged store: format_version is {_plain(version)!r}, expected an integer")
+        version = int(version)
         if version > FORMAT_VERSION:
             raise StoreError(f"{path} is store format version {version}, newer than this tool reads "
                              f"({FORMAT_VERSION}); upgrade cvae-features")
@@ -159,6 +177,86 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
         f.close()
         raise
     return f
+
+
+def _damaged(path, what: str) -> StoreError:
+    return StoreError(f"{path}: damaged store: {what}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _validate(f: h5py.File, path) -> Tuple[int, int]:
+    """Check that a store's shapes, dtypes, counters and attribute types agree; returns (n_rows, n_skipped).
+
+    Raises StoreError with one line saying what is wrong. Cheap: reads attributes and shapes
+    only (the label range is checked when labels are read).
+    """
+    attrs = f.attrs
+    for name in ("n_rows", "n_skipped", "feature_kind", "preprocess"):
+        if name not in attrs:
+            raise _damaged(path, f"missing root attribute {name!r}")
+    n, k = attrs["n_rows"], attrs["n_skipped"]
+    for name, value in (("n_rows", n), ("n_skipped", k)):
+        if not _is_int(value) or value < 0:
+            raise _damaged(path, f"{name} is {_plain(value)!r}, expected an integer >= 0")
+    n, k = int(n), int(k)
+    kind = _as_str(attrs["feature_kind"])
+    if kind not in FEATURE_KINDS:
+        raise _damaged(path, f"feature_kind is {kind!r}, expected one of {list(FEATURE_KINDS)}")
+    try:
+        pre = json.loads(_as_str(attrs["preprocess"]))
+        preprocess_to_dict(pre)
+        if not (_is_int(pre["size"]) and _is_int(pre["channels"]) and pre["size"] >= 1 and pre["channels"] in (1, 3)):
+            raise ValueError
+    except (ValueError, TypeError, KeyError, ConfigError):
+        raise _damaged(path, f"preprocess attribute {_as_str(attrs['preprocess'])[:80]!r} is not "
+                             '{"size": S, "channels": 1 or 3, "resize": ...}') from None
+    config = _as_str(attrs.get("model_config")) or ""
+    if config:
+        try:
+            if not isinstance(json.loads(config), dict):
+                raise ValueError
+        except ValueError:
+            raise _damaged(path, f"model_config attribute is not a JSON object: {config[:80]!r}") from None
+    for name in ("features", "keys", "labels", "label_names", "skipped", "plan"):
+        if name not in f:
+            raise _damaged(path, f"missing /{name}" + (" (interrupted repair: cvae extract ... --resume finishes it)"
+                                                        if name + _NEW in f else ""))
+
+    def dataset(name, ndim, kinds, rows):
+        ds = f[name]
+        if not isinstance(ds, h5py.Dataset):
+            raise _damaged(path, f"/{name} is not a dataset")
+        if ds.ndim != ndim:
+            raise _damaged(path, f"/{name} has {ds.ndim} dimension(s), expected {ndim}")
+        if ds.dtype.kind not in kinds:
+            raise _damaged(path, f"/{name} has dtype {ds.dtype}, expected {'text' if kinds == 'OS' else kinds}")
+        if rows is not None and ds.shape[0] < rows:
+            raise _damaged(path, f"/{name} holds {ds.shape[0]} entries but the store counts {rows} "
+                                 f"({'n_rows' if rows == n else 'n_skipped'})")
+        return ds
+
+    features = dataset("features", 2, "f", n)
+    dim = features.shape[1]
+    if dim < 1 or ("dim" in attrs and _plain(attrs["dim"]) != dim):
+        raise _damaged(path, f"/features is {dim} wide but the dim attribute says {_plain(attrs.get('dim'))!r}")
+    dataset("keys", 1, "OS", n)
+    dataset("labels", 1, "iu", n)
+    dataset("label_names", 1, "OS", None)
+    for name in EXTRA_NAMES:
+        if name in f:
+            ds = dataset(name, 2 if name == "logvar" else 1, "f", n)
+            if name == "logvar" and ds.shape[1] != dim:
+                raise _damaged(path, f"/logvar is {ds.shape[1]} wide, the features {dim}")
+    dataset("skipped/keys", 1, "OS", k)
+    dataset("skipped/reasons", 1, "OS", k)
+    plan_keys, status = dataset("plan/keys", 1, "OS", None), dataset("plan/status", 1, "iu", None)
+    if n + k > min(plan_keys.shape[0], status.shape[0]):
+        raise _damaged(path, f"{n} rows and {k} skipped files but only {min(plan_keys.shape[0], status.shape[0])} "
+                             "planned files")
+    return n, k
 
 
 class FeatureStore:
@@ -187,16 +285,9 @@ class FeatureStore:
         self._f = _open_h5(self.path, "r")
         self._cache: Dict[str, object] = {}
         try:
-            self._n = int(self._f.attrs["n_rows"])
-            self._n_skipped = int(self._f.attrs["n_skipped"])
+            self._n, self._n_skipped = _validate(self._f, self.path)
             self._kind = _as_str(self._f.attrs["feature_kind"])
-            for name in ("features", "keys", "labels"):
-                if name not in self._f:
-                    raise StoreError(f"{self.path}: missing dataset /{name} (damaged store)")
             _check_tag(self._f["features"], "row-array", self.path)
-        except KeyError as err:
-            self._f.close()
-            raise StoreError(f"{self.path}: missing root attribute {err} (damaged store)") from None
         except BaseException:
             self._f.close()
             raise
@@ -270,8 +361,16 @@ class FeatureStore:
     @property
     def labels(self) -> np.ndarray:
         """int64 array of shape (n_rows,): index into :attr:`label_names`, -1 = unknown."""
-        return self._cached("labels", lambda: np.asarray(self._dataset("labels", "row-array")[: self._n],
-                                                         dtype=np.int64))
+        def read():
+            labels = np.asarray(self._dataset("labels", "row-array")[: self._n], dtype=np.int64)
+            n_names = len(self.label_names)
+            bad = (labels < -1) | (labels >= n_names)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise _damaged(self.path, f"row {row} has label {int(labels[row])}, but the store names "
+                                          f"{n_names} classes (expected -1 or 0..{n_names - 1})")
+            return labels
+        return self._cached("labels", read)
 
     @property
     def label_names(self) -> List[str]:
@@ -478,17 +577,20 @@ class StoreWriter:
         self._f = f
         self.path = path
         grp = f["plan"]
-        self._plan_keys = np.asarray(grp["keys"].asstr()[:], dtype=object)
-        self._status = np.asarray(grp["status"][:], dtype=np.int8)
+        n_plan = min(grp["keys"].shape[0], grp["status"].shape[0])  # equal unless a plan extension was cut short
+        self._plan_keys = np.asarray(grp["keys"].asstr()[:n_plan], dtype=object)
+        self._status = np.asarray(grp["status"][:n_plan], dtype=np.int8)
         self._n = int(f.attrs["n_rows"])
         self._n_skipped = int(f.attrs["n_skipped"])
+        self._failed = False
 
     # -- opening ---------------------------------------------------------------
     @classmethod
     def create(cls, path, *, feature_kind: str, dim: int, preprocess, source: str, plan_keys: Sequence[str],
                label_names: Sequence[str] = (), extras: Sequence[str] = (), compression=None,
                model=None, carry_weights: bool = False, pca: Optional[Mapping[str, np.ndarray]] = None,
-               chunk_rows: Optional[int] = None, source_spec: str = "") -> "StoreWriter":
+               chunk_rows: Optional[int] = None, source_spec: str = "",
+               plan_identity: Optional[Tuple[Sequence[int], Sequence[int]]] = None) -> "StoreWriter":
         """Write an empty store (all plan entries pending) and return a writer on it.
 
         Parameters
@@ -519,6 +621,9 @@ class StoreWriter:
             Rows per chunk; None picks about 256 KiB per feature chunk.
         source_spec : str
             What ``open_source`` reopens (absolute path or ``name:split``); "" when unknown.
+        plan_identity : (sizes, mtimes) or None
+            Per plan key: the file's size in bytes and modification time in ns (-1 unknown),
+            so that ``--update`` can tell changed files; None: all unknown.
         """
         path = Path(path)
         if feature_kind not in FEATURE_KINDS:
@@ -542,8 +647,15 @@ class StoreWriter:
             flat_chunk = chunk_rows = int(chunk_rows)
         comp = {"compression": compression} if compression else {}
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = h5py.File(path, "w")
+        if not path.parent.is_dir():
+            raise StoreError(f"cannot write {path}: folder {path.parent} does not exist (create it first)")
+        identity = None if plan_identity is None else [np.asarray(a, dtype=np.int64) for a in plan_identity]
+        if identity is not None and any(len(a) != len(plan_keys) for a in identity):
+            raise ConfigError("plan_identity: expected (sizes, mtimes) with one entry per plan key")
+        try:
+            f = h5py.File(path, "w")
+        except OSError as err:
+            raise StoreError(f"cannot create {path}: {str(err).splitlines()[0]}") from None
         try:
             now = _now()
             fingerprint = ""
@@ -559,7 +671,7 @@ class StoreWriter:
                 "feature_kind": feature_kind,
                 "dim": dim, "preprocess": json.dumps(pre, sort_keys=True), "model_config": config_json,
                 "model_fingerprint": fingerprint, "compression": compression or "none",
-                "n_rows": 0, "n_skipped": 0,
+                "n_rows": 0, "n_skipped": 0, "open_for_writing": 1,
             })
             _tag(f, FORMAT)
 
@@ -593,6 +705,9 @@ class StoreWriter:
                                     chunks=(int(np.clip(n_plan, 256, 65536)),)), "string-array")
             _tag(grp.create_dataset("status", data=np.zeros(n_plan, dtype=np.int8), maxshape=(None,),
                                     chunks=(max(4096, min(n_plan, 1 << 20)),)), "array")
+            for name, values in zip(_IDENTITY, identity or (np.full(n_plan, -1, np.int64),) * 2):
+                _tag(grp.create_dataset(name, data=values, maxshape=(None,),
+                                        chunks=(max(4096, min(n_plan, 1 << 20)),)), "array")
 
             if model is not None and carry_weights:
                 _write_state_dict(f, model, fingerprint, config_json)
@@ -618,12 +733,19 @@ class StoreWriter:
         path = Path(path)
         f = _open_h5(path, "r+")
         try:
-            for name in ("features", "keys", "labels", "plan", "skipped"):
-                if name not in f:
-                    raise StoreError(f"{path}: missing /{name} (damaged store)")
+            _finish_replacements(f)
+            _validate(f, path)
             _check_tag(f["plan"], "extraction-plan", path)
+            # a store not closed by its last writer (killed, crashed, disk full) may hold
+            # variable-length strings past its counters whose heap objects never reached the disk
+            dirty = bool(_plain(f.attrs.get("open_for_writing", 1)))
+            f.attrs["open_for_writing"] = 1
+            f.flush()
             writer = cls(f, path)
-            writer._reconcile()
+            writer._reconcile(rebuild_strings=dirty)
+        except OSError as err:
+            f.close()
+            raise StoreError(f"{path}: cannot be opened for writing: {str(err).splitlines()[0]}") from None
         except BaseException:
             f.close()
             raise
@@ -632,14 +754,28 @@ class StoreWriter:
     def _row_datasets(self):
         return [self._f[name] for name in ("features", "keys", "labels") + EXTRA_NAMES if name in self._f]
 
-    def _reconcile(self) -> None:
+    def _reconcile(self, rebuild_strings: bool = False) -> None:
+        """Cut every dataset back to the committed counts and recompute the plan status from them.
+
+        ``rebuild_strings``: rewrite the string datasets that grow (row keys, skipped keys and reasons,
+        plan keys) into fresh datasets instead of resizing them. After an unclean stop their chunks may
+        hold references to strings that never reached the file; HDF5 follows such references when the
+        region is written again ("bad heap index"), so a fresh dataset is the only safe one.
+        """
+        grp, plan = self._f["skipped"], self._f["plan"]
+        strings = [(self._f, "keys", self._n), (grp, "keys", self._n_skipped), (grp, "reasons", self._n_skipped),
+                   (plan, "keys", len(self._plan_keys))]
         for ds in self._row_datasets():
-            if ds.shape[0] != self._n:
+            if ds.dtype.kind != "O" and ds.shape[0] != self._n:
                 ds.resize(self._n, axis=0)
-        grp = self._f["skipped"]
-        for name in ("keys", "reasons"):
-            if grp[name].shape[0] != self._n_skipped:
-                grp[name].resize(self._n_skipped, axis=0)
+        for name in ("status",) + _IDENTITY:
+            if name in plan and plan[name].shape[0] > len(self._plan_keys):
+                plan[name].resize(len(self._plan_keys), axis=0)
+        for group, name, n in strings:
+            if rebuild_strings:
+                _replace_strings(group, name, group[name].asstr()[:n])
+            elif group[name].shape[0] != n:
+                group[name].resize(n, axis=0)
         done = set(self._f["keys"].asstr()[: self._n])
         skipped = set(grp["keys"].asstr()[: self._n_skipped])
         status = np.fromiter((DONE if k in done else SKIPPED if k in skipped else PENDING for k in self._plan_keys),
@@ -694,25 +830,104 @@ class StoreWriter:
     def n_skipped(self) -> int:
         return self._n_skipped
 
+    @property
+    def status(self) -> np.ndarray:
+        """Plan status per entry (PENDING, DONE, SKIPPED), int8 of shape (n_plan,); a copy."""
+        return self._status.copy()
+
     def pending(self) -> np.ndarray:
         """Plan indices still pending, in plan order (int64)."""
         return np.flatnonzero(self._status == PENDING).astype(np.int64)
 
     # -- growing -----------------------------------------------------------------
-    def add_plan(self, keys: Sequence[str]) -> np.ndarray:
-        """Append new candidate keys (pending) to the plan; returns their plan indices."""
+    def add_plan(self, keys: Sequence[str], identity: Optional[Tuple[Sequence[int], Sequence[int]]] = None
+                 ) -> np.ndarray:
+        """Append new candidate keys (pending) to the plan; returns their plan indices.
+
+        ``identity``: (sizes, mtimes) of their files, as for :meth:`create`; None: unknown.
+        """
         keys = np.asarray(list(keys), dtype=object)
         start = len(self._plan_keys)
         if len(keys):
             grp = self._f["plan"]
-            for name in ("keys", "status"):
+            ident = [np.full(len(keys), -1, np.int64)] * 2 if identity is None else \
+                [np.asarray(a, dtype=np.int64) for a in identity]
+            self._ensure_identity()
+            # status and identity first, the keys last: a plan cut short here is trimmed to its keys on reopening
+            for name, values in (("status", np.zeros(len(keys), dtype=np.int8)),) + tuple(zip(_IDENTITY, ident)):
                 grp[name].resize(start + len(keys), axis=0)
+                grp[name][start:] = values
+            grp["keys"].resize(start + len(keys), axis=0)
             grp["keys"][start:] = keys
-            grp["status"][start:] = np.zeros(len(keys), dtype=np.int8)
             self._plan_keys = np.concatenate([self._plan_keys, keys])
             self._status = np.concatenate([self._status, np.zeros(len(keys), dtype=np.int8)])
             self._f.flush()
         return np.arange(start, start + len(keys), dtype=np.int64)
+
+    def _ensure_identity(self) -> None:
+        """Stores written before file identities were recorded get them, all unknown (-1)."""
+        grp = self._f["plan"]
+        for name in _IDENTITY:
+            if name not in grp:
+                _tag(grp.create_dataset(name, data=np.full(len(self._plan_keys), -1, np.int64), maxshape=(None,),
+                                        chunks=(max(4096, min(len(self._plan_keys), 1 << 20)),)), "array")
+
+    def identity(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(sizes, mtimes) recorded for each plan entry, int64 of shape (n_plan,); -1 where unknown."""
+        grp = self._f["plan"]
+        n_plan = len(self._plan_keys)
+        out = []
+        for name in _IDENTITY:
+            values = np.full(n_plan, -1, np.int64)
+            if name in grp:
+                known = np.asarray(grp[name][:n_plan], dtype=np.int64)
+                values[: len(known)] = known
+            out.append(values)
+        return out[0], out[1]
+
+    def replace_rows(self, plan_index: np.ndarray, features: np.ndarray, labels: np.ndarray,
+                     extras: Optional[Mapping[str, np.ndarray]] = None,
+                     identity: Optional[Tuple[Sequence[int], Sequence[int]]] = None) -> None:
+        """Overwrite the committed rows of the plan entries ``plan_index`` (files that changed).
+
+        The rows are rewritten in place, then the entries' file identity is recorded: a run
+        stopped in between leaves the old identity, so the next ``--update`` rewrites them again.
+        """
+        plan_index = np.asarray(plan_index, dtype=np.int64)
+        if not len(plan_index):
+            return
+        row_of = {k: i for i, k in enumerate(self._f["keys"].asstr()[: self._n])}
+        try:
+            rows = np.asarray([row_of[k] for k in self._plan_keys[plan_index]], dtype=np.int64)
+        except KeyError as err:
+            raise StoreError(f"{self.path}: plan entry {err} has no committed row to replace") from None
+        order = np.argsort(rows)  # HDF5 point selections must increase
+        rows, plan_index = rows[order], plan_index[order]
+        arrays = {"features": np.asarray(features, dtype=np.float32)[order],
+                  "labels": np.asarray(labels, dtype=np.int64)[order]}
+        arrays.update({k: np.asarray(v, dtype=np.float32)[order] for k, v in (extras or {}).items()})
+        if sorted(set(arrays) - {"features", "labels"}) != sorted(self.extras):
+            raise StoreError(f"batch extras {sorted(extras or {})} do not match the store's {sorted(self.extras)}")
+        try:
+            for name, data in arrays.items():
+                self._f[name][rows] = data
+            self._f.flush()
+            if identity is not None:
+                self._ensure_identity()
+                for name, values in zip(_IDENTITY, identity):
+                    ds = self._f["plan"][name]
+                    ds[plan_index] = np.asarray(values, dtype=np.int64)[order]
+                self._f.flush()
+        except OSError as err:
+            self._failed = True
+            raise self._write_error(err) from None
+
+    def _write_error(self, err: OSError) -> StoreError:
+        if _no_space(err):
+            return StoreNoSpaceError(f"no space left on the device of {self.path} ({self._n:,} rows are "
+                                     "committed and kept)")
+        return StoreError(f"writing {self.path} failed: {str(err).splitlines()[0]} ({self._n:,} rows are "
+                          "committed and kept)")
 
     def merge_label_names(self, names: Sequence[str]) -> np.ndarray:
         """Add names not yet known; returns the map from the given names' indices to store label indices."""
@@ -722,9 +937,7 @@ class StoreWriter:
         if added:
             current = current + added
             index = {n: i for i, n in enumerate(current)}
-            del self._f["label_names"]
-            _tag(self._f.create_dataset("label_names", data=np.asarray(current, dtype=object), dtype=_STR),
-                 "string-array")
+            _replace_strings(self._f, "label_names", current)
         return np.asarray([index[n] for n in names], dtype=np.int64)
 
     def write_batch(self, plan_index: np.ndarray, features: np.ndarray, labels: np.ndarray,
@@ -755,34 +968,59 @@ class StoreWriter:
             raise StoreError(f"batch extras {sorted(extras)} do not match the store's {sorted(self.extras)}")
         if len(reasons) != s:
             raise StoreError(f"{s} skipped entries but {len(reasons)} reasons")
+        if self._failed:
+            raise StoreError(f"{self.path}: an earlier write failed; reopen the store (cvae extract ... --resume)")
         keys = self._plan_keys
         n0, k0 = self._n, self._n_skipped
+        arrays = {}
         if b:
             arrays = {"features": np.asarray(features, dtype=np.float32), "keys": keys[plan_index],
                       "labels": np.asarray(labels, dtype=np.int64)}
             arrays.update({k: np.asarray(v, dtype=np.float32) for k, v in extras.items()})
-            for name, data in arrays.items():
-                ds = self._f[name]
-                ds.resize(n0 + b, axis=0)
-                ds[n0:] = data
-        if s:
-            grp = self._f["skipped"]
-            for name, data in (("keys", keys[skipped_index]), ("reasons", np.asarray(list(reasons), dtype=object))):
-                grp[name].resize(k0 + s, axis=0)
-                grp[name][k0:] = data
-        self._f.flush()
+        skips = {"keys": keys[skipped_index], "reasons": np.asarray(list(reasons), dtype=object)} if s else {}
+        try:
+            for group, start, data in ((self._f, n0, arrays), (self._f["skipped"], k0, skips)):
+                for name, values in data.items():
+                    ds = group[name]
+                    ds.resize(start + len(values), axis=0)
+                    ds[start:] = values
+            self._f.flush()
+        except OSError as err:
+            self._failed = True
+            self._cut_back(n0, k0)
+            raise self._write_error(err) from None
         # the commit: counters move only after the data is on disk
+        try:
+            self._f.attrs["n_rows"] = n0 + b
+            self._f.attrs["n_skipped"] = k0 + s
+            self._f.flush()
+        except OSError as err:
+            self._failed = True
+            raise self._write_error(err) from None
         self._n, self._n_skipped = n0 + b, k0 + s
-        self._f.attrs["n_rows"] = self._n
-        self._f.attrs["n_skipped"] = self._n_skipped
-        self._f.flush()
         touched = np.concatenate([plan_index, skipped_index])
         if len(touched):
             self._status[plan_index] = DONE
             self._status[skipped_index] = SKIPPED
             lo, hi = int(touched.min()), int(touched.max()) + 1
-            self._f["plan"]["status"][lo:hi] = self._status[lo:hi]
-            self._f.flush()
+            try:
+                self._f["plan"]["status"][lo:hi] = self._status[lo:hi]
+                self._f.flush()
+            except OSError as err:  # committed already; the status is recomputed from the rows on reopening
+                self._failed = True
+                raise self._write_error(err) from None
+
+    def _cut_back(self, n: int, k: int) -> None:
+        """After a failed write: shrink the row datasets to the committed counts again, where HDF5 still can."""
+        try:
+            for ds in self._row_datasets():
+                if ds.shape[0] > n:
+                    ds.resize(n, axis=0)
+            for name in ("keys", "reasons"):
+                if self._f["skipped"][name].shape[0] > k:
+                    self._f["skipped"][name].resize(k, axis=0)
+        except Exception:  # a full disk may refuse even this; readers ignore rows past the counters anyway
+            pass
 
     def set_attrs(self, **attrs) -> None:
         """Set root attributes (e.g. ``source``); dicts are stored as JSON."""
@@ -790,17 +1028,73 @@ class StoreWriter:
             self._f.attrs[k] = json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
 
     def close(self) -> None:
-        """Stamp the update time and close the file."""
-        if self._f:
-            if self._f.mode == "r+":
+        """Stamp the update time, mark the store closed cleanly, and close the file.
+
+        After a failed write the store is closed without the clean mark, so that the next
+        writer repairs it (see :meth:`append_to`).
+        """
+        if not self._f:
+            return
+        try:
+            if self._f.mode == "r+" and not self._failed:
                 self._f.attrs["updated"] = _now()
+                self._f.flush()
+                self._f.attrs["open_for_writing"] = 0
+        except OSError:
+            self._failed = True
+        try:
             self._f.close()
+        except Exception:
+            if not self._failed:
+                raise
 
     def __enter__(self) -> "StoreWriter":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _replace_strings(group: h5py.Group, name: str, values) -> None:
+    """Replace the string dataset ``group[name]`` by a fresh one holding ``values`` (same tags, chunks, maxshape).
+
+    Kill-safe: the new dataset is written and flushed under ``name~new`` before the old one
+    is unlinked and the new one renamed; :func:`_finish_replacements` completes a replacement
+    that was cut short.
+    """
+    old = group[name]
+    tmp = name + _NEW
+    if tmp in group:
+        del group[tmp]
+    values = np.asarray(list(values), dtype=object)
+    chunks = old.chunks if old.chunks else None
+    new = group.create_dataset(tmp, data=values, dtype=_STR, maxshape=old.maxshape if chunks else None,
+                               chunks=chunks)
+    for key, value in old.attrs.items():
+        new.attrs[key] = value
+    group.file.flush()
+    del group[name]
+    group.move(tmp, name)
+    group.file.flush()
+
+
+def _finish_replacements(f: h5py.File) -> None:
+    """Complete or discard replacements (:func:`_replace_strings`) that an unclean stop cut short."""
+    for group in (f, f.get("skipped"), f.get("plan")):
+        if not isinstance(group, h5py.Group):
+            continue
+        for tmp in [name for name in group if name.endswith(_NEW)]:
+            base = tmp[: -len(_NEW)]
+            if base in group:
+                del group[tmp]  # the old dataset is still there: the new one may be incomplete
+            else:
+                group.move(tmp, base)  # the old one was already unlinked: the new one was complete
+    f.flush()
+
+
+def _no_space(err: BaseException) -> bool:
+    text = str(err)
+    return "errno = 28" in text or "No space left" in text or getattr(err, "errno", None) == 28
 
 
 def _write_state_dict(f: h5py.File, model, fingerprint: str, config_json: str) -> None:
@@ -826,8 +1120,8 @@ def is_store(path) -> bool:
     try:
         with h5py.File(path, "r") as f:
             return _as_str(f.attrs.get("format")) == FORMAT
-    except OSError:
-        return False
+    except OSError as err:
+        raise _open_error(path, err) from None
 
 
 __all__ = ["FeatureStore", "StoreWriter", "FORMAT", "FORMAT_VERSION", "FEATURE_KINDS", "EXTRA_NAMES",
