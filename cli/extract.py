@@ -7,6 +7,20 @@ import click
 from ._common import echo_json, library_errors
 
 _SHOWN_SKIPPED = 5
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _one_line(text) -> str:
+    """``text`` on one printable line: backslash, newline, CR and tab as ``\\\\ \\n \\r \\t``, any other
+    unprintable character (control, undecodable file-name byte) as ``\\xNN`` / ``\\uNNNN``, like ``repr``."""
+    text = str(text)
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(_ESCAPES.get(c) or (c if c.isprintable() else repr(c)[1:-1]) for c in text)
+
+
+def _skip_line(key, reason) -> str:
+    return f"  skipped {_one_line(key)}: {_one_line(reason)}"
 
 
 def _duration(seconds: float) -> str:
@@ -81,7 +95,7 @@ def extract_command(source, store, model, features, dim, epochs, batch_size, wor
                f"{result.n_new_skipped:,} skipped, {result.images_per_s:,.0f} images/s -> {result.path}{trained}")
     if result.n_new_skipped:
         for key, reason in result.skipped[:_SHOWN_SKIPPED]:
-            click.echo(f"  skipped {key}: {reason}")
+            click.echo(_skip_line(key, reason))
         more = result.n_new_skipped - min(len(result.skipped), _SHOWN_SKIPPED)
         if more > 0:
             click.echo(f"  ... and {more:,} more (cvae info {result.path} --skipped lists them all)")
@@ -135,4 +149,4 @@ def info_command(store, as_json, list_skipped):
     click.echo(f"compression: {summary['compression']}")
     if skipped is not None:
         for key, reason in skipped.values.tolist():
-            click.echo(f"  skipped {key}: {reason}")
+            click.echo(_skip_line(key, reason))

@@ -247,12 +247,27 @@ def test_class_subfolders_give_labels(tmp_path):
     assert Path(src.paths[0]).is_file()
 
 
-def test_mixed_folder_is_flat_and_recursive(class_folder):
+def test_one_stray_root_image_keeps_the_class_labels(class_folder):
+    # Images beside class folders: the classes keep their labels, the root images are unlabelled rows.
     folder, written = class_folder
     Image.new("L", (12, 12)).save(folder / "loose.png")
     src = open_source(folder)
     assert src.keys == sorted(list(written) + ["loose.png"])
-    assert (src.labels == -1).all()
+    assert src.label_names == ["circle", "square"]
+    assert dict(zip(src.keys, src.labels.tolist())) == {**written, "loose.png": -1}
+    assert src.description.endswith("(9 images, 2 classes, 1 unlabelled image at the root)")
+
+
+def test_folder_with_images_only_at_the_root_is_flat(tmp_path):
+    # Every image directly in the root (a sub-folder without images does not count): flat, no labels.
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for name in ("b.png", "a.png"):
+        Image.new("L", (4, 4)).save(folder / name)
+    (folder / "notes").mkdir()
+    (folder / "notes" / "x.txt").write_text("no image here")
+    src = open_source(folder)
+    assert src.keys == ["a.png", "b.png"] and src.labels.tolist() == [-1, -1] and "no labels" in src.description
 
 
 def test_missing_and_empty_folders(tmp_path):

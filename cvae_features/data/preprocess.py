@@ -30,9 +30,11 @@ truncated stream), goes through ``Image.open``; both give identical pixels.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
+import stat
 import struct
 import warnings
 import zlib
@@ -244,20 +246,27 @@ def decode_image(path, pre: Preprocess) -> np.ndarray:
     ------
     DecodeError
         With a short reason (``str(err)``): "file not found", "empty file",
-        "permission denied", "not an image (cannot identify file)",
+        "permission denied", "is a directory, not a file", "not a regular file
+        (named pipe)" (or socket, device: never opened), "symlink loop (...)",
+        "not an image (cannot identify file)",
         "truncated image", "decompression bomb: N pixels > limit M",
         "corrupt image (...)".
     """
+    stream = None
     try:
-        data = _read_small_file(path)
-        if data is not None and data.startswith(_PNG_SIGNATURE):
-            image = _open_png_fast(data)
-            if image is not None:
-                return pre(image)
+        data = _read_file(path)
+        if isinstance(data, bytes):
+            if data.startswith(_PNG_SIGNATURE):
+                image = _open_png_fast(data)
+                if image is not None:
+                    return pre(image)
+            data = io.BytesIO(data)
+        else:
+            stream = data  # a big file, streamed through Pillow from the descriptor checked above
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x the pixel limit; refuse those too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path if data is None else io.BytesIO(data)) as image:
+            with Image.open(data) as image:
                 if image.format == "JPEG":
                     # Let libjpeg decode at a reduced scale (still >= the target size): much faster.
                     image.draft(pre.mode if image.mode in ("RGB", "L") else None, (pre.size, pre.size))
@@ -268,27 +277,90 @@ def decode_image(path, pre: Preprocess) -> np.ndarray:
         found = _BOMB_PIXELS.search(str(err))
         pixels = found.group(1) if found else "too many"
         raise DecodeError(f"decompression bomb: {pixels} pixels > limit {Image.MAX_IMAGE_PIXELS}") from None
-    except FileNotFoundError:
-        raise DecodeError("file not found") from None
-    except PermissionError:
-        raise DecodeError("permission denied") from None
-    except IsADirectoryError:
-        raise DecodeError("is a directory, not a file") from None
     except UnidentifiedImageError:
         raise DecodeError(_unidentified_reason(path)) from None
     except MemoryError:
         raise DecodeError("out of memory while decoding") from None
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, zlib/struct errors...
         raise DecodeError(_failure_reason(err)) from None
+    finally:
+        if stream is not None:
+            stream.close()
 
 
-def _read_small_file(path):
-    """The bytes of a file of at most ``_WHOLE_FILE_BYTES``, None for a bigger one (os-level: no buffer objects)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+#: Why a path that is not a regular file is refused, by ``stat.S_IFMT`` of its mode.
+_NOT_REGULAR = {stat.S_IFDIR: "is a directory, not a file", stat.S_IFIFO: "not a regular file (named pipe)",
+                stat.S_IFSOCK: "not a regular file (socket)", stat.S_IFCHR: "not a regular file (character device)",
+                stat.S_IFBLK: "not a regular file (block device)"}
+
+
+def not_regular_reason(mode: int):
+    """Why a file of ``st_mode`` ``mode`` is not read (a FIFO, a device...); None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return _NOT_REGULAR.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def os_error_reason(err: OSError) -> str:
+    """A short reason for an operating-system error met while reaching or opening a file."""
+    if isinstance(err, (FileNotFoundError, NotADirectoryError)):
+        return "file not found"
+    if isinstance(err, PermissionError):
+        return "permission denied"
+    if isinstance(err, IsADirectoryError):
+        return _NOT_REGULAR[stat.S_IFDIR]
+    if err.errno == errno.ELOOP:
+        return "symlink loop (too many levels of symbolic links)"
+    return f"cannot read file ({err.strerror or type(err).__name__})"
+
+
+def open_regular_file(path) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file (after following links).
+
+    Only a regular file is ever opened: a named pipe would block ``open`` forever
+    and a device may act on being opened, so both are refused from ``os.stat``
+    first; the descriptor is opened non-blocking and checked again with
+    ``os.fstat``, so a file swapped for a pipe in between cannot block either.
+
+    Raises
+    ------
+    DecodeError
+        "file not found", "permission denied", "is a directory, not a file",
+        "not a regular file (named pipe)" (socket, character/block device),
+        "symlink loop (...)", "cannot read file (...)".
+    """
+    return _open_regular(path)[0]
+
+
+def _open_regular(path):
+    """(descriptor, size in bytes) of a regular file, as :func:`open_regular_file`."""
     try:
-        size = os.fstat(fd).st_size
+        reason = not_regular_reason(os.stat(path).st_mode)
+        if reason is not None:
+            raise DecodeError(reason)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise DecodeError(os_error_reason(err)) from None
+    try:
+        st = os.fstat(fd)
+    except OSError as err:
+        os.close(fd)
+        raise DecodeError(os_error_reason(err)) from None
+    reason = not_regular_reason(st.st_mode)
+    if reason is not None:
+        os.close(fd)
+        raise DecodeError(reason)
+    return fd, st.st_size
+
+
+def _read_file(path):
+    """The bytes of a regular file of at most ``_WHOLE_FILE_BYTES`` (os-level: no buffer objects); for a
+    bigger one, a binary file object open on it, for the caller to close. Raises :class:`DecodeError`."""
+    fd, size = _open_regular(path)
+    try:
         if size > _WHOLE_FILE_BYTES:
-            return None
+            stream, fd = os.fdopen(fd, "rb"), None
+            return stream
         data = os.read(fd, size)
         while len(data) < size:  # a short read (network file systems)
             more = os.read(fd, size - len(data))
@@ -296,8 +368,11 @@ def _read_small_file(path):
                 break
             data += more
         return data
+    except OSError as err:
+        raise DecodeError(os_error_reason(err)) from None
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def _open_png_fast(data: bytes):

@@ -5,29 +5,64 @@
 
 Folder layout rules (like torchvision's ``ImageFolder``):
 
-- If the root holds image files directly, or holds no sub-folder, the folder
-  is *flat*: every image below it (recursively) is a row and there are no
-  labels (-1).
-- Otherwise (the root holds only sub-folders, plus perhaps non-image files)
-  each sub-folder that contains images is a class; classes are the sorted
-  folder names and every image below a class folder (recursively) gets its
-  label.
+- If some sub-folder of the root holds images, the folder is *labelled*: each
+  sub-folder that holds images (recursively) is a class, classes are the
+  sorted folder names and every image below a class folder gets its label.
+  Images lying directly in the root are rows too, unlabelled (-1), and the
+  description says so ("..., 3 classes, 1 unlabelled image at the root"): one
+  stray file never drops the labels of the others.
+- Otherwise (every image lies directly in the root) the folder is *flat*:
+  every image is a row and there are no labels (-1).
 - Names starting with ``.`` (hidden files and folders) are ignored, and so is
   any file whose extension is not one of :data:`IMAGE_EXTENSIONS`
-  (case-insensitive). Keys are relative POSIX paths, sorted.
+  (case-insensitive). Keys are relative POSIX paths, sorted; a name that is
+  not valid UTF-8 appears in its key with ``\\xNN`` escapes for the bad bytes.
+
+Bad entries met while listing a folder (never silence, never a hang):
+
+- A folder that cannot be read (no permission, an I/O error, removed while
+  listing) stops the listing with a one-line :class:`DataError` naming the
+  folder and the reason; ``skip_unreadable=True`` leaves it out instead and
+  lists it in :attr:`FolderSource.walk_errors` (and :attr:`FolderSource.ignored`).
+- An image-named entry that is not a regular file (a named pipe, a socket, a
+  device), a broken symlink or a symlink loop is a row that is never opened:
+  loading it raises :class:`DecodeError` with the reason ("not a regular file
+  (named pipe)", "symlink loop (...)"...), so extraction records it as a skip.
+- Symlinks whose real path lies inside the root are followed; the same file
+  (or folder) reached through several paths is one row, under the first path
+  (folders are walked in name order; of several names of one file, the
+  alphabetically first key is kept).
+- Symlinks whose real path lies outside the root are not followed: an
+  image-named link to a file is a row that fails with "symlink leads outside
+  the folder (not followed)"; a link to a folder is listed in
+  :attr:`FolderSource.ignored` with that reason. ``follow_outside=True``
+  follows them.
+- Folders on special file systems (``/proc``, ``/sys``, ``devtmpfs``,
+  ``cgroup``...) are never walked, whatever ``follow_outside`` says; they are
+  listed in :attr:`FolderSource.ignored`. A link loop or broken link without an
+  image name is listed there too (it may have been a folder), unless its name
+  has another extension ("notes.txt": not an image either way).
+- The description counts what was not read ("...; not read: 1 link leading
+  outside the folder").
+
+Manifest rules: see :class:`ManifestSource`.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import os
+import re
+import stat
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, DataError, DecodeError, SourceNotFoundError
 from ._arrays import as_image_array, preprocess_array
-from .preprocess import _GRAY_MODES, IMAGE_EXTENSIONS, Preprocess, decode_image
+from .preprocess import (_GRAY_MODES, IMAGE_EXTENSIONS, Preprocess, decode_image, not_regular_reason,
+                         open_regular_file, os_error_reason)
 
 __all__ = ["ImageSource", "FileSource", "FolderSource", "ManifestSource", "ArraySource", "open_source",
            "infer_preprocess"]
@@ -103,9 +138,14 @@ def check_indices(indices, n: int, *, name: str = "indices") -> np.ndarray:
 
 
 class FileSource(ImageSource):
-    """Images stored as files. ``paths[i]`` is the file of row ``i``; ``root`` is what keys are relative to."""
+    """Images stored as files. ``paths[i]`` is the file of row ``i``; ``root`` is what keys are relative to.
 
-    def __init__(self, paths, keys, labels, label_names, *, root, spec="", description=""):
+    ``refused`` maps the key of a row known, when listing, not to be readable
+    (a named pipe, a link loop, a link leading outside the folder) to the
+    reason: :meth:`load` raises :class:`DecodeError` with it and never opens the file.
+    """
+
+    def __init__(self, paths, keys, labels, label_names, *, root, spec="", description="", refused=None):
         self.paths = [str(p) for p in paths]
         self.keys = list(keys)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -113,126 +153,344 @@ class FileSource(ImageSource):
         self.root = str(root)
         self.spec = str(spec)
         self.description = description
+        self.refused = dict(refused or {})
 
     def load(self, i: int, pre: Preprocess) -> np.ndarray:
+        if self.refused:
+            reason = self.refused.get(self.keys[i])
+            if reason is not None:
+                raise DecodeError(reason)
         return decode_image(self.paths[i], pre)
 
     def subset(self, indices) -> "FileSource":
         idx = check_indices(indices, len(self))
-        return FileSource([self.paths[i] for i in idx], [self.keys[i] for i in idx], self.labels[idx],
+        keys = [self.keys[i] for i in idx]
+        return FileSource([self.paths[i] for i in idx], keys, self.labels[idx],
                           self.label_names, root=self.root, spec=self.spec,
-                          description=f"{len(idx)} of {self.description}")
+                          description=f"{len(idx)} of {self.description}",
+                          refused={k: self.refused[k] for k in keys if k in self.refused})
+
+
+_OUTSIDE = "symlink leads outside the folder (not followed)"
 
 
 class FolderSource(FileSource):
     """Every image file below a folder; class sub-folders give labels (see the module notes).
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+    follow_outside : bool, default=False
+        Also follow symlinks whose target lies outside ``folder`` (never into
+        ``/proc``, ``/sys`` or other special file systems).
+    skip_unreadable : bool, default=False
+        Leave out a sub-folder that cannot be read (listing it in
+        :attr:`walk_errors`) instead of raising :class:`DataError`.
+
+    Attributes
+    ----------
+    ignored : list of (str, str)
+        Entries that are not rows, with the reason: folder links leading
+        outside, special file systems, unreadable folders (``skip_unreadable``),
+        broken or looping links without an image name. Folder keys end in "/".
+    walk_errors : list of (str, str)
+        The folders that could not be read (only with ``skip_unreadable=True``;
+        otherwise the first one raises), with the operating system's reason.
 
     Raises
     ------
     SourceNotFoundError
         The folder does not exist.
     DataError
-        It holds no image file.
+        It holds no image file, is itself on a special file system, or one of
+        its folders cannot be read (without ``skip_unreadable``).
     """
 
-    def __init__(self, folder):
-        root = Path(folder).expanduser()
+    def __init__(self, folder, *, follow_outside: bool = False, skip_unreadable: bool = False):
+        given = os.fspath(folder)
+        root = Path(given).expanduser()
         if not root.exists():
-            raise SourceNotFoundError(f"image folder {str(folder)!r} does not exist")
+            _raise_if_bad_link(root, f"image folder {given!r}")
+            raise SourceNotFoundError(f"image folder {given!r} does not exist")
         if not root.is_dir():
-            raise DataError(f"image source {str(folder)!r} is a file, not a folder or a .csv manifest")
+            raise DataError(f"image source {given!r} is a file, not a folder or a .csv manifest")
         root = root.resolve()
-        files, dirs = _list_dir(root)
-        if files or not dirs:
-            keys = _walk_images(root)
-            labels = np.full(len(keys), -1, dtype=np.int64)
-            names = []
-        else:
-            keys, label_list, names = [], [], []
-            for name in dirs:
-                found = _walk_images(root / name, prefix=name + "/")
-                if found:
-                    label_list += [len(names)] * len(found)
-                    names.append(name)
-                    keys += found
-            order = sorted(range(len(keys)), key=keys.__getitem__)
-            keys = [keys[i] for i in order]
-            labels = np.asarray(label_list, dtype=np.int64)[order] if keys else np.zeros(0, np.int64)
+        special = _special_fs(str(root))
+        if special:
+            raise DataError(f"image folder {str(root)!r} is on a special file system ({special}), not a folder "
+                            "of image files")
+        walk = _FolderWalk(str(root), follow_outside=follow_outside, skip_unreadable=skip_unreadable)
+        keys, refused = walk.keys, walk.refused
         if not keys:
-            raise DataError(f"image folder {str(root)!r} holds no image files; accepted extensions: "
+            also = f" ({_not_read_text(walk.ignored)})" if walk.ignored else ""
+            raise DataError(f"image folder {str(root)!r} holds no image files{also}; accepted extensions: "
                             f"{', '.join(IMAGE_EXTENSIONS)}")
-        n_text = f"{len(keys):,} images"
-        what = f"{len(names)} classes" if names else "no labels"
-        super().__init__([str(root / k) for k in keys], keys, labels, names, root=root, spec=str(root),
-                         description=f"folder {root} ({n_text}, {what})")
+        names = sorted({k.split("/", 1)[0] for k in keys if "/" in k})
+        index = {name: i for i, name in enumerate(names)}
+        labels = np.asarray([index[k.split("/", 1)[0]] if "/" in k else -1 for k in keys], dtype=np.int64)
+        n_root = int((labels < 0).sum())
+        if not names:
+            what = "no labels"
+        else:
+            what = f"{len(names)} class{'es' * (len(names) != 1)}"
+            if n_root:
+                what += f", {n_root:,} unlabelled image{'s' * (n_root != 1)} at the root"
+        if walk.ignored:
+            what += f"; not read: {_not_read_text(walk.ignored)}"
+        self.ignored = walk.ignored
+        self.walk_errors = walk.errors
+        super().__init__(walk.paths, keys, labels, names, root=root, spec=str(root),
+                         description=f"folder {root} ({len(keys):,} images, {what})", refused=refused)
 
 
 def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _list_dir(root: Path):
-    files, dirs = [], []
-    with os.scandir(root) as it:
-        for entry in it:
-            if entry.name.startswith("."):
+def _key_name(name: str) -> str:
+    """A file name as key text: a name that is not valid UTF-8 (undecodable bytes, kept by Python as
+    surrogates) gets them as ``\\xNN`` escapes, so that every key can be stored and printed."""
+    if name.isascii():
+        return name
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _has_other_extension(name: str) -> bool:
+    """True for a name with a non-image extension ("notes.txt"): neither a row nor, likely, a folder."""
+    ext = os.path.splitext(name)[1]
+    return bool(ext) and ext.lower() not in IMAGE_EXTENSIONS and ext[1:].isalnum() and not ext[1:].isdigit()
+
+
+def _raise_if_bad_link(path: Path, what: str) -> None:
+    """Raise a one-line DataError when ``path`` is a broken symlink or a symlink loop."""
+    if not os.path.islink(path):
+        return
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DataError(f"{what} is a symlink loop (too many levels of symbolic links)") from None
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise DataError(f"{what} is a broken symlink: its target {os.readlink(path)!r} does not exist") from None
+        raise DataError(f"{what} is a symlink that cannot be followed: {err.strerror}") from None
+
+
+class _FolderWalk:
+    """List the image rows below ``root`` by the module's rules (one ``os.scandir`` per folder).
+
+    Attributes: ``keys`` (sorted), ``paths`` (where each row was found),
+    ``refused`` {key: reason}, ``ignored`` and ``errors`` (lists of (key, reason)).
+    """
+
+    def __init__(self, root: str, *, follow_outside: bool, skip_unreadable: bool):
+        self.root, self.follow_outside, self.skip_unreadable = root, follow_outside, skip_unreadable
+        self.ignored, self.errors = [], []
+        self._rows = {}  # real path (or key, for entries that cannot be resolved) -> (key, refusal or None, path)
+        self._seen_dirs = {root}
+        stack = [("", root)]  # (key prefix, real path of the folder)
+        while stack:
+            prefix, real = stack.pop()
+            subdirs = self._scan(prefix, real)
+            stack += reversed(subdirs)  # depth first, in name order
+        rows = sorted(self._rows.values(), key=lambda row: row[0])
+        self.keys, self.paths, self.refused = [], [], {}
+        for key, reason, path in rows:
+            if self.keys and key == self.keys[-1]:  # an escaped name equal to a real one: one row only
+                self.ignored.append((key, "file name is not valid UTF-8 and its escaped key is taken"))
                 continue
-            if entry.is_dir():
-                dirs.append(entry.name)
-            elif _is_image_name(entry.name) and entry.is_file():
-                files.append(entry.name)
-    return sorted(files), sorted(dirs)
+            self.keys.append(key)
+            self.paths.append(path)
+            if reason is not None:
+                self.refused[key] = reason
+
+    def _inside(self, real: str) -> bool:
+        return real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
+
+    def _add(self, ident: str, key: str, reason, path: str) -> None:
+        old = self._rows.get(ident)
+        if old is None or key < old[0]:
+            self._rows[ident] = (key, reason, path)
+
+    def _scan(self, prefix: str, real_dir: str) -> list:
+        """Record the rows of one folder; returns its sub-folders to walk as (key prefix, real path)."""
+        subdirs = []
+        try:
+            with os.scandir(real_dir) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as err:
+            self._walk_error(prefix, err)
+            return []
+        for entry in entries:
+            key = prefix + _key_name(entry.name)
+            try:
+                if entry.is_symlink():
+                    self._link(entry, key, real_dir, subdirs)
+                elif entry.is_dir(follow_symlinks=False):
+                    self._dir(key, entry.path, subdirs)  # entry.path is real: real_dir holds no link
+                elif _is_image_name(entry.name):
+                    reason = None if entry.is_file(follow_symlinks=False) else \
+                        not_regular_reason(entry.stat(follow_symlinks=False).st_mode)
+                    self._add(entry.path, key, reason, entry.path)
+            except OSError as err:  # the entry vanished or cannot be examined
+                if _is_image_name(entry.name):
+                    self._add(key, key, os_error_reason(err), entry.path)
+                else:
+                    self.ignored.append((key, f"cannot be examined ({os_error_reason(err)})"))
+        return subdirs
+
+    def _dir(self, key: str, real: str, subdirs: list) -> None:
+        special = _special_fs(real)
+        if special:
+            self.ignored.append((key + "/", f"special file system ({special}), not read"))
+        elif real not in self._seen_dirs:  # a folder reached a second time (a link, a loop) is walked once
+            self._seen_dirs.add(real)
+            subdirs.append((key + "/", real))
+
+    def _link(self, entry, key: str, real_dir: str, subdirs: list) -> None:
+        is_image = _is_image_name(entry.name)
+        try:
+            mode = os.stat(entry.path).st_mode
+        except OSError as err:
+            reason = ("symlink loop (too many levels of symbolic links)" if err.errno == errno.ELOOP
+                      else "broken symlink (its target does not exist)" if err.errno in (errno.ENOENT, errno.ENOTDIR)
+                      else f"symlink cannot be followed ({os_error_reason(err)})")
+            if is_image:
+                self._add(key, key, reason, entry.path)
+            elif not _has_other_extension(entry.name):  # it may have been a folder: say so
+                self.ignored.append((key, reason))
+            return
+        real = os.path.realpath(os.path.join(real_dir, entry.name))
+        if not stat.S_ISDIR(mode) and not is_image:
+            return  # a link to a non-image file: not a row, like any other non-image file
+        if not self._inside(real) and not self.follow_outside:
+            if stat.S_ISDIR(mode):
+                self.ignored.append((key + "/", _OUTSIDE))
+            else:
+                self._add(real, key, _OUTSIDE, entry.path)
+            return
+        if stat.S_ISDIR(mode):
+            self._dir(key, real, subdirs)
+            return
+        special = _special_fs(real)
+        self._add(real, key, f"on a special file system ({special}), not read" if special
+                  else not_regular_reason(mode), entry.path)
+
+    def _walk_error(self, prefix: str, err: OSError) -> None:
+        where = prefix or "./"
+        reason = err.strerror or str(err)
+        if not self.skip_unreadable:
+            what = (f"the folder {os.path.join(self.root, prefix.rstrip('/'))!r} of image folder {self.root!r}"
+                    if prefix else f"image folder {self.root!r}")
+            raise DataError(f"cannot read {what}: {reason} (errno {err.errno}); make it readable or move it "
+                            "out") from None
+        self.errors.append((where, reason))
+        self.ignored.append((where, f"unreadable folder ({reason})"))
 
 
-def _walk_images(top: Path, prefix: str = "") -> list:
-    """Relative POSIX paths of the image files below ``top``, sorted; symlinked folders followed once."""
-    found, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # a symlink loop or a folder linked twice
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel = os.path.relpath(dirpath, top)
-        rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        found += [prefix + rel + f for f in filenames if _is_image_name(f)]
-    found.sort()
-    return found
+def _not_read_text(ignored) -> str:
+    """One short phrase counting the ignored entries by kind, e.g. "1 link leading outside the folder"."""
+    kinds = {}
+    for _, reason in ignored:
+        kind = (("link", "links", " leading outside the folder") if reason == _OUTSIDE
+                else ("unreadable folder", "unreadable folders", "") if reason.startswith("unreadable folder")
+                else ("folder", "folders", " on a special file system") if reason.startswith("special file system")
+                else ("broken or looping link", "broken or looping links", "") if "symlink" in reason
+                else ("entry", "entries", " that cannot be examined"))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return ", ".join(f"{n:,} {one if n == 1 else many}{tail}" for (one, many, tail), n in kinds.items())
+
+
+#: File system types never walked (kernel and device views: reading them can hang or never end).
+_SPECIAL_FS_TYPES = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore",
+    "bpf", "configfs", "fusectl", "mqueue", "hugetlbfs", "binfmt_misc", "autofs", "efivarfs", "selinuxfs",
+    "rpc_pipefs", "nsfs", "devfs"})
+_SPECIAL_PREFIXES = ("/proc", "/sys")
+_special_mounts_cache = None
+
+
+def _special_mounts() -> list:
+    """(mount point, type) of every file system mounted here, longest mount point first (the longest that
+    holds a path is the one it lies on)."""
+    global _special_mounts_cache
+    if _special_mounts_cache is None:
+        mounts = []
+        try:
+            with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 3:
+                        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])
+                        mounts.append((point, parts[2]))
+        except OSError:  # not Linux: the fixed prefixes (and /dev) stand in
+            mounts = [("/dev", "devfs")]
+        mounts.sort(key=lambda m: len(m[0]), reverse=True)
+        _special_mounts_cache = mounts
+    return _special_mounts_cache
+
+
+def _special_fs(real: str):
+    """The type of special file system ``real`` (a resolved path) lies on, or None for an ordinary one."""
+    for prefix in _SPECIAL_PREFIXES:
+        if real == prefix or real.startswith(prefix + "/"):
+            return prefix[1:]
+    for point, kind in _special_mounts():
+        if real == point or real.startswith(point.rstrip("/") + "/"):
+            return kind if kind in _SPECIAL_FS_TYPES else None
+    return None
 
 
 class ManifestSource(FileSource):
     """Rows listed in a CSV file ``path[,label]``, paths relative to the CSV's folder.
 
-    A first row ``path,label`` (or ``path``) is a header. Labels are strings;
-    the sorted distinct labels (numerically when all are integers) are the
-    classes, and an empty label is -1. Listed files are not checked here: a
-    missing one fails at :meth:`load` with the reason "file not found".
+    Header: the first row is a header when its cells are column names
+    (:data:`_PATH_HEADERS` then, if present, :data:`_LABEL_HEADERS`, case
+    insensitive: ``path,label``, ``filename,class``, ``file,target``...), or
+    when its first cell does not look like an image (no image extension, no
+    such file, no path separator) while a later row's does and its label is
+    none of the later rows' labels. A first row that looks like neither (e.g.
+    ``notes,cat`` above ``a.png,cat``) is a :class:`DataError`.
+
+    Labels are strings; the sorted distinct labels (numerically when all are
+    integers) are the classes; an empty label and ``-1`` mean unknown (-1).
+    Listed files are not checked here: a missing one fails at :meth:`load`
+    with the reason "file not found" (a named pipe or device with "not a
+    regular file (...)": it is never opened).
 
     Raises
     ------
     SourceNotFoundError
         The CSV file does not exist.
     DataError
-        It lists nothing, a row has more than two columns, or a path is listed twice.
+        It lists nothing, a row has more than two columns, a path is listed
+        twice, or the first row is neither a header nor an image row.
     """
 
     def __init__(self, csv_path):
         path = Path(csv_path).expanduser()
-        if not path.is_file():
+        if not path.exists():
+            _raise_if_bad_link(path, f"manifest {str(csv_path)!r}")
             raise SourceNotFoundError(f"manifest {str(csv_path)!r} does not exist")
         path = path.resolve()
         try:
-            with open(path, newline="", encoding="utf-8-sig") as f:
+            fd = open_regular_file(path)  # never blocks on a named pipe called *.csv
+        except DecodeError as err:
+            raise DataError(f"manifest {str(path)!r} cannot be read: {err}") from None
+        try:
+            with open(fd, newline="", encoding="utf-8-sig") as f:
                 rows = [(n, [c.strip() for c in row]) for n, row in enumerate(csv.reader(f), 1)]
         except (OSError, UnicodeDecodeError, csv.Error) as err:
             raise DataError(f"manifest {str(path)!r} cannot be read: {err}") from None
         rows = [(n, row) for n, row in rows if any(row)]
-        if rows and _is_header(rows[0][1]):
+        base = path.parent
+        if rows and _is_header(rows[0][1], [row for _, row in rows[1:]], base, path):
             rows = rows[1:]
         if not rows:
             raise DataError(f"manifest {str(path)!r} lists no images; expected rows 'path[,label]'")
-        base = path.parent
         keys, paths, raw_labels, seen = [], [], [], {}
         for n, row in rows:
             if len(row) > 2:
@@ -245,7 +503,7 @@ class ManifestSource(FileSource):
             seen[key] = n
             keys.append(key)
             paths.append(str(base / key))
-            raw_labels.append(row[1] if len(row) > 1 else "")
+            raw_labels.append(_label_cell(row))
         names = _sorted_label_names({lab for lab in raw_labels if lab})
         index = {name: i for i, name in enumerate(names)}
         labels = np.asarray([index.get(lab, -1) for lab in raw_labels], dtype=np.int64)
@@ -254,11 +512,51 @@ class ManifestSource(FileSource):
                          description=f"manifest {path} ({len(keys):,} images, {what})")
 
 
-def _is_header(row) -> bool:
-    first = row[0].lower()
-    if first == "path":
+#: First cells of a header row (compared lower-case, with spaces and dashes as underscores).
+_PATH_HEADERS = frozenset({"path", "paths", "file", "files", "filename", "file_name", "filepath", "file_path",
+                           "image", "images", "img", "image_path", "image_file", "image_name", "key", "name",
+                           "fname", "relpath", "relative_path"})
+#: Second cells of a header row.
+_LABEL_HEADERS = frozenset({"label", "labels", "class", "classes", "class_name", "classname", "target", "y",
+                            "category", "label_name", "labelname", "tag"})
+#: Labels that mean "unknown".
+_UNKNOWN_LABELS = frozenset({"", "-1"})
+
+
+def _label_cell(row) -> str:
+    label = row[1] if len(row) > 1 else ""
+    return "" if label in _UNKNOWN_LABELS else label
+
+
+def _header_word(cell: str) -> str:
+    return cell.lower().replace(" ", "_").replace("-", "_")
+
+
+def _looks_like_image(cell: str, base: Path) -> bool:
+    if cell.lower().endswith(IMAGE_EXTENSIONS):
         return True
-    return len(row) > 1 and row[1].lower() == "label" and not os.path.splitext(row[0])[1]
+    try:
+        return bool(cell) and os.path.isfile(base / cell)
+    except (OSError, ValueError):  # a NUL byte, a name too long
+        return False
+
+
+def _is_header(first, later, base: Path, path: Path) -> bool:
+    """Whether manifest row ``first`` is a header (see :class:`ManifestSource`); raises DataError when it is
+    clearly neither a header nor an image row."""
+    if _looks_like_image(first[0], base):
+        return False
+    if (_header_word(first[0]) in _PATH_HEADERS
+            and (len(first) < 2 or not first[1] or _header_word(first[1]) in _LABEL_HEADERS)):
+        return True
+    if not any(_looks_like_image(row[0], base) for row in later if row):
+        return False  # nothing looks like an image: plain rows (extension-less names), checked at load
+    later_labels = {_label_cell(row) for row in later} - {""}
+    label = _label_cell(first)
+    if "/" not in first[0] and os.sep not in first[0] and "." not in first[0] and label not in later_labels:
+        return True  # column names this reader does not know, e.g. "picture,kind"
+    raise DataError(f"manifest {str(path)!r} line 1: {','.join(first)!r} is neither a header 'path,label' nor an "
+                    f"image row (no image extension and no such file, while later rows name images)")
 
 
 def _sorted_label_names(labels) -> list:
@@ -328,7 +626,8 @@ class ArraySource(ImageSource):
         return sub
 
 
-def open_source(spec, data_dir=None, *, download: bool = True) -> ImageSource:
+def open_source(spec, data_dir=None, *, download: bool = True, follow_outside: bool = False,
+                skip_unreadable: bool = False) -> ImageSource:
     """Open an image source from a folder, a CSV manifest or a built-in name.
 
     Parameters
@@ -343,6 +642,9 @@ def open_source(spec, data_dir=None, *, download: bool = True) -> ImageSource:
     download : bool, default=True
         Whether a built-in data set missing locally may be fetched through
         torchvision.
+    follow_outside, skip_unreadable : bool, default=False
+        For a folder: follow symlinks leading outside it; leave out unreadable
+        sub-folders instead of raising (see :class:`FolderSource`).
 
     Returns
     -------
@@ -355,7 +657,8 @@ def open_source(spec, data_dir=None, *, download: bool = True) -> ImageSource:
     ConfigError
         An unknown built-in name or split.
     DataError
-        A folder or manifest with nothing usable.
+        A folder or manifest with nothing usable, an unreadable sub-folder, a
+        broken symlink or a symlink loop.
     """
     if isinstance(spec, ImageSource):
         return spec
@@ -365,8 +668,9 @@ def open_source(spec, data_dir=None, *, download: bool = True) -> ImageSource:
         raise ConfigError(f"source {spec!r}: expected a folder, a .csv manifest or a built-in data set name")
     path = Path(spec).expanduser()
     if path.is_dir():
-        return FolderSource(spec)
-    if path.is_file():
+        return FolderSource(spec, follow_outside=follow_outside, skip_unreadable=skip_unreadable)
+    _raise_if_bad_link(path, f"source {spec!r}")
+    if path.exists():  # a file (or a named pipe, a device: ManifestSource refuses those in one line)
         if path.suffix.lower() == ".csv":
             return ManifestSource(spec)
         raise DataError(f"source {spec!r} is a file; expected a folder of images or a .csv manifest")
@@ -404,8 +708,11 @@ def infer_preprocess(source: ImageSource, image_size=None, channels=None, resize
     n = len(source)
     rows = np.unique(np.linspace(0, n - 1, min(n, sample)).round().astype(np.int64)) if n else []
     sides, grays, reasons = [], [], []
+    refused = getattr(source, "refused", {})
     for i in rows:
         try:
+            if source.keys[i] in refused:
+                raise DecodeError(refused[source.keys[i]])
             side, gray = _peek(source.paths[i])
         except DecodeError as err:
             reasons.append(f"{source.keys[i]}: {err}")
@@ -432,13 +739,16 @@ def _peek(path):
     from PIL import Image
 
     try:
-        with warnings.catch_warnings(), Image.open(path) as image:
+        fd = open_regular_file(path)  # never opens a named pipe or a device (raises DecodeError)
+        with warnings.catch_warnings(), open(fd, "rb") as f, Image.open(f) as image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             side = min(image.size)
             if image.mode in _GRAY_MODES or (image.mode == "P" and _gray_palette(image)):
                 return side, True
             image.draft("RGB", (32, 32))
             thumb = np.asarray(image.convert("RGB").resize((16, 16), Image.Resampling.BILINEAR), dtype=np.int16)
+    except DecodeError:
+        raise
     except Exception as err:  # any unreadable file is only left out of the sample
         raise DecodeError(str(err) or type(err).__name__) from None
     spread = max(np.abs(thumb[..., 0] - thumb[..., 1]).max(), np.abs(thumb[..., 1] - thumb[..., 2]).max())
