@@ -19,6 +19,12 @@ def _int_list(ctx, param, value):
     return items
 
 
+class _UsageLine(click.ClickException):
+    """A usage mistake told in one line (``Error: ...``) with click's usage exit code 2."""
+
+    exit_code = 2
+
+
 def _labels(train_path, compare_path):
     a, b = Path(train_path), Path(compare_path) if compare_path else None
     if b is None:
@@ -37,13 +43,16 @@ def _labels(train_path, compare_path):
 @click.option("--compare", "compare_path", default=None, metavar="OTHER.h5",
               help="A second training store measured the same way and shown side by side.")
 @click.option("--compare-test", "compare_test", default=None, metavar="OTHER_TEST.h5",
-              help="Test store for --compare (default: a split of OTHER.h5).")
+              help="Test store for --compare (needs --compare; default: a split of OTHER.h5).")
 @click.option("--labels-per-class", "labels_per_class", default=None, callback=_int_list, metavar="K,K,...",
-              help="Few-label sizes. Default: 1,5,10,100 less the sizes a class cannot supply.")
+              help="Few-label sizes; each must fit every training class (an error otherwise). "
+                   "Default: 1,5,10,100 less the sizes a class cannot supply.")
 @click.option("--seeds", default=5, show_default=True, type=click.IntRange(1, 100),
               help="Few-label draws per size (seeds 0..N-1).")
-@click.option("--normal-class", "normal_class", default=None, metavar="NAME",
-              help="Anomaly task: the normal class; other test classes are anomalies. "
+@click.option("--normal-class", "normal_class", default=None, metavar="NAME|index:N",
+              help="Anomaly task: the normal class; other test classes are anomalies. A class name "
+                   "(a bare number is a name too: with classes '1','2','3', '1' is the class named '1'), "
+                   "or index:N for the class with id N (its place in the store's class list). "
                    "Default: the one-class protocol over every class (labelled stores).")
 @click.option("--fpr", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="False-positive rate at which anomaly thresholds are calibrated on held-out normal rows.")
@@ -67,6 +76,13 @@ def probe(train, test_path, task, compare_path, compare_test, labels_per_class, 
     Hyper-parameters and preprocessing are chosen on training rows only; test
     labels are used for the final scores. Stores without labels get the
     unsupervised parts only (clustering, anomaly scores without AUROC).
+
+    A probe the data are too small for is skipped with one line saying what is
+    short and the minimum (also under "skipped" in the JSON and report); the
+    command fails only when no probe could run. TEST must not be TRAIN again
+    (same file, or every row the same key and features): that is refused.
+    Class names that differ between TRAIN and TEST are warned about (stderr,
+    "warnings" in the JSON and report).
     """
     from cvae_features import report
     from cvae_features.probes import probe_stores
@@ -74,7 +90,7 @@ def probe(train, test_path, task, compare_path, compare_test, labels_per_class, 
     from tqdm import tqdm
 
     if compare_test and not compare_path:
-        raise click.UsageError("--compare-test needs --compare")
+        raise _UsageLine("--compare-test needs --compare OTHER.h5 (the store it is the test store of)")
     tasks = parse_tasks(task)
     label_a, label_b = _labels(train, compare_path)
     pairs = [(label_a, train, test_path)] + ([(label_b, compare_path, compare_test)] if compare_path else [])
@@ -92,9 +108,13 @@ def probe(train, test_path, task, compare_path, compare_test, labels_per_class, 
                        labels_per_class=labels_per_class, seeds=seeds, normal_class=normal_class, fpr=fpr,
                        n_clusters=n_clusters)
     bar.close()
+    if run.n_records == 0:
+        reasons = "; ".join(f"{s['store'] + ' ' if len(pairs) > 1 else ''}{s['task']}: {s['reason']}"
+                            for s in run.skipped)
+        raise click.ClickException(f"no probe could run: {reasons}")
 
     if as_json:
-        echo_json(report.to_json(run.results, meta=run.meta))
+        echo_json(report.to_json(run.results, meta=run.meta, skipped=run.skipped, warnings=run.warnings))
     else:
         for label, info in run.meta["runs"].items():
             how = (f"split {info['split']['n_train']}/{info['split']['n_test']} of {info['sources']['train']}"
@@ -103,6 +123,8 @@ def probe(train, test_path, task, compare_path, compare_test, labels_per_class, 
         click.echo(report.format_table(run.results))
     for note in run.notes:
         click.echo(f"note: {note}", err=True)
+    for warning in run.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if out_dir:
         written = report.write_report(run.results, out_dir, meta=run.meta, map_method=map_method, seed=seed,
                                       **run.report_inputs())

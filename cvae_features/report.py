@@ -46,8 +46,31 @@ def _cell(value, std, digits: int) -> str:
     return text if std is None else f"{text} ± {std:.{digits}f}"
 
 
-def format_table(results, *, title: str | None = None, digits: int = 4) -> str:
+def normal_class_lines(results) -> list[str]:
+    """One line per store whose anomaly record names its normal class (``--normal-class``)."""
+    by_store = _by_store(results)
+    lines = []
+    for store, records in by_store.items():
+        for rec in records:
+            name = getattr(rec, "normal_class", None)
+            if rec.probe == "anomaly" and name is not None:
+                where = f" ({store})" if len(by_store) > 1 else ""
+                lines.append(f"anomaly{where}: normal class {name!r}; test rows of every other class are anomalies")
+    return lines
+
+
+def footer_lines(skipped=None, warnings=None) -> list[str]:
+    """``skipped: <store> <task>: <reason>`` and ``warning: ...`` lines for the end of a text report."""
+    lines = [f"skipped: {s['store'] + ' ' if s.get('store') else ''}{s['task']}: {s['reason']}"
+             for s in skipped or ()]
+    return lines + [f"warning: {w}" for w in warnings or ()]
+
+
+def format_table(results, *, title: str | None = None, digits: int = 4, footer=()) -> str:
     """A plain-text table: one row per probe metric, one column per feature store.
+
+    Under the table come a line naming the anomaly normal class of each store that has one
+    and then the lines of ``footer`` (see :func:`footer_lines`).
 
     Returns
     -------
@@ -83,21 +106,31 @@ def format_table(results, *, title: str | None = None, digits: int = 4) -> str:
         shown = row if row[0] != prev else ["", *row[1:]]
         prev = row[0]
         out.append(line(shown))
+    out += normal_class_lines(by_store) + list(footer)
     return "\n".join(out)
 
 
-def to_json(results, *, meta: dict | None = None) -> dict:
-    """All records as plain data: ``{"meta": ..., "stores": {label: [record.to_dict(), ...]}, "summary": rows}``."""
+def to_json(results, *, meta: dict | None = None, skipped=None, warnings=None) -> dict:
+    """All records as plain data.
+
+    Returns
+    -------
+    dict
+        ``{"meta": ..., "stores": {label: [record.to_dict(), ...]}, "summary": rows,
+        "skipped": [{"store", "task", "reason"}, ...], "warnings": [str, ...]}``.
+    """
     by_store = _by_store(results)
     return {"meta": to_builtin(meta or {}),
             "stores": {s: [rec.to_dict() for rec in recs] for s, recs in by_store.items()},
-            "summary": summary_rows(by_store)}
+            "summary": summary_rows(by_store),
+            "skipped": to_builtin(list(skipped or [])),
+            "warnings": [str(w) for w in warnings or []]}
 
 
-def write_json(results, path, *, meta: dict | None = None) -> Path:
+def write_json(results, path, *, meta: dict | None = None, skipped=None, warnings=None) -> Path:
     """Write :func:`to_json` to ``path``; returns the path."""
     path = Path(path)
-    path.write_text(json.dumps(to_json(results, meta=meta), indent=2) + "\n")
+    path.write_text(json.dumps(to_json(results, meta=meta, skipped=skipped, warnings=warnings), indent=2) + "\n")
     return path
 
 
@@ -255,7 +288,8 @@ def file_label(text: str) -> str:
 
 
 def write_report(results, out_dir, *, meta: dict | None = None, label_names=None, feature_maps: dict | None = None,
-                 map_method: str = "pca", test_keys: dict | None = None, seed: int = 0) -> list[Path]:
+                 map_method: str = "pca", test_keys: dict | None = None, skipped=None, warnings=None,
+                 seed: int = 0) -> list[Path]:
     """Write ``report.json``, ``results.csv``, ``report.txt``, the plots and per-row anomaly scores into ``out_dir``.
 
     Files: ``confusion_<store>.png`` (linear), ``fewshot.png``, ``roc_<store>.png`` (anomaly with
@@ -273,6 +307,10 @@ def write_report(results, out_dir, *, meta: dict | None = None, label_names=None
         Features (and labels or None) to draw as a 2-D map per store.
     test_keys : dict of store label -> list of str
         Row keys of the test rows, written next to the per-row anomaly scores.
+    skipped : list of dict or None
+        Probes that could not run (``store``, ``task``, ``reason``): in report.json and report.txt.
+    warnings : list of str or None
+        What looked wrong about the stores: in report.json and report.txt.
 
     Returns
     -------
@@ -283,8 +321,9 @@ def write_report(results, out_dir, *, meta: dict | None = None, label_names=None
     out.mkdir(parents=True, exist_ok=True)
     by_store = _by_store(results)
     names_for = (lambda s: label_names.get(s)) if isinstance(label_names, dict) else (lambda s: label_names)
-    written = [write_json(by_store, out / "report.json", meta=meta), write_csv(by_store, out / "results.csv")]
-    (out / "report.txt").write_text(format_table(by_store) + "\n")
+    written = [write_json(by_store, out / "report.json", meta=meta, skipped=skipped, warnings=warnings),
+               write_csv(by_store, out / "results.csv")]
+    (out / "report.txt").write_text(format_table(by_store, footer=footer_lines(skipped, warnings)) + "\n")
     written.append(out / "report.txt")
     fewshot = {}
     for store, records in by_store.items():

@@ -182,3 +182,9 @@ def test_normal_store_and_labelled_test_store(tmp_path):
     plain = invoke(normal, "--test", test, "--task", "anomaly", "--json")
     assert plain.exit_code == 0, plain.output
     assert "name the normal test class with --normal-class" in plain.stderr
+
+
+def test_compare_test_without_compare_is_a_usage_error(stores):
+    result = invoke(stores["train"], "--compare-test", stores["test"], "--task", "linear")
+    assert result.exit_code == 2, result.output  # click's usage-error code, before any probe runs
+    assert result.output.strip() == "Error: --compare-test needs --compare OTHER.h5 (the store it is the test store of)"

@@ -8,6 +8,7 @@ import pytest
 from cvae_features.errors import ConfigError
 from cvae_features.probes import (FeaturePrep, anomaly_probe, anomaly_scores, cluster_accuracy, cluster_probe,
                                   draw_labelled, fewshot_curve, knn_probe, linear_probe, one_class_protocol)
+from cvae_features.probes.fewshot import METHODS
 
 SMALL = {"Cs": (0.1, 1.0)}
 SMALL_KNN = {"ks": (1, 5)}
@@ -204,6 +205,51 @@ def test_fewshot_does_not_depend_on_test_labels_for_draws(sep_data):
     a = fewshot_curve(Xtr, ytr, Xte, yte, labels_per_class=(2,), seeds=2, methods=("knn",))
     b = fewshot_curve(Xtr, ytr, Xte[::-1], yte[::-1], labels_per_class=(2,), seeds=2, methods=("knn",))
     assert a.curves["knn"]["2"]["accuracies"] == b.curves["knn"]["2"]["accuracies"]
+
+
+def _same_train_side(a, b):
+    """Everything a few-label run decides from training rows: draws, unlabelled rows and predictions."""
+    for method in METHODS:
+        for k, entry in a.curves[method].items():
+            other = b.curves[method][k]
+            assert entry["labelled_per_class"] == other["labelled_per_class"]
+            assert entry["n_unlabelled"] == other["n_unlabelled"]
+            assert len(a.predictions[method][k]) == len(entry["seeds"])
+            for pa, pb in zip(a.predictions[method][k], b.predictions[method][k]):
+                np.testing.assert_array_equal(pa, pb, err_msg=f"{method}@{k}")
+
+
+def test_no_few_label_method_sees_test_labels():
+    # overlapping blobs: no method is perfect, so labels handed to a method would show in its predictions
+    X, y = blobs(330, d=6, sep=1.2, seed=2)
+    Xtr, ytr, Xte, yte = X[:240], y[:240], X[240:], y[240:]
+    kwargs = {"labels_per_class": (1, 5), "seeds": (0, 1), "max_unlabelled": 120}
+    base = fewshot_curve(Xtr, ytr, Xte, yte, **kwargs)
+    for method in METHODS:
+        assert 0.4 < base.curves[method]["5"]["mean"] < 1.0, (method, base.curves[method]["5"])
+    rng = np.random.default_rng(9)
+    for corrupted in (rng.permutation(yte), rng.integers(0, 3, yte.size), np.full(yte.size, 2)):
+        res = fewshot_curve(Xtr, ytr, Xte, corrupted, **kwargs)
+        _same_train_side(base, res)
+        for method in METHODS:  # the test labels only score the predictions
+            for k, entry in res.curves[method].items():
+                assert entry["accuracies"] == [float(np.mean(p == corrupted)) for p in res.predictions[method][k]]
+
+
+def test_fewshot_seed_picks_the_draw():
+    X, y = blobs(240, d=6, sep=1.5, seed=4)
+    Xtr, ytr, Xte, yte = X[:150], y[:150], X[150:], y[150:]
+    kwargs = {"labels_per_class": (1,), "max_unlabelled": 100}
+    a = fewshot_curve(Xtr, ytr, Xte, yte, seeds=(0, 1, 2, 3), **kwargs)
+    _same_train_side(a, fewshot_curve(Xtr, ytr, Xte, yte, seeds=(0, 1, 2, 3), **kwargs))  # same seeds: same run
+    one = fewshot_curve(Xtr, ytr, Xte, yte, seeds=(2,), **kwargs)
+    later = fewshot_curve(Xtr, ytr, Xte, yte, seeds=(4, 5, 6, 7), **kwargs)
+    for method in METHODS:
+        accs = a.curves[method]["1"]["accuracies"]
+        assert a.curves[method]["1"]["std"] > 0, method  # different seeds, different draws, different scores
+        assert len(set(accs)) > 1
+        assert one.curves[method]["1"]["accuracies"] == [accs[2]]  # a seed's draw does not depend on its place
+        assert later.curves[method]["1"]["accuracies"] != accs
 
 
 def test_label_spreading_reaches_isolated_labelled_rows():

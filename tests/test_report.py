@@ -121,3 +121,21 @@ def test_write_report(results, tmp_path):
     assert "key" not in list(csv.DictReader((tmp_path / "out" / "anomaly_scores_raw.csv").open()))[0]
     assert (tmp_path / "out" / "report.txt").read_text() == report.format_table(results) + "\n"
     assert report.file_label("my store/v1 (test)") == "my_store_v1_test"
+
+
+def test_skipped_warnings_and_normal_class_reach_every_output(tmp_path):
+    Xtr, ytr, Xte, yte = _data(2)
+    rec = anomaly_probe(Xtr[ytr == 1], Xte, (yte != 1).astype(int), scores=("knn",), normal_class="shoe")
+    skipped = [{"store": "vae", "task": "cluster", "reason": "on the test rows, 3 rows are too few for 3 clusters"}]
+    warnings = ["TEST and TRAIN class names differ: only in TRAIN ['bag']"]
+    lines = report.format_table({"vae": [rec]}, footer=report.footer_lines(skipped, warnings)).splitlines()
+    assert lines[-3:] == ["anomaly: normal class 'shoe'; test rows of every other class are anomalies",
+                          "skipped: vae cluster: on the test rows, 3 rows are too few for 3 clusters",
+                          "warning: TEST and TRAIN class names differ: only in TRAIN ['bag']"]
+    data = report.to_json({"vae": [rec]}, skipped=skipped, warnings=warnings)
+    assert data["skipped"] == skipped and data["warnings"] == warnings
+    assert data["stores"]["vae"][0]["normal_class"] == "shoe"
+    assert report.to_json([])["skipped"] == [] and report.to_json([])["warnings"] == []
+    report.write_report({"vae": [rec]}, tmp_path, skipped=skipped, warnings=warnings)
+    assert json.loads((tmp_path / "report.json").read_text())["warnings"] == warnings
+    assert (tmp_path / "report.txt").read_text().splitlines()[-3:] == lines[-3:]

@@ -19,6 +19,14 @@ from ..errors import ConfigError
 PREPROCESSINGS = ("standardize", "l2", "none")
 
 
+class DataTooSmall(ConfigError):
+    """The data hold too few rows (or classes) for a probe; the message says what is short and the minimum.
+
+    A ``ConfigError`` (callers catching that keep working); the probe suite catches this
+    subclass to skip one probe and run the others.
+    """
+
+
 # --------------------------------------------------------------------------- checks
 
 def check_features(X, name: str = "X") -> np.ndarray:
@@ -117,10 +125,26 @@ def supervised_inputs(X_train, y_train, X_test, y_test, *, min_classes: int = 2)
     X_test, y_test = X_test[keep_test], y_test[keep_test]
     n_classes = np.unique(y_train).size
     if n_classes < min_classes:
-        raise ConfigError(f"y_train: expected at least {min_classes} classes with known labels, got {n_classes}")
+        raise DataTooSmall(f"the training rows hold {n_classes} class(es) with known labels; "
+                           f"at least {min_classes} are needed")
     if y_test.size == 0:
         raise ConfigError("y_test: expected at least one test row with a known label, got none")
     return X_train, y_train, X_test, y_test
+
+
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Balanced accuracy without scikit-learn's warning about predicted classes absent from the test rows.
+
+    That happens whenever the test store lacks some training classes; the probe suite warns
+    about class names that differ between the stores itself.
+    """
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(y_true, y_pred))
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -224,6 +248,9 @@ def selection_splits(y: np.ndarray, *, cv: int | None, val_fraction: float, max_
             "selection_rows": int(rows.size), "selection_seed": int(seed)}
     if cv is None:
         fit, val = stratified_split(y[rows], val_fraction, seed)
+        if val.size == 0:
+            raise DataTooSmall(f"every class has at most 1 of the {rows.size} training rows, so no row can be "
+                               "held out to choose hyper-parameters on; at least one class needs 2 training rows")
         info["val_fraction"] = float(val_fraction)
         return [(rows[fit], rows[val])], info
     from sklearn.model_selection import StratifiedKFold
@@ -231,7 +258,7 @@ def selection_splits(y: np.ndarray, *, cv: int | None, val_fraction: float, max_
     counts = np.bincount(y[rows])
     smallest = int(counts[counts > 0].min())
     if smallest < cv:
-        raise ConfigError(f"cv: {cv} folds need at least {cv} training rows in every class; "
+        raise DataTooSmall(f"cv: {cv} folds need at least {cv} training rows in every class; "
                           f"the smallest class has {smallest}")
     folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
     return [(rows[a], rows[b]) for a, b in folds.split(np.zeros(rows.size), y[rows])], info

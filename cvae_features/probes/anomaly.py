@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError
-from ._common import (PREPROCESSINGS, FeaturePrep, ResultRecord, check_choices, check_features, check_fraction,
-                      check_labels, check_positive_ints, check_same_width, small_data_single_thread,
+from ._common import (PREPROCESSINGS, DataTooSmall, FeaturePrep, ResultRecord, check_choices, check_features,
+                      check_fraction, check_labels, check_positive_ints, check_same_width, small_data_single_thread,
                       stratified_split, timed)
 
 SCORES = ("knn", "mahalanobis", "gmm")
+ONE_CLASS_MIN_ROWS = 2  # a GaussianMixture (even with one component) needs two rows
 
 
 class AnomalyScorer:
@@ -110,6 +111,18 @@ def _check_extra(extra, n: int, name: str) -> dict:
     return out
 
 
+def min_normal_rows(fit_rows: int, heldout_fraction: float) -> int:
+    """The fewest normal rows that leave ``fit_rows`` rows to fit on and one or more held-out rows.
+
+    Mirrors :func:`stratified_split` on one class: ``round(fraction * n)`` rows held out,
+    at least 1 and at most n - 1.
+    """
+    n = 2
+    while n - min(max(int(round(heldout_fraction * n)), 1), n - 1) < fit_rows:
+        n += 1
+    return n
+
+
 def _roc_points(y, s, max_points: int = 200) -> dict:
     """A down-sampled ROC curve (false-positive and true-positive rates) for plotting."""
     from sklearn.metrics import roc_curve
@@ -128,8 +141,8 @@ class AnomalyResult(ResultRecord):
     ``scores[name]`` holds ``threshold`` (calibrated on held-out normal rows at ``target_fpr``),
     ``heldout_fpr`` (the rate actually reached there), ``flagged`` (test rows above the threshold)
     and, with test labels, ``auroc``, ``aupr`` (anomaly = positive), ``test_fpr``, ``test_tpr``
-    and ``roc`` points. ``test_scores`` (per-row arrays) stays out of ``to_dict``; use
-    :meth:`scores_frame` to export it.
+    and ``roc`` points. ``normal_class`` names the class whose rows were normal (None: not given).
+    ``test_scores`` (per-row arrays) stays out of ``to_dict``; use :meth:`scores_frame` to export it.
     """
 
     probe = "anomaly"
@@ -144,6 +157,7 @@ class AnomalyResult(ResultRecord):
     settings: dict
     seed: int
     timings: dict = field(default_factory=dict)
+    normal_class: str | None = None
     test_scores: dict = field(default_factory=dict)
     is_anomaly: np.ndarray | None = None
 
@@ -173,7 +187,7 @@ class AnomalyResult(ResultRecord):
 @small_data_single_thread
 def anomaly_probe(X_normal, X_test, is_anomaly=None, *, scores=SCORES, extra_normal=None, extra_test=None,
                   fpr: float = 0.05, heldout_fraction: float = 0.2, k: int = 5, gmm_components: int = 4,
-                  preprocessing: str = "none", seed: int = 0) -> AnomalyResult:
+                  preprocessing: str = "none", normal_class: str | None = None, seed: int = 0) -> AnomalyResult:
     """Score test rows against normal training rows, calibrate thresholds, and measure them.
 
     A seeded ``heldout_fraction`` of the normal rows is held out; the scores are fitted on
@@ -194,10 +208,19 @@ def anomaly_probe(X_normal, X_test, is_anomaly=None, *, scores=SCORES, extra_nor
         Target false-positive rate of the calibrated thresholds.
     heldout_fraction : float
         Share of the normal rows held out for the calibration.
+    normal_class : str or None
+        Name of the normal class, only recorded in the result (for the report).
 
     Returns
     -------
     AnomalyResult
+
+    Raises
+    ------
+    DataTooSmall
+        When the normal rows left after the held-out share are fewer than the scores need
+        to fit (``k`` for 'knn', ``gmm_components`` for 'gmm', 2 at least); the message gives
+        the minimum number of normal rows.
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -206,9 +229,15 @@ def anomaly_probe(X_normal, X_test, is_anomaly=None, *, scores=SCORES, extra_nor
     X_normal = check_features(X_normal, "X_normal")
     X_test = check_features(X_test, "X_test")
     check_same_width(X_normal, X_test)
-    if X_normal.shape[0] < 4:
-        raise ConfigError(f"X_normal: expected at least 4 normal rows (to fit and to calibrate), "
-                          f"got {X_normal.shape[0]}")
+    scores = check_choices("scores", scores, SCORES)
+    k = check_positive_ints("k", k)[0]
+    gmm_components = check_positive_ints("gmm_components", gmm_components)[0]
+    need = max([2] + [k] * ("knn" in scores) + [gmm_components] * ("gmm" in scores))
+    least = min_normal_rows(need, heldout_fraction)
+    if X_normal.shape[0] < least:
+        raise DataTooSmall(f"{X_normal.shape[0]} normal row(s) are too few: the scores need {need} rows to fit on "
+                           f"(k={k}, gmm_components={gmm_components}) besides the {heldout_fraction:.0%} held out to "
+                           f"calibrate the thresholds; at least {least} normal rows are needed")
     extra_n = _check_extra(extra_normal, X_normal.shape[0], "extra_normal")
     extra_t = _check_extra(extra_test, X_test.shape[0], "extra_test")
     if set(extra_n) != set(extra_t):
@@ -249,12 +278,16 @@ def anomaly_probe(X_normal, X_test, is_anomaly=None, *, scores=SCORES, extra_nor
     return AnomalyResult(
         scores=out, target_fpr=fpr, n_fit=int(fit_rows.size), n_heldout=int(held_rows.size),
         n_test=int(X_test.shape[0]), n_test_anomalies=int(labels.sum()) if labels is not None else None,
-        settings=settings, seed=int(seed), timings=timings, test_scores=test, is_anomaly=labels)
+        settings=settings, seed=int(seed), timings=timings,
+        normal_class=None if normal_class is None else str(normal_class), test_scores=test, is_anomaly=labels)
 
 
 @dataclass
 class OneClassResult(ResultRecord):
-    """Outcome of :func:`one_class_protocol`: ``auroc[score][class]`` and ``mean_auroc[score]``."""
+    """Outcome of :func:`one_class_protocol`: ``auroc[score][class]`` and ``mean_auroc[score]``.
+
+    ``class_names`` (when names were given) follows ``classes``.
+    """
 
     probe = "one_class"
 
@@ -266,6 +299,7 @@ class OneClassResult(ResultRecord):
     settings: dict
     seed: int
     timings: dict = field(default_factory=dict)
+    class_names: list | None = None
 
     def summary(self) -> dict:
         return {f"{name}_mean_auroc": v for name, v in self.mean_auroc.items()}
@@ -273,7 +307,8 @@ class OneClassResult(ResultRecord):
 
 @small_data_single_thread
 def one_class_protocol(X_train, y_train, X_test, y_test, *, scores=SCORES, extra_test=None, k: int = 5,
-                       gmm_components: int = 4, preprocessing: str = "none", seed: int = 0) -> OneClassResult:
+                       gmm_components: int = 4, preprocessing: str = "none", label_names=None,
+                       seed: int = 0) -> OneClassResult:
     """The one-class protocol (Deep SVDD, GEOM): each class in turn is normal, all other test rows anomalies.
 
     For each class c the scores are fitted on the training rows of class c, every test
@@ -288,10 +323,18 @@ def one_class_protocol(X_train, y_train, X_test, y_test, *, scores=SCORES, extra
         Rows labelled -1 in either split are left out.
     extra_test : dict of name -> ndarray of shape (n_test,)
         Per-row scores that need no fitting (e.g. a VAE's 'neg_elbo'), measured the same way.
+    label_names : list of str or None
+        Class names by id, used in messages and recorded as ``class_names``.
 
     Returns
     -------
     OneClassResult
+
+    Raises
+    ------
+    DataTooSmall
+        When no class has test rows both of its own and of other classes, or a protocol class
+        has fewer than 2 training rows (the least its scores fit on).
     """
     from sklearn.metrics import roc_auc_score
 
@@ -306,7 +349,17 @@ def one_class_protocol(X_train, y_train, X_test, y_test, *, scores=SCORES, extra
     extra = {name: arr[keep] for name, arr in extra.items()}
     classes = [int(c) for c in np.unique(y_train[y_train >= 0]) if np.any(y_test == c) and np.any(y_test != c)]
     if not classes:
-        raise ConfigError("y_test: expected test rows of at least two classes that also occur in y_train")
+        raise DataTooSmall("the test rows must hold at least two classes, one or more of them also in the "
+                           "training rows; the one-class protocol has nothing to measure otherwise")
+
+    def described(c):
+        return f"'{label_names[c]}' (id {c})" if label_names is not None and c < len(label_names) else f"id {c}"
+
+    short = [c for c in classes if np.sum(y_train == c) < ONE_CLASS_MIN_ROWS]
+    if short:
+        listed = ", ".join(f"{described(c)} has {int(np.sum(y_train == c))}" for c in short)
+        raise DataTooSmall(f"the one-class protocol fits each class on its own training rows and needs at least "
+                           f"{ONE_CLASS_MIN_ROWS} per class; class {listed}")
     auroc: dict = {}
     counts, timings = {}, {}
     with timed(timings, "total_s"):
@@ -321,5 +374,8 @@ def one_class_protocol(X_train, y_train, X_test, y_test, *, scores=SCORES, extra
                 auroc.setdefault(name, {})[c] = float(roc_auc_score(y_test != c, arr))
     mean = {name: float(np.mean(list(per.values()))) for name, per in auroc.items()}
     settings = {"k": int(k), "gmm_components": int(gmm_components), "preprocessing": preprocessing}
+    names = ([str(label_names[c]) if c < len(label_names) else str(c) for c in classes]
+             if label_names is not None else None)
     return OneClassResult(auroc=auroc, mean_auroc=mean, classes=classes, n_fit_per_class=counts,
-                          n_test=int(y_test.size), settings=settings, seed=int(seed), timings=timings)
+                          n_test=int(y_test.size), settings=settings, seed=int(seed), timings=timings,
+                          class_names=names)

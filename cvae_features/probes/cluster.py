@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError
-from ._common import (PREPROCESSINGS, FeaturePrep, ResultRecord, check_choices, check_features, check_labels,
-                      small_data_single_thread, timed)
+from ._common import (PREPROCESSINGS, DataTooSmall, FeaturePrep, ResultRecord, check_choices, check_features,
+                      check_labels, small_data_single_thread, timed)
 
 METHODS = ("kmeans", "gmm")
+MIN_ROWS_PER_CLUSTER = 2  # fewer rows than this per cluster and the clusters are mostly forced singletons
 
 
 def cluster_accuracy(y_true, y_pred) -> float:
@@ -91,6 +92,7 @@ def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=METHODS, 
         Class labels for scoring (-1 = unknown: such rows are clustered but not scored).
     n_clusters : int or None
         Default: the number of distinct known labels in ``y`` (required when ``y`` is None).
+        ``X`` must hold at least 2 rows per cluster (:class:`DataTooSmall` otherwise).
     methods : sequence of {'kmeans', 'gmm'}
         k-means (``n_init`` seeded restarts) and a GaussianMixture with diagonal covariances.
     preprocessing : {'l2', 'standardize', 'none'}
@@ -123,9 +125,15 @@ def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=METHODS, 
         if y is None:
             raise ConfigError("n_clusters: expected a number of clusters when no labels are given, got None")
         n_clusters = int(np.unique(y[labelled]).size)
-    if isinstance(n_clusters, bool) or int(n_clusters) < 2 or int(n_clusters) > X.shape[0]:
-        raise ConfigError(f"n_clusters: expected an integer in [2, {X.shape[0]}], got {n_clusters!r}")
+        if n_clusters < 2:
+            raise DataTooSmall(f"the rows hold {n_clusters} labelled class(es), so there is nothing to cluster "
+                               "into; at least 2 classes (or an explicit n_clusters) are needed")
+    if isinstance(n_clusters, bool) or not float(n_clusters).is_integer() or int(n_clusters) < 2:
+        raise ConfigError(f"n_clusters: expected an integer >= 2, got {n_clusters!r}")
     n_clusters = int(n_clusters)
+    if X.shape[0] < MIN_ROWS_PER_CLUSTER * n_clusters:
+        raise DataTooSmall(f"{X.shape[0]} rows are too few for {n_clusters} clusters; clustering needs at least "
+                           f"{MIN_ROWS_PER_CLUSTER} rows per cluster ({MIN_ROWS_PER_CLUSTER * n_clusters})")
 
     Xp = FeaturePrep(preprocessing).fit_transform(X)
     rng = np.random.default_rng(seed)
@@ -144,8 +152,9 @@ def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=METHODS, 
                                            random_state=seed).fit(Xp).predict(Xp)
         sizes = np.bincount(pred, minlength=n_clusters)
         entry = {"cluster_sizes": sizes.tolist(), "n_empty": int((sizes == 0).sum()),
+                 # the silhouette is defined for 2 .. n-1 distinct clusters among the rows it is computed on
                  "silhouette": (float(silhouette_score(Xp[sil_rows], pred[sil_rows]))
-                                if np.unique(pred[sil_rows]).size >= 2 else None)}
+                                if 2 <= np.unique(pred[sil_rows]).size < sil_rows.size else None)}
         if y is not None:
             t, p = y[labelled], pred[labelled]
             entry.update(acc=cluster_accuracy(t, p), nmi=float(normalized_mutual_info_score(t, p)),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError
-from ._common import (FeaturePrep, ResultRecord, check_choices, check_features, check_labels,
+from ._common import (DataTooSmall, FeaturePrep, ResultRecord, check_choices, check_features, check_labels,
                       check_positive_ints, check_same_width, small_data_single_thread, timed)
 
 METHODS = ("logistic", "knn", "label_spreading", "self_training")
@@ -55,9 +55,12 @@ class FewShotResult(ResultRecord):
     ``curves[method][str(k)]`` holds ``mean``, ``std`` (population, over seeds), ``accuracies``
     (one per seed, in ``seeds`` order), ``labelled_per_class`` (actual counts, ``{class: n}``),
     ``n_unlabelled`` (rows used by semi-supervised methods, per seed) and ``seconds``.
+    ``predictions[method][str(k)]`` (one array of predicted test labels per seed, for the test
+    rows with a known label) stays out of ``to_dict``.
     """
 
     probe = "fewshot"
+    _private_fields = ("predictions",)
 
     labels_per_class: list
     seeds: list
@@ -67,6 +70,7 @@ class FewShotResult(ResultRecord):
     n_train: int
     n_test: int
     timings: dict = field(default_factory=dict)
+    predictions: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         return {f"{m}@{k}": (c["mean"], c["std"]) for m, per_k in self.curves.items() for k, c in per_k.items()}
@@ -218,8 +222,9 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
     check_same_width(X_train, X_test)
     y_train = check_labels(y_train, X_train.shape[0], "y_train", allow_unknown=True)
     y_test = check_labels(y_test, X_test.shape[0], "y_test", allow_unknown=True)
-    if np.unique(y_train[y_train >= 0]).size < 2:
-        raise ConfigError("y_train: expected at least 2 classes with known labels")
+    n_classes = np.unique(y_train[y_train >= 0]).size
+    if n_classes < 2:
+        raise DataTooSmall(f"the training rows hold {n_classes} class(es) with known labels; at least 2 are needed")
     keep = y_test >= 0
     if not keep.any():
         raise ConfigError("y_test: expected at least one test row with a known label, got none")
@@ -234,10 +239,11 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
     prep = FeaturePrep("l2").fit(X_train)  # label-free statistics of the training rows only
     Ztrain, Ztest = prep.transform(X_train), prep.transform(X_test)
     curves = {m: {} for m in methods}
+    predictions = {m: {} for m in methods}
     timings: dict = {}
 
     for k in ks:
-        per = {m: {"accuracies": [], "seconds": 0.0} for m in methods}
+        per = {m: {"accuracies": [], "seconds": 0.0, "predictions": []} for m in methods}
         counts_per_seed, unlab_per_seed = [], []
         for seed in seeds:
             lab = draw_labelled(y_train, k, seed)
@@ -264,6 +270,7 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
                         pred = _self_training_predict(Ztrain[lab], ylab, Ztrain[unl], Ztest, C=C,
                                                       max_iter=max_iter)
                 per[m]["accuracies"].append(float(np.mean(pred == y_test)))
+                per[m]["predictions"].append(np.asarray(pred))
                 per[m]["seconds"] += per[m].pop("_t")
         for m in methods:
             accs = np.asarray(per[m]["accuracies"])
@@ -273,6 +280,7 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
                                  "n_unlabelled": unlab_per_seed if m in ("label_spreading", "self_training") else None,
                                  "seconds": round(per[m]["seconds"], 4)}
             timings[m] = round(timings.get(m, 0.0) + per[m]["seconds"], 4)
+            predictions[m][str(k)] = per[m]["predictions"]
 
     settings = {"preprocessing": "l2 (centred on all training rows, unit norm)", "C": float(C),
                 "knn_neighbors": int(knn_neighbors), "knn_metric": "cosine",
@@ -281,4 +289,5 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
                 "self_training": "class-balanced, 5 rounds of unlabelled/10 pseudo-labels",
                 "draws": "per seed and class one permutation of the training rows; first k labelled (nested)"}
     return FewShotResult(labels_per_class=list(ks), seeds=list(seeds), methods=list(methods), curves=curves,
-                         settings=settings, n_train=int(X_train.shape[0]), n_test=int(y_test.size), timings=timings)
+                         settings=settings, n_train=int(X_train.shape[0]), n_test=int(y_test.size), timings=timings,
+                         predictions=predictions)

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError
-from ._common import (FeaturePrep, ResultRecord, check_choices, check_fraction, check_positive_ints,
-                      l2_normalize, selection_splits, small_data_single_thread, supervised_inputs, timed)
+from ._common import (FeaturePrep, ResultRecord, _balanced_accuracy, check_choices, check_fraction,
+                      check_positive_ints, l2_normalize, selection_splits, small_data_single_thread,
+                      supervised_inputs, timed)
 
 METRICS = ("euclidean", "cosine", "centered_cosine")
 WEIGHTS = ("uniform", "distance")
@@ -107,8 +108,6 @@ def knn_probe(X_train, y_train, X_test, y_test, *, ks=(1, 5, 10, 20, 50), metric
     -------
     KnnProbeResult
     """
-    from sklearn.metrics import balanced_accuracy_score
-
     ks = tuple(sorted(set(check_positive_ints("ks", ks))))
     metrics = check_choices("metrics", metrics, METRICS)
     weights = check_choices("weights", weights, WEIGHTS)
@@ -146,7 +145,7 @@ def knn_probe(X_train, y_train, X_test, y_test, *, ks=(1, 5, 10, 20, 50), metric
     selection = dict(selection, ks_tried=list(usable_ks))
     return KnnProbeResult(
         accuracy=float(np.mean(pred == y_test)),
-        balanced_accuracy=float(balanced_accuracy_score(y_test, pred)),
+        balanced_accuracy=_balanced_accuracy(y_test, pred),
         k=int(best_k), metric=best_metric, weights=best_weights,
         cv_scores={f"{m}/{w}/k={k}": s for (m, w, k), s in mean_scores.items()},
         selection=selection, n_train=int(y_train.size), n_test=int(y_test.size), seed=int(seed), timings=timings)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError
-from ._common import (PREPROCESSINGS, FeaturePrep, ResultRecord, check_choices, check_fraction,
-                      selection_splits, small_data_single_thread, supervised_inputs, timed)
+from ._common import (PREPROCESSINGS, FeaturePrep, ResultRecord, _balanced_accuracy, check_choices,
+                      check_fraction, selection_splits, small_data_single_thread, supervised_inputs, timed)
 
 DEFAULT_CS = (0.01, 0.1, 1.0, 10.0)
 
@@ -93,7 +93,7 @@ def linear_probe(X_train, y_train, X_test, y_test, *, preprocessings=PREPROCESSI
     -------
     LinearProbeResult
     """
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
     preprocessings = check_choices("preprocessings", preprocessings, PREPROCESSINGS)
     Cs = tuple(sorted(float(c) for c in Cs))
@@ -127,7 +127,7 @@ def linear_probe(X_train, y_train, X_test, y_test, *, preprocessings=PREPROCESSI
     classes = np.union1d(model.classes_, np.unique(y_test))
     return LinearProbeResult(
         accuracy=float(accuracy_score(y_test, pred)),
-        balanced_accuracy=float(balanced_accuracy_score(y_test, pred)),
+        balanced_accuracy=_balanced_accuracy(y_test, pred),
         macro_f1=float(f1_score(y_test, pred, average="macro", labels=classes, zero_division=0)),
         preprocessing=best_prep, C=best_c, classes=classes.tolist(),
         confusion_matrix=confusion_matrix(y_test, pred, labels=classes).tolist(),

@@ -12,16 +12,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError, StoreError
-from ._common import stratified_split
+from ._common import DataTooSmall, stratified_split
 
 TASKS = ("linear", "knn", "cluster", "fewshot", "anomaly")
 NEEDS_LABELS = ("linear", "knn", "fewshot")
 DEFAULT_LABELS_PER_CLASS = (1, 5, 10, 100)
+INDEX_PREFIX = "index:"  # --normal-class index:N picks a class by its id; a bare value is always a name
 
 
 @dataclass
 class ProbeData:
-    """Arrays for one probe run. ``split`` describes how test rows were made (None: a separate test store)."""
+    """Arrays for one probe run. ``split`` describes how test rows were made (None: a separate test store).
+
+    ``warnings`` holds what looks wrong about the pair but does not stop the run (class names
+    that differ between the stores, test rows that are also training rows).
+    """
 
     X_train: np.ndarray
     y_train: np.ndarray
@@ -33,6 +38,7 @@ class ProbeData:
     extras_test: dict = field(default_factory=dict)
     split: dict | None = None
     sources: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
 
     @property
     def has_train_labels(self) -> bool:
@@ -84,6 +90,45 @@ def _align_labels(train_names: list, test_names: list, y_test: np.ndarray) -> tu
     return names, out
 
 
+def _same_file(a, b) -> bool:
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # a missing file is reported when it is read
+        return False
+
+
+def _shared_rows(train: dict, test: dict) -> int:
+    """How many TEST rows are TRAIN rows too: the same key and exactly the same features."""
+    index = {key: i for i, key in enumerate(train["keys"])}
+    pairs = [(j, index[key]) for j, key in enumerate(test["keys"]) if key in index]
+    if not pairs:
+        return 0
+    tj, ti = (np.asarray(p) for p in zip(*pairs))
+    return int(np.all(test["X"][tj] == train["X"][ti], axis=1).sum())
+
+
+def _present_names(names: list, y: np.ndarray) -> list:
+    return [names[i] if i < len(names) else str(i) for i in np.unique(y[y >= 0]).tolist()]
+
+
+def _class_name_warning(train: dict, test: dict) -> str | None:
+    """A warning when the class names found in the TEST rows differ from those in the TRAIN rows."""
+    tr, te = _present_names(train["names"], train["y"]), _present_names(test["names"], test["y"])
+    if not tr or not te:
+        return None
+    only_test, only_train = [n for n in te if n not in tr], [n for n in tr if n not in te]
+    if len(only_test) == len(te):
+        return (f"TEST class names {te} share none with TRAIN's {tr}: every labelled test row counts as "
+                "misclassified (are these stores meant to go together?)")
+    if only_test or only_train:
+        parts = ([f"only in TEST {only_test} (those rows can only be misclassified)"] if only_test else []) + \
+                ([f"only in TRAIN {only_train}"] if only_train else [])
+        return f"TEST and TRAIN class names differ: {'; '.join(parts)}"
+    return None
+
+
 def load_probe_data(train_path, test_path=None, *, test_fraction: float = 0.2, seed: int = 0) -> ProbeData:
     """Read the stores for a probe run.
 
@@ -92,14 +137,19 @@ def load_probe_data(train_path, test_path=None, *, test_fraction: float = 0.2, s
     train_path : path
         The training store.
     test_path : path or None
-        The test store; it must hold features of the same kind, width and model.
+        The test store; it must hold features of the same kind, width and model, and must not be
+        the training store (the same file, or rows that are all training rows by key and features).
         None: a stratified seeded ``test_fraction`` of the training store becomes the test rows.
 
     Raises
     ------
     StoreError
-        For an incomplete or empty store, or a test store that does not match the training store.
+        For an incomplete or empty store, a test store that does not match the training store,
+        or a test store that is the training store again.
     """
+    if test_path is not None and _same_file(train_path, test_path):
+        raise StoreError(f"TEST {test_path} is the TRAIN store itself, so the scores would measure memorisation; "
+                         "give a separate test store or leave --test out to split TRAIN")
     train = _read_store(train_path, "TRAIN")
     if test_path is None:
         if not 0 < test_fraction < 1:
@@ -121,22 +171,52 @@ def load_probe_data(train_path, test_path=None, *, test_fraction: float = 0.2, s
             label = {"kind": "feature kind", "dim": "feature width", "fingerprint": "model fingerprint"}[what]
             raise StoreError(f"TEST {test_path}: {label} {test[what]!r} differs from TRAIN's {train[what]!r}; "
                              "probe stores made by the same model")
+    shared = _shared_rows(train, test)
+    n_test = len(test["keys"])
+    if shared == n_test:
+        raise StoreError(f"TEST {test_path}: all {n_test} rows are TRAIN rows too (same keys and features), so the "
+                         "scores would measure memorisation; give a separate test store or leave --test out")
+    warnings = [f"{shared} of {n_test} TEST rows are TRAIN rows too (same key and features); "
+                "their scores flatter the features"] if shared else []
+    if (train["y"] >= 0).any() and (test["y"] >= 0).any():
+        warning = _class_name_warning(train, test)
+        if warning:
+            warnings.append(warning)
     names, y_test = _align_labels(train["names"], test["names"], test["y"])
     common = sorted(set(train["extras"]) & set(test["extras"]))
     return ProbeData(X_train=train["X"], y_train=train["y"], X_test=test["X"], y_test=y_test, label_names=names,
                      keys_test=test["keys"], extras_train={n: train["extras"][n] for n in common},
                      extras_test={n: test["extras"][n] for n in common},
-                     sources={"train": str(train_path), "test": str(test_path)})
+                     sources={"train": str(train_path), "test": str(test_path)}, warnings=warnings)
 
 
-def resolve_class(name, label_names: list, y: np.ndarray) -> int:
-    """A class given by name (or by its integer id) -> its id; ConfigError naming the choices otherwise."""
-    name = str(name)
-    if name in label_names:
-        return label_names.index(name)
-    if name.lstrip("-").isdigit() and int(name) in set(np.unique(y[y >= 0]).tolist()):
-        return int(name)
-    raise ConfigError(f"--normal-class: expected one of {label_names or sorted(set(y[y >= 0].tolist()))}, got {name!r}")
+def class_names(label_names: list, y: np.ndarray) -> list:
+    """The class names by id: ``label_names``, or the ids as text for a store that names no class."""
+    ids = y[y >= 0]
+    n = max(len(label_names), int(ids.max()) + 1 if ids.size else 0)
+    return [label_names[i] if i < len(label_names) else str(i) for i in range(n)]
+
+
+def resolve_class(spec, label_names: list, y: np.ndarray) -> int:
+    """A class given by name, or by id as ``index:N``, -> its id; ConfigError naming the choices otherwise.
+
+    A bare value is only ever a name: with classes named "1", "2", "3", ``0`` is an error and
+    ``1`` is the class named "1" (id 0); ``index:0`` is that class too.
+    """
+    spec = str(spec)
+    names = class_names(label_names, y)
+    if not names:
+        raise ConfigError(f"--normal-class: the stores hold no class labels, so there is no class {spec!r} to pick")
+    if spec in names:
+        return names.index(spec)
+    listed = ", ".join(repr(n) for n in names)
+    if spec.startswith(INDEX_PREFIX):
+        digits = spec[len(INDEX_PREFIX):].strip()
+        if digits.isdigit() and int(digits) < len(names):
+            return int(digits)
+        raise ConfigError(f"--normal-class: {spec!r} is not an index of a class; expected index:0 .. "
+                          f"index:{len(names) - 1} ({listed})")
+    raise ConfigError(f"--normal-class: expected one of the class names {listed} or {INDEX_PREFIX}N, got {spec!r}")
 
 
 def _feasible_labels_per_class(y_train: np.ndarray, requested) -> tuple[tuple, list]:
@@ -146,24 +226,31 @@ def _feasible_labels_per_class(y_train: np.ndarray, requested) -> tuple[tuple, l
         return tuple(requested), []
     ks = tuple(k for k in DEFAULT_LABELS_PER_CLASS if k <= smallest)
     dropped = [k for k in DEFAULT_LABELS_PER_CLASS if k > smallest]
-    notes = [f"fewshot: left out {dropped} labels per class (the smallest training class has {smallest} rows)"] \
+    rows = "1 row" if smallest == 1 else f"{smallest} rows"
+    notes = [f"fewshot: left out {dropped} labels per class (the smallest training class has {rows})"] \
         if dropped else []
     return ks, notes
 
 
 def run_probes(data: ProbeData, tasks=TASKS, *, labels_per_class=None, seeds=5, normal_class=None,
-               fpr: float = 0.05, n_clusters: int | None = None, seed: int = 0, on_task=None) -> tuple[list, list]:
+               fpr: float = 0.05, n_clusters: int | None = None, seed: int = 0,
+               on_task=None) -> tuple[list, list, list]:
     """Run the requested probes on ``data``.
+
+    A probe whose data are too small (:class:`DataTooSmall`: too few rows or classes for what
+    it fits) is skipped with the reason and the others still run; any other error stops the run.
 
     Parameters
     ----------
     tasks : sequence of task names (see :data:`TASKS`)
     labels_per_class : sequence of int or None
-        None: (1, 5, 10, 100) less the values a class cannot supply (noted).
+        None: (1, 5, 10, 100) less the values a class cannot supply (noted). Values given
+        explicitly must all be feasible (ConfigError otherwise).
     seeds : int
         Few-label seeds 0..seeds-1.
-    normal_class : str, int or None
-        Anomaly task: the normal class (name or id); test rows of other classes are anomalies.
+    normal_class : str or None
+        Anomaly task: the normal class, by name, or by id written ``index:N``; test rows of
+        other classes are anomalies. A bare number is a name, never an id.
         With an unlabelled training store every training row is normal and the name picks the
         normal class among the test labels. None: with labels on both sides, the one-class
         protocol over every class; otherwise all training rows are normal and no AUROC is measured.
@@ -177,6 +264,8 @@ def run_probes(data: ProbeData, tasks=TASKS, *, labels_per_class=None, seeds=5, 
     records : list of result records
     notes : list of str
         One line per task that was skipped or changed, and why.
+    skipped : list of dict
+        ``{"task": name, "reason": text}`` for every task that did not run.
     """
     from .anomaly import anomaly_probe, one_class_protocol
     from .cluster import cluster_probe
@@ -185,69 +274,92 @@ def run_probes(data: ProbeData, tasks=TASKS, *, labels_per_class=None, seeds=5, 
     from .linear import linear_probe
 
     tasks = parse_tasks(tasks)
-    records, notes = [], []
+    records, notes, skipped = [], [], []
     labelled = data.has_train_labels and data.has_test_labels
     if not labelled:
         where = "TRAIN" if not data.has_train_labels else "TEST"
         needs = [t for t in tasks if t in NEEDS_LABELS]
         if needs:
             notes.append(f"{', '.join(needs)}: skipped, these tasks need labels and {where} has none")
+            skipped += [{"task": t, "reason": f"needs labels and {where} has none"} for t in needs]
+    normal = _normal_class(data, normal_class) if normal_class is not None and "anomaly" in tasks else None
+
     for task in tasks:
         if on_task is not None:
             on_task(task)
         if task in NEEDS_LABELS and not labelled:
             continue
-        if task == "linear":
-            records.append(linear_probe(data.X_train, data.y_train, data.X_test, data.y_test, seed=seed))
-        elif task == "knn":
-            records.append(knn_probe(data.X_train, data.y_train, data.X_test, data.y_test, seed=seed))
-        elif task == "fewshot":
-            ks, more = _feasible_labels_per_class(data.y_train, labels_per_class)
-            notes += more
-            if not ks:
-                notes.append("fewshot: skipped, a class has too few training rows for any labels-per-class value")
-                continue
-            records.append(fewshot_curve(data.X_train, data.y_train, data.X_test, data.y_test,
-                                         labels_per_class=ks, seeds=seeds))
-        elif task == "cluster":
-            y = data.y_test if data.has_test_labels else None
-            k = n_clusters if n_clusters is not None else (None if y is not None else 10)
-            if y is None and n_clusters is None:
-                notes.append("cluster: no test labels, so 10 clusters and no ACC/NMI/ARI "
-                             "(set the count with --clusters)")
-            records.append(cluster_probe(data.X_test, y, n_clusters=k, seed=seed))
-        elif task == "anomaly":
-            records.append(_anomaly(data, normal_class, fpr, seed, notes, anomaly_probe, one_class_protocol))
-    return records, notes
+        try:
+            if task == "linear":
+                records.append(linear_probe(data.X_train, data.y_train, data.X_test, data.y_test, seed=seed))
+            elif task == "knn":
+                records.append(knn_probe(data.X_train, data.y_train, data.X_test, data.y_test, seed=seed))
+            elif task == "fewshot":
+                ks, more = _feasible_labels_per_class(data.y_train, labels_per_class)
+                notes += more
+                if not ks:  # cannot happen with the defaults (1 label a class is always there); kept as a guard
+                    raise DataTooSmall("a class has too few training rows for any labels-per-class value")
+                records.append(fewshot_curve(data.X_train, data.y_train, data.X_test, data.y_test,
+                                             labels_per_class=ks, seeds=seeds))
+            elif task == "cluster":
+                y = data.y_test if data.has_test_labels else None
+                k = n_clusters if n_clusters is not None else (None if y is not None else 10)
+                if y is None and n_clusters is None:
+                    notes.append("cluster: no test labels, so 10 clusters and no ACC/NMI/ARI "
+                                 "(set the count with --clusters)")
+                try:
+                    records.append(cluster_probe(data.X_test, y, n_clusters=k, seed=seed))
+                except DataTooSmall as err:
+                    raise DataTooSmall(f"on the test rows, {err}") from None
+            elif task == "anomaly":
+                records.append(_anomaly(data, normal, fpr, seed, notes, anomaly_probe, one_class_protocol))
+        except DataTooSmall as err:
+            skipped.append({"task": task, "reason": str(err)})
+            notes.append(f"{task}: skipped, {err}")
+    return records, notes, skipped
+
+
+def _normal_class(data: ProbeData, spec) -> tuple[int, str]:
+    """``--normal-class`` -> (id, name), checked against the rows that must hold it."""
+    # an unlabelled TRAIN store is all normal (a folder of good images); the name then picks the
+    # normal class among the TEST labels
+    side, where = (data.y_train, "TRAIN") if data.has_train_labels else (data.y_test, "TEST")
+    c = resolve_class(spec, data.label_names, side)
+    name = class_names(data.label_names, side)[c]
+    if not np.any(side == c):
+        raise ConfigError(f"--normal-class: {where} has no rows of class {name!r}"
+                          + (" (it occurs only in TEST)" if where == "TRAIN" else ""))
+    return c, name
 
 
 def _anomaly(data: ProbeData, normal_class, fpr, seed, notes, anomaly_probe, one_class_protocol):
     extra_test = data.extras_test
     if normal_class is not None:
-        if data.has_train_labels:
-            c = resolve_class(normal_class, data.label_names, data.y_train)
-            normal = data.y_train == c
-        else:
-            # an unlabelled TRAIN store is all normal (a folder of good images); the name picks the
-            # normal class among the TEST labels
-            c = resolve_class(normal_class, data.label_names, data.y_test)
-            normal = np.ones(data.y_train.size, dtype=bool)
+        c, name = normal_class
+        normal = data.y_train == c if data.has_train_labels else np.ones(data.y_train.size, dtype=bool)
         is_anomaly = None
         if data.has_test_labels:
             if (data.y_test >= 0).all():
                 is_anomaly = (data.y_test != c).astype(np.int64)
+                if is_anomaly.min() == is_anomaly.max():
+                    notes.append(f"anomaly: every test row is {'an anomaly' if is_anomaly[0] else 'normal'} "
+                                 f"(normal class {name!r}), so no AUROC/AUPR")
             else:
                 notes.append("anomaly: some test rows have no label, so no AUROC/AUPR")
-        return anomaly_probe(data.X_train[normal], data.X_test, is_anomaly,
-                             extra_normal={n: a[normal] for n, a in data.extras_train.items()},
-                             extra_test=extra_test, fpr=fpr, seed=seed)
+        try:
+            return anomaly_probe(data.X_train[normal], data.X_test, is_anomaly,
+                                 extra_normal={n: a[normal] for n, a in data.extras_train.items()},
+                                 extra_test=extra_test, fpr=fpr, normal_class=name, seed=seed)
+        except DataTooSmall as err:
+            raise DataTooSmall(f"normal class {name!r}: {err}") from None
     if data.has_train_labels and data.has_test_labels:
         if extra_test:
             # a store's per-row scores come from one model trained on every class; the protocol
             # needs a model trained on the normal class alone, so they would measure nothing here
             notes.append(f"anomaly: {', '.join(sorted(extra_test))} left out of the one-class protocol "
                          "(the model saw every class); use --normal-class to score them")
-        return one_class_protocol(data.X_train, data.y_train, data.X_test, data.y_test, seed=seed)
+        return one_class_protocol(data.X_train, data.y_train, data.X_test, data.y_test,
+                                  label_names=class_names(data.label_names, data.y_train), seed=seed)
     if data.has_test_labels:
         notes.append("anomaly: every training row counts as normal; name the normal test class with "
                      "--normal-class to measure AUROC")
@@ -259,20 +371,34 @@ def _anomaly(data: ProbeData, normal_class, fpr, seed, notes, anomaly_probe, one
 
 @dataclass
 class ProbeRun:
-    """Probes run on one or more labelled store pairs (``label -> records``), ready for the report."""
+    """Probes run on one or more labelled store pairs (``label -> records``), ready for the report.
+
+    ``skipped`` lists ``{"store", "task", "reason"}`` for every probe that could not run;
+    ``warnings`` what looked wrong about a store pair (see :class:`ProbeData`).
+    """
 
     results: dict
     notes: list
     data: dict
     meta: dict
+    skipped: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def n_records(self) -> int:
+        """How many probes ran, over every store pair."""
+        return sum(len(records) for records in self.results.values())
 
     def report_inputs(self) -> dict:
-        """Keyword arguments for :func:`cvae_features.report.write_report` (maps, label names, test keys)."""
+        """Keyword arguments for :func:`cvae_features.report.write_report` (maps, label names, test keys,
+        skipped probes and warnings)."""
         return {
             "feature_maps": {label: (d.X_test, d.y_test if d.has_test_labels else None)
                              for label, d in self.data.items()},
             "label_names": {label: d.label_names for label, d in self.data.items()},
             "test_keys": {label: d.keys_test for label, d in self.data.items()},
+            "skipped": self.skipped,
+            "warnings": self.warnings,
         }
 
 
@@ -281,17 +407,22 @@ def probe_stores(pairs, tasks=TASKS, *, test_fraction: float = 0.2, seed: int = 
     """Run the same probes on each ``(label, train_path, test_path_or_None)`` store pair.
 
     ``probe_options`` go to :func:`run_probes`; ``on_task(label, task)`` is called before each task.
-    Notes are prefixed with the pair's label when there is more than one pair.
+    Notes and warnings are prefixed with the pair's label when there is more than one pair.
+    A run in which no probe could run is returned as it is (``n_records == 0``); the caller decides.
     """
     tasks = parse_tasks(tasks)
-    results, notes, datas, runs = {}, [], {}, {}
+    results, notes, datas, runs, skipped, warnings = {}, [], {}, {}, [], []
     for label, train_path, test_path in pairs:
         data = load_probe_data(train_path, test_path, test_fraction=test_fraction, seed=seed)
         callback = None if on_task is None else (lambda task, label=label: on_task(label, task))
-        records, more = run_probes(data, tasks, seed=seed, on_task=callback, **probe_options)
+        records, more, skips = run_probes(data, tasks, seed=seed, on_task=callback, **probe_options)
         results[label] = records
         datas[label] = data
-        notes += [f"{label}: {n}" if len(pairs) > 1 else n for n in more]
+        prefix = f"{label}: " if len(pairs) > 1 else ""
+        notes += [prefix + n for n in more]
+        warnings += [prefix + w for w in data.warnings]
+        skipped += [{"store": label, **s} for s in skips]
         runs[label] = {"sources": data.sources, "split": data.split, "n_train": int(data.X_train.shape[0]),
                        "n_test": int(data.X_test.shape[0]), "dim": int(data.X_train.shape[1])}
-    return ProbeRun(results, notes, datas, {"tasks": list(tasks), "seed": seed, "runs": runs, "notes": notes})
+    meta = {"tasks": list(tasks), "seed": seed, "runs": runs, "notes": notes}
+    return ProbeRun(results, notes, datas, meta, skipped=skipped, warnings=warnings)
