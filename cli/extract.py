@@ -23,6 +23,10 @@ def _skip_line(key, reason) -> str:
     return f"  skipped {_one_line(key)}: {_one_line(reason)}"
 
 
+def _count(n: int, one: str, many: str = "") -> str:
+    return f"{n:,} {one if n == 1 else (many or one + 's')}"
+
+
 def _duration(seconds: float) -> str:
     if seconds != seconds:  # NaN: no estimate
         return "unknown time"
@@ -37,7 +41,8 @@ def _announce_training(plan) -> None:
     m, t = plan.model_config, plan.train_config
     epochs = f"{t.epochs} epoch{'s' * (t.epochs != 1)}"
     click.echo(f"no --model given: training a VAE first (latent {m.latent_dim}, {epochs}, input "
-               f"{m.image_size}x{m.image_size}x{m.channels}) on {plan.n_images:,} images into {plan.run_dir}/ "
+               f"{m.image_size}x{m.image_size}x{m.channels}) on the {plan.n_images:,} listed images (those that cannot be "
+               f"decoded are left out) into {plan.run_dir}/ "
                f"({_duration(plan.estimated_seconds)}; --model RUN_DIR reuses a trained model, --epochs N "
                "changes the length)", err=True)
 
@@ -89,10 +94,16 @@ def extract_command(source, store, model, features, dim, epochs, batch_size, wor
     if as_json:
         echo_json(result.to_dict())
         return
-    trained = f" (model trained in {result.train_seconds:.0f} s, kept in the store; run dir {result.run_dir})" \
-        if result.trained else ""
+    trained = f" (model trained on {result.n_train_images:,} images in {result.train_seconds:.0f} s, kept in the " \
+        f"store; run dir {result.run_dir})" if result.trained else ""
     click.echo(f"{result.n_new:,} rows written ({result.n_rows:,} in store, dim {result.dim}, {result.feature_kind}), "
                f"{result.n_new_skipped:,} skipped, {result.images_per_s:,.0f} images/s -> {result.path}{trained}")
+    if result.n_changed:
+        click.echo(f"  {_count(result.n_changed, 'changed file')} re-extracted (size or modification time differ "
+                   "from when they were extracted)")
+    if result.n_removed:
+        click.echo(f"  {_count(result.n_removed, 'row whose file is gone', 'rows whose files are gone')} from "
+                   "the source: kept in the store")
     if result.n_new_skipped:
         for key, reason in result.skipped[:_SHOWN_SKIPPED]:
             click.echo(_skip_line(key, reason))

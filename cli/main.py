@@ -23,3 +23,7 @@ def cli():
 
 for _command in (train_command, extract_command, info_command, probe, show, demo):
     cli.add_command(_command)
+
+
+if __name__ == "__main__":  # python -m cvae_cli.main
+    cli()

@@ -325,10 +325,11 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
         n_rows, n_skipped = writer.n_rows, writer.n_skipped
     except StoreNoSpaceError:
         left = len(writer.pending())
-        raise StoreNoSpaceError(
-            f"no space left on the device of {store_path}: about {_bytes_needed(writer, left) / 1e6:,.1f} MB more "
-            f"are needed for the {left:,} images left; the {writer.n_rows:,} rows written are kept: free space, "
-            f"then finish with --resume") from None
+        kept = (f"the {writer.n_rows:,} rows written are kept: free space, then finish with --resume"
+                if writer.n_rows else "nothing was kept: free space, then run again")
+        raise StoreNoSpaceError(f"no space left on the device of {store_path}: about "
+                                f"{_bytes_needed(writer, left) / 1e6:,.1f} MB more are needed for the {left:,} "
+                                f"images left; {kept}") from None
     finally:
         writer.close()
         if not appending and writer.n_rows == 0 and store_path.exists():
@@ -461,9 +462,11 @@ def _pending_work(writer, src, *, appending, update, out_dim, store_path) -> _Wo
     file is really gone from the store's own source; otherwise (a subset or another view of the
     source) nothing is written and the run is refused, so no pending image is ever lost.
     """
+    kept = _record_ignored(writer, src, out_dim)
     if not appending:
         pending = writer.pending()
-        return _Work(pending, pending.copy(), np.arange(len(src.label_names), dtype=np.int64), 0, [])
+        return _Work(pending, pending.copy(), np.arange(len(src.label_names), dtype=np.int64), len(kept),
+                     kept[:_SKIPPED_KEPT])
     row_of = {k: i for i, k in enumerate(src.keys)}
     plan_keys = writer.plan_keys
     changed = changed_rows = np.zeros(0, np.int64)
@@ -486,7 +489,6 @@ def _pending_work(writer, src, *, appending, update, out_dim, store_path) -> _Wo
     pending = writer.pending()
     src_rows = np.fromiter((row_of.get(plan_keys[p], -1) for p in pending), dtype=np.int64, count=len(pending))
     gone = pending[src_rows < 0]
-    kept: List[Tuple[str, str]] = []
     if len(gone):
         still_there = [plan_keys[p] for p in gone if _file_exists(src, plan_keys[p])]
         if still_there or not isinstance(src, FileSource):
@@ -494,13 +496,26 @@ def _pending_work(writer, src, *, appending, update, out_dim, store_path) -> _Wo
             raise StoreError(f"{len(gone):,} images still pending in {store_path} are not in {src.description} "
                              f"(e.g. {example}): resume or update with the store's whole source; nothing was written")
         reason = "removed from the source folder before it was extracted"
-        writer.write_batch([], np.zeros((0, out_dim), np.float32), [],
-                           extras={e: np.zeros((0, out_dim) if e == "logvar" else (0,), np.float32)
-                                   for e in writer.extras},
-                           skipped_index=gone, reasons=[reason] * len(gone))
-        kept = [(plan_keys[p], reason) for p in gone[:_SKIPPED_KEPT]]
+        writer.write_batch(**_empty_batch(writer, out_dim), skipped_index=gone, reasons=[reason] * len(gone))
+        kept += [(plan_keys[p], reason) for p in gone[:_SKIPPED_KEPT]]
     keep = src_rows >= 0
-    return _Work(pending[keep], src_rows[keep], label_map, len(gone), kept, changed, changed_rows, n_removed)
+    return _Work(pending[keep], src_rows[keep], label_map, len(kept) + max(0, len(gone) - _SKIPPED_KEPT),
+                 kept[:_SKIPPED_KEPT], changed, changed_rows, n_removed)
+
+
+def _empty_batch(writer, out_dim):
+    return {"plan_index": [], "features": np.zeros((0, out_dim), np.float32), "labels": [],
+            "extras": {e: np.zeros((0, out_dim) if e == "logvar" else (0,), np.float32) for e in writer.extras}}
+
+
+def _record_ignored(writer, src, out_dim) -> List[Tuple[str, str]]:
+    """What the folder walk left out (links leading outside, unreadable or special folders): recorded skips."""
+    known = set(writer.plan_keys)
+    ignored = [(k, r) for k, r in getattr(src, "ignored", []) if k not in known]
+    if ignored:
+        index = writer.add_plan([k for k, _ in ignored])
+        writer.write_batch(**_empty_batch(writer, out_dim), skipped_index=index, reasons=[r for _, r in ignored])
+    return ignored
 
 
 def _rewrite_changed(writer, src, feat: _Featurizer, work: _Work, encode, *, batch_size, workers, progress) -> int:
@@ -644,10 +659,8 @@ def _file_exists(src, key: str) -> bool:
 
 
 def _bytes_needed(writer, n_rows: int) -> float:
-    """Rough bytes that ``n_rows`` more rows take in ``writer``'s store (features, extras, label, key)."""
-    per_row = 4 * writer.dim + 8 + 64
-    per_row += sum(4 * writer.dim if e == "logvar" else 4 for e in writer.extras)
-    return 1.2 * per_row * n_rows
+    """Rough bytes that ``n_rows`` more rows take in ``writer``'s store, with 20% and 1 MiB of slack."""
+    return 1.2 * writer.bytes_per_row() * n_rows + (1 << 20)
 
 
 def _resolve_kind(features, model, old, store_path) -> str:

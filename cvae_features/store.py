@@ -19,6 +19,8 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
+import shutil
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -53,6 +55,8 @@ _ENCODINGS = {
 _STR = h5py.string_dtype("utf-8")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _NEW = "~new"  # suffix of a dataset being rebuilt; see _replace_strings
+# what h5py raises when the file system refuses a write (OSError) or a flush (RuntimeError)
+_WRITE_ERRORS = (OSError, RuntimeError)
 _IDENTITY = ("size", "mtime_ns")  # per plan entry: the file's identity when it was planned (-1 unknown)
 
 
@@ -136,12 +140,12 @@ def _open_error(path: Path, err: OSError) -> StoreError:
     """One line for an HDF5 file that exists but cannot be opened: in use, truncated, or otherwise damaged."""
     text = str(err)
     low = text.lower()
-    if "lock" in low:
-        return StoreError(f"{path} is in use by another process (a cvae extract still writing it?); "
-                          "wait for it to finish or stop it first")
-    if "truncated" in low:
+    if "truncated file" in low:
         return StoreError(f"{path} is damaged (truncated: the file is shorter than its HDF5 header says); "
                           "it cannot be read or resumed: extract again with --overwrite")
+    if "unable to lock file" in low or "file locking" in low:
+        return StoreError(f"{path} is in use by another process (a cvae extract still writing it?); "
+                          "wait for it to finish or stop it first")
     return StoreError(f"{path} is damaged or unreadable as HDF5: {text.splitlines()[0] if text else type(err).__name__}")
 
 
@@ -652,10 +656,16 @@ class StoreWriter:
         identity = None if plan_identity is None else [np.asarray(a, dtype=np.int64) for a in plan_identity]
         if identity is not None and any(len(a) != len(plan_keys) for a in identity):
             raise ConfigError("plan_identity: expected (sizes, mtimes) with one entry per plan key")
+        free = shutil.disk_usage(path.parent).free
+        need = (1 << 20) + len(plan_keys) * 128 + (sum(t.numel() * t.element_size() for t in model.state_dict().values())
+                                                   if model is not None and carry_weights else 0)
+        if free < need:
+            raise StoreNoSpaceError(f"no space left on the device of {path}: {free / 1e6:,.1f} MB free, creating "
+                                    f"the store needs about {need / 1e6:,.1f} MB")
         try:
             f = h5py.File(path, "w")
         except OSError as err:
-            raise StoreError(f"cannot create {path}: {str(err).splitlines()[0]}") from None
+            raise StoreError(f"cannot create {path}: {_reason(err)}") from None
         try:
             now = _now()
             fingerprint = ""
@@ -717,6 +727,14 @@ class StoreWriter:
                 for name in ("mean", "components", "explained_variance"):
                     _tag(grp.create_dataset(name, data=np.asarray(pca[name], dtype=np.float64)), "array")
             f.flush()
+        except _WRITE_ERRORS as err:
+            try:
+                f.close()
+            except Exception:  # HDF5 may refuse to flush on closing a file it could not write
+                pass
+            path.unlink(missing_ok=True)  # a half-created store holds nothing worth keeping
+            raise (StoreNoSpaceError if _no_space(err) else StoreError)(
+                f"cannot create {path}: {_reason(err)}") from None
         except BaseException:
             f.close()
             raise
@@ -918,16 +936,15 @@ class StoreWriter:
                     ds = self._f["plan"][name]
                     ds[plan_index] = np.asarray(values, dtype=np.int64)[order]
                 self._f.flush()
-        except OSError as err:
+        except _WRITE_ERRORS as err:
             self._failed = True
             raise self._write_error(err) from None
 
-    def _write_error(self, err: OSError) -> StoreError:
+    def _write_error(self, err: BaseException) -> StoreError:
         if _no_space(err):
             return StoreNoSpaceError(f"no space left on the device of {self.path} ({self._n:,} rows are "
                                      "committed and kept)")
-        return StoreError(f"writing {self.path} failed: {str(err).splitlines()[0]} ({self._n:,} rows are "
-                          "committed and kept)")
+        return StoreError(f"writing {self.path} failed: {_reason(err)} ({self._n:,} rows are committed and kept)")
 
     def merge_label_names(self, names: Sequence[str]) -> np.ndarray:
         """Add names not yet known; returns the map from the given names' indices to store label indices."""
@@ -970,6 +987,7 @@ class StoreWriter:
             raise StoreError(f"{s} skipped entries but {len(reasons)} reasons")
         if self._failed:
             raise StoreError(f"{self.path}: an earlier write failed; reopen the store (cvae extract ... --resume)")
+        self._check_space(b, s)
         keys = self._plan_keys
         n0, k0 = self._n, self._n_skipped
         arrays = {}
@@ -985,7 +1003,7 @@ class StoreWriter:
                     ds.resize(start + len(values), axis=0)
                     ds[start:] = values
             self._f.flush()
-        except OSError as err:
+        except _WRITE_ERRORS as err:
             self._failed = True
             self._cut_back(n0, k0)
             raise self._write_error(err) from None
@@ -994,7 +1012,7 @@ class StoreWriter:
             self._f.attrs["n_rows"] = n0 + b
             self._f.attrs["n_skipped"] = k0 + s
             self._f.flush()
-        except OSError as err:
+        except _WRITE_ERRORS as err:
             self._failed = True
             raise self._write_error(err) from None
         self._n, self._n_skipped = n0 + b, k0 + s
@@ -1006,9 +1024,30 @@ class StoreWriter:
             try:
                 self._f["plan"]["status"][lo:hi] = self._status[lo:hi]
                 self._f.flush()
-            except OSError as err:  # committed already; the status is recomputed from the rows on reopening
+            except _WRITE_ERRORS as err:  # committed already; the status is recomputed from the rows on reopening
                 self._failed = True
                 raise self._write_error(err) from None
+
+    def bytes_per_row(self) -> int:
+        """Bytes a row takes on disk, roughly (features, extras, label, key), before compression."""
+        return sum(ds.dtype.itemsize * int(np.prod(ds.shape[1:])) if ds.dtype.kind != "O" else 64
+                   for ds in self._row_datasets())
+
+    def _check_space(self, n_rows: int, n_skips: int) -> None:
+        """Refuse a batch the disk cannot hold, before HDF5 writes any of it.
+
+        HDF5 does not recover from a write that fails half-way through a flush (the file's
+        metadata can be left inconsistent), so running out of space must be seen coming: the
+        batch itself, one new chunk per dataset, and 1 MiB for HDF5's own bookkeeping.
+        """
+        chunk_bytes = sum(int(np.prod(ds.chunks)) * (16 if ds.dtype.kind == "O" else ds.dtype.itemsize)
+                          for ds in self._row_datasets() if ds.chunks)
+        need = n_rows * self.bytes_per_row() + n_skips * 256 + chunk_bytes + (1 << 20)
+        free = shutil.disk_usage(self.path.parent).free
+        if free < need:
+            raise StoreNoSpaceError(f"no space left on the device of {self.path}: {free / 1e6:,.1f} MB free, "
+                                    f"the next batch needs about {need / 1e6:,.1f} MB ({self._n:,} rows are "
+                                    "committed and kept)")
 
     def _cut_back(self, n: int, k: int) -> None:
         """After a failed write: shrink the row datasets to the committed counts again, where HDF5 still can."""
@@ -1040,7 +1079,7 @@ class StoreWriter:
                 self._f.attrs["updated"] = _now()
                 self._f.flush()
                 self._f.attrs["open_for_writing"] = 0
-        except OSError:
+        except _WRITE_ERRORS:
             self._failed = True
         try:
             self._f.close()
@@ -1090,6 +1129,13 @@ def _finish_replacements(f: h5py.File) -> None:
             else:
                 group.move(tmp, base)  # the old one was already unlinked: the new one was complete
     f.flush()
+
+
+def _reason(err: BaseException) -> str:
+    """The operating system's words inside an HDF5 error ("File too large"), else its first line."""
+    text = str(err)
+    found = re.search(r"error message = '([^']*)'", text)
+    return found.group(1) if found else (text.splitlines()[0] if text else type(err).__name__)
 
 
 def _no_space(err: BaseException) -> bool:
