@@ -11,8 +11,14 @@ import click
 from cvae_features.errors import CvaeError
 
 
-def library_errors(func):
-    """Run a command body; a ``CvaeError`` (or a Ctrl-C) becomes a one-line message and exit code 1."""
+def library_errors(func=None, *, interrupted: str = "interrupted: stopped before the end; run the command again"):
+    """Run a command body; a ``CvaeError`` becomes a one-line message and exit code 1, a Ctrl-C the
+    line ``interrupted`` (what is true for that command) and exit code 130.
+
+    Use as ``@library_errors`` or ``@library_errors(interrupted="...")``.
+    """
+    if func is None:
+        return functools.partial(library_errors, interrupted=interrupted)
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -21,7 +27,7 @@ def library_errors(func):
         except CvaeError as err:
             raise click.ClickException(str(err)) from None
         except KeyboardInterrupt:
-            click.echo("interrupted; what was finished is kept (rerun with --resume to go on)", err=True)
+            click.echo(interrupted, err=True)
             sys.exit(130)
 
     return wrapper

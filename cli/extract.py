@@ -79,7 +79,8 @@ def _announce_training(plan) -> None:
 @click.option("--data-dir", type=click.Path(), default=None, help="Where built-in data sets are looked for.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
-@library_errors
+@library_errors(interrupted="interrupted: the rows written so far are kept; rerun the same command with --resume "
+                             "to finish (an interrupted training goes on from its last checkpoint)")
 def extract_command(source, store, model, features, dim, epochs, batch_size, workers, resume, update, overwrite,
                     max_bad, compression, scores, logvar, with_weights, device, data_dir, no_progress, as_json):
     """Write features of every image in SOURCE (a folder, a .csv manifest or a data set such as digits) to STORE."""

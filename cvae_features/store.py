@@ -486,14 +486,25 @@ class FeatureStore:
                              "not the weights; pass the run directory or model file instead")
         grp = self._f["model"]
         _check_tag(grp, "state-dict", self.path)
+        expected = _as_str(grp.attrs.get("fingerprint")) or ""
+        if not expected:
+            raise ModelError(f"{self.path}: the model weights it carries have no fingerprint, so they cannot be "
+                             "checked; pass the run directory or model file instead")
+        if expected != self.model_fingerprint:
+            raise ModelError(f"{self.path}: the carried weights are fingerprinted {expected} but the features were "
+                             f"made by {self.model_fingerprint} (damaged store?)")
         state = {}
         for name, ds in grp.items():
+            if not isinstance(ds, h5py.Dataset):
+                raise ModelError(f"{self.path}: /model/{name} is not a tensor (damaged store?)")
             _check_tag(ds, "tensor", self.path)
             state[name] = torch.from_numpy(np.array(ds[()]))
-        config = json.loads(_as_str(grp.attrs["config"]))
-        model = ConvVAE.from_state(config, state)
-        expected = _as_str(grp.attrs.get("fingerprint"))
-        if expected and model.fingerprint() != expected:
+        try:
+            config = json.loads(_as_str(grp.attrs["config"]))
+        except (KeyError, TypeError, ValueError):
+            raise ModelError(f"{self.path}: /model has no readable config (damaged store?)") from None
+        model = ConvVAE.from_state(config, state, source=self.path)
+        if model.fingerprint() != expected:
             raise ModelError(f"{self.path}: model weights do not match their recorded fingerprint {expected} "
                              "(damaged store?)")
         return model

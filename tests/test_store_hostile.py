@@ -439,3 +439,42 @@ def test_links_leaving_the_folder_are_recorded_as_skips(tmp_path, model_path):
     with FeatureStore(res.path) as s:
         assert s.n_rows == 4 and s.is_complete
         assert s.skipped.values.tolist() == [["circle/elsewhere/", "symlink leads outside the folder (not followed)"]]
+
+
+# -- weights carried in a store ------------------------------------------------------------------------------
+
+def _store_with_weights(path):
+    torch.manual_seed(0)
+    model = ConvVAE(image_size=8, channels=1, latent_dim=4, widths=(4,))
+    with StoreWriter.create(path, feature_kind="vae", dim=4, preprocess=PRE, source="x", plan_keys=["a"],
+                            model=model, carry_weights=True) as w:
+        w.write_batch([0], np.zeros((1, 4), np.float32), [-1])
+    return model
+
+
+@pytest.mark.parametrize("how, message", [
+    ("tampered weight", "do not match their recorded fingerprint"),
+    ("no fingerprint", "have no fingerprint, so they cannot be checked"),
+    ("other model's fingerprint", "but the features were made by"),
+    ("non-finite weight", "non-finite"),
+])
+def test_weights_carried_in_a_store_are_checked_before_use(tmp_path, how, message):
+    path = tmp_path / "s.h5"
+    model = _store_with_weights(path)
+    with FeatureStore(path) as s:
+        assert s.load_model().fingerprint() == model.fingerprint()  # the untouched store loads
+    with h5py.File(path, "r+") as f:
+        grp = f["model"]
+        name = next(n for n in grp if n.endswith("weight"))
+        if how == "tampered weight":
+            grp[name][(0,) * grp[name].ndim] += 0.5
+        elif how == "no fingerprint":
+            del grp.attrs["fingerprint"]
+        elif how == "other model's fingerprint":
+            grp.attrs["fingerprint"] = "0123456789abcdef"
+        else:
+            grp[name][(0,) * grp[name].ndim] = np.nan
+    with FeatureStore(path) as s, pytest.raises(ModelError, match=message):
+        s.load_model()
+    result = _cli(["extract", "digits:test", "-o", tmp_path / "new.h5", "--model", path])
+    assert result.exit_code == 1 and message.split(",")[0] in result.output and "Traceback" not in result.output
