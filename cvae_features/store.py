@@ -191,6 +191,13 @@ def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def _plan_length(grp: h5py.Group) -> int:
+    """Committed plan entries: the ``n_plan`` attribute (older stores: the shortest plan dataset)."""
+    n = grp.attrs.get("n_plan")
+    longest = min(grp["keys"].shape[0], grp["status"].shape[0])
+    return min(int(n), longest) if _is_int(n) and n >= 0 else longest
+
+
 def _validate(f: h5py.File, path) -> Tuple[int, int]:
     """Check that a store's shapes, dtypes, counters and attribute types agree; returns (n_rows, n_skipped).
 
@@ -256,10 +263,10 @@ def _validate(f: h5py.File, path) -> Tuple[int, int]:
                 raise _damaged(path, f"/logvar is {ds.shape[1]} wide, the features {dim}")
     dataset("skipped/keys", 1, "OS", k)
     dataset("skipped/reasons", 1, "OS", k)
-    plan_keys, status = dataset("plan/keys", 1, "OS", None), dataset("plan/status", 1, "iu", None)
-    if n + k > min(plan_keys.shape[0], status.shape[0]):
-        raise _damaged(path, f"{n} rows and {k} skipped files but only {min(plan_keys.shape[0], status.shape[0])} "
-                             "planned files")
+    dataset("plan/keys", 1, "OS", None), dataset("plan/status", 1, "iu", None)
+    n_plan = _plan_length(f["plan"])
+    if n + k > n_plan:
+        raise _damaged(path, f"{n} rows and {k} skipped files but only {n_plan} planned files")
     return n, k
 
 
@@ -429,7 +436,7 @@ class FeatureStore:
         def read():
             grp = self._f["plan"]
             _check_tag(grp, "extraction-plan", self.path)
-            counts = np.bincount(np.asarray(grp["status"][:], dtype=np.int64), minlength=3)
+            counts = np.bincount(np.asarray(grp["status"][:_plan_length(grp)], dtype=np.int64), minlength=3)
             return {name: int(counts[code]) for name, code in STATUS_CODES.items()}
         return self._cached("plan_status", read)
 
@@ -592,7 +599,7 @@ class StoreWriter:
         self._f = f
         self.path = path
         grp = f["plan"]
-        n_plan = min(grp["keys"].shape[0], grp["status"].shape[0])  # equal unless a plan extension was cut short
+        n_plan = _plan_length(grp)  # entries past it belong to a plan extension that was cut short
         self._plan_keys = np.asarray(grp["keys"].asstr()[:n_plan], dtype=object)
         self._status = np.asarray(grp["status"][:n_plan], dtype=np.int8)
         self._n = int(f.attrs["n_rows"])
@@ -720,6 +727,7 @@ class StoreWriter:
             grp = f.create_group("plan")
             _tag(grp, "extraction-plan")
             grp.attrs["status_codes"] = json.dumps(STATUS_CODES)
+            grp.attrs["n_plan"] = len(plan_keys)
             keys = np.asarray(list(plan_keys), dtype=object)
             n_plan = len(keys)
             _tag(grp.create_dataset("keys", data=keys, dtype=_STR, maxshape=(None,),
@@ -800,6 +808,7 @@ class StoreWriter:
         for name in ("status",) + _IDENTITY:
             if name in plan and plan[name].shape[0] > len(self._plan_keys):
                 plan[name].resize(len(self._plan_keys), axis=0)
+        plan.attrs["n_plan"] = len(self._plan_keys)
         for group, name, n in strings:
             if rebuild_strings:
                 _replace_strings(group, name, group[name].asstr()[:n])
@@ -882,15 +891,15 @@ class StoreWriter:
             ident = [np.full(len(keys), -1, np.int64)] * 2 if identity is None else \
                 [np.asarray(a, dtype=np.int64) for a in identity]
             self._ensure_identity()
-            # status and identity first, the keys last: a plan cut short here is trimmed to its keys on reopening
-            for name, values in (("status", np.zeros(len(keys), dtype=np.int8)),) + tuple(zip(_IDENTITY, ident)):
+            new = (("status", np.zeros(len(keys), dtype=np.int8)),) + tuple(zip(_IDENTITY, ident)) + (("keys", keys),)
+            for name, values in new:
                 grp[name].resize(start + len(keys), axis=0)
                 grp[name][start:] = values
-            grp["keys"].resize(start + len(keys), axis=0)
-            grp["keys"][start:] = keys
+            self._f.flush()
+            grp.attrs["n_plan"] = start + len(keys)  # the commit of the new entries, as n_rows is for rows
+            self._f.flush()
             self._plan_keys = np.concatenate([self._plan_keys, keys])
             self._status = np.concatenate([self._status, np.zeros(len(keys), dtype=np.int8)])
-            self._f.flush()
         return np.arange(start, start + len(keys), dtype=np.int64)
 
     def _ensure_identity(self) -> None:

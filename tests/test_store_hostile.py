@@ -205,6 +205,41 @@ def test_strings_left_unflushed_by_a_kill_do_not_break_the_first_resume(tmp_path
         np.testing.assert_array_equal(s.features, feats)
 
 
+_DIE_MID_PLAN_EXTENSION = """
+import os, signal, sys
+import h5py, numpy as np
+from cvae_features.store import StoreWriter
+path = sys.argv[1]
+StoreWriter.append_to(path)._f.close()
+f = h5py.File(path, "r+", rdcc_nbytes=0)
+plan = f["plan"]
+n = plan["keys"].shape[0]
+for name in ("status", "keys"):
+    plan[name].resize(n + 3, axis=0)
+plan["status"][n:] = 0
+plan["keys"][n:] = np.asarray(["late/a.png", "late/b.png", "late/c.png"], dtype=object)
+f.flush()  # the new entries reach the disk, their commit (n_plan) does not
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_a_plan_extension_cut_short_is_not_part_of_the_plan(tmp_path):
+    path = tmp_path / "s.h5"
+    keys, feats = _plain_store(path)
+    proc = subprocess.run([sys.executable, "-c", _DIE_MID_PLAN_EXTENSION, str(path)], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with FeatureStore(path) as s:
+        assert s.plan_status == {"pending": 30, "done": 10, "skipped": 0}
+    with StoreWriter.append_to(path) as w:
+        assert w.plan_keys == keys
+        index = w.add_plan(["late/a.png"])
+        w.write_batch(np.arange(10, 40), feats[10:], np.full(30, -1))
+        w.write_batch(index, np.zeros((1, 2), np.float32), [-1])
+    with FeatureStore(path) as s:
+        assert s.is_complete and s.keys == keys + ["late/a.png"]
+
+
 def test_a_repair_cut_short_is_finished_on_reopening(tmp_path):
     path = tmp_path / "s.h5"
     keys, feats = _plain_store(path)
