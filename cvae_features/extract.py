@@ -1,25 +1,27 @@
-"""Extraction: stream a source's images through a model into a feature store.
+"""Extraction: stream a source's images through a featurizer into a feature store.
+
+``extract()`` is three steps: resolve the featurizer (the one the store being finished
+recorded, the reference given as ``model``, or a new one fitted on the source, which for
+``vae`` means training a model first: :mod:`cvae_features.autotrain`), plan the rows (the
+source's keys, or what a store being resumed or updated still needs), and write them batch by
+batch.
 
 Decoding runs in the data layer's worker processes (:func:`~cvae_features.data.iter_batches`).
-On CPU each worker also encodes the batches it decoded (one thread each), so that
-decoding and the encoder never compete for the cores; on a GPU this process runs the
-encoder. Each batch is written whole and committed
-(:class:`~cvae_features.store.StoreWriter`), so memory is bounded by the batch
-and an interrupted extraction can be finished with ``resume=True``.
+On CPU each worker also runs the featurizer's batch call on the batches it decoded (one thread
+each), so that decoding and the encoder never compete for the cores; on a GPU this process runs
+the encoder. Each batch is written whole and committed
+(:class:`~cvae_features.store.StoreWriter`), so memory is bounded by the batch and an
+interrupted extraction can be finished with ``resume=True``.
 
-Three feature kinds go through the same path so that baselines meet the same probes:
-
-- ``"vae"``: the posterior mean μ(x) of a :class:`~cvae_features.model.ConvVAE`
-  (plus, by default, the per-image reconstruction NLL and negative ELBO from
-  the same deterministic forward pass, z = μ);
-- ``"raw"``: the preprocessed pixels, flattened, float32 in [0, 1];
-- ``"pca"``: the PCA of those pixels (fitted on the source, or taken from a pca store).
+Feature kinds come from the featurizer registry (:mod:`cvae_features.featurizers`): ``vae``
+(the posterior mean μ(x), optionally with log-variance and anomaly scores from the same
+deterministic pass), ``raw`` (the preprocessed pixels) and ``pca`` (their PCA), so that
+baselines meet the same probes.
 """
 
 from __future__ import annotations
 
-import copy
-import math
+import dataclasses
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,20 +29,14 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
-import torch
 
+from .autotrain import AutoTrainPlan, auto_run_dir, plan_auto_training
 from .data.sources import FileSource
 from .errors import ConfigError, DataError, ModelError, StoreError, StoreNoSpaceError
+from .featurizers import fit_pca, get_featurizer
 from .model import resolve_device
-from .store import DONE, FEATURE_KINDS, FeatureStore, StoreWriter, is_store, normalize_compression
+from .store import DONE, FeatureStore, StoreWriter, is_store, normalize_compression
 
-#: Exact PCA (covariance + eigh) up to this many pixel values per image; IncrementalPCA beyond.
-PCA_COVARIANCE_MAX_FEATURES = 4096
-#: A data set of this many images gets exactly the TrainConfig defaults (the benchmarked model:
-#: Fashion-MNIST's 60k training images); others get epochs scaled so that the same number of
-#: images is seen in total, clamped to AUTO_EPOCHS.
-AUTO_REFERENCE_IMAGES = 60_000
-AUTO_EPOCHS = (5, 60)
 _SKIPPED_KEPT = 100
 
 
@@ -58,147 +54,14 @@ class ExtractProgress:
 
 
 @dataclass
-class AutoTrainPlan:
-    """What ``extract`` trains when no model is given (see :func:`plan_auto_training`)."""
+class ExtractOptions:
+    """How :func:`extract` runs; every field can also be passed to ``extract`` as a keyword.
 
-    run_dir: Path
-    model_config: object  # VAEConfig
-    train_config: object  # TrainConfig
-    preprocess: object  # data.Preprocess
-    n_images: int
-    estimated_seconds: float
-
-    def to_dict(self) -> dict:
-        return {"run_dir": str(self.run_dir), "model_config": self.model_config.to_dict(),
-                "train_config": self.train_config.to_dict(), "preprocess": self.preprocess.to_dict(),
-                "n_images": self.n_images, "estimated_seconds": self.estimated_seconds}
-
-
-@dataclass
-class ExtractResult:
-    """What :func:`extract` returns.
-
-    ``n_rows`` / ``n_skipped`` count the whole store; ``n_new`` / ``n_new_skipped``
-    this run; ``n_changed`` / ``n_removed`` (update) the rows rewritten because their
-    file changed, and the rows whose file is gone (kept). ``skipped`` lists (key, reason) of this run's skipped files (the
-    first 100; the store keeps them all). ``seconds`` and ``images_per_s`` cover
-    the extraction pass (not training or PCA fitting).
-    """
-
-    path: Path
-    feature_kind: str
-    dim: int
-    n_rows: int
-    n_skipped: int
-    n_new: int
-    n_new_skipped: int
-    complete: bool
-    seconds: float
-    images_per_s: float
-    model_fingerprint: Optional[str]
-    trained: bool
-    train_seconds: float = 0.0
-    run_dir: Optional[Path] = None
-    skipped: List[Tuple[str, str]] = field(default_factory=list)
-    n_train_images: Optional[int] = None  # images the auto-trained model was trained and validated on
-    n_changed: int = 0  # update: rows rewritten because their file changed since it was extracted
-    n_removed: int = 0  # update: rows whose file is no longer in the source (kept in the store)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        d["run_dir"] = str(self.run_dir) if self.run_dir else None
-        d["skipped"] = [list(s) for s in self.skipped]
-        return d
-
-
-def auto_run_dir(store_path) -> Path:
-    """Where ``extract`` trains a model when none is given: ``<store stem>.run/`` next to the store."""
-    store_path = Path(store_path)
-    return store_path.with_name(store_path.stem + ".run")
-
-
-def plan_auto_training(source, store_path, *, dim=None, model_config=None, train_config=None, data_dir=None,
-                       estimate: bool = True) -> AutoTrainPlan:
-    """Choose the model and schedule ``extract`` trains when no model is given, and estimate its time.
-
-    Defaults: ``latent_dim`` = ``dim`` or the ``VAEConfig`` default; everything else from
-    ``VAEConfig`` / ``TrainConfig``, except that the epochs are scaled so that as many images
-    are seen in total as the defaults see on 60,000 images (``TrainConfig().epochs`` epochs
-    there, the benchmarked Fashion-MNIST model), clamped to 5..60. Given configs win.
-    The estimate times one optimizer step on random data.
-    """
-    from .data import infer_preprocess, open_source
-    from .model import VAEConfig
-    from .train import TrainConfig
-
-    src = open_source(source, data_dir=data_dir)
-    n = len(src)
-    given = {}
-    if model_config is not None:
-        given = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
-    size = given.get("image_size") if given.get("image_size") not in (None, VAEConfig.image_size) else None
-    channels = given.get("channels") if given.get("channels") not in (None, VAEConfig.channels) else None
-    pre = infer_preprocess(src, image_size=size, channels=channels)
-    latent = dim if dim is not None else given.get("latent_dim", VAEConfig.latent_dim)
-    mcfg = VAEConfig.from_dict({**given, "image_size": pre.size, "channels": pre.channels, "latent_dim": latent})
-    if train_config is None:
-        passes = AUTO_REFERENCE_IMAGES * TrainConfig.epochs
-        epochs = int(np.clip(math.ceil(passes / max(n, 1)), *AUTO_EPOCHS))
-        tcfg = TrainConfig(epochs=epochs)
-    elif isinstance(train_config, dict):
-        tcfg = TrainConfig.from_dict(train_config)
-    else:
-        tcfg = train_config
-    seconds = _estimate_training_seconds(mcfg, tcfg, n) if estimate else float("nan")
-    return AutoTrainPlan(auto_run_dir(store_path), mcfg, tcfg, pre, n, seconds)
-
-
-def _estimate_training_seconds(mcfg, tcfg, n: int) -> float:
-    from .model import ConvVAE
-
-    model = ConvVAE(mcfg)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    b = min(tcfg.batch_size, max(n, 1))
-    x = torch.randint(0, 256, (b, mcfg.channels, mcfg.image_size, mcfg.image_size), dtype=torch.uint8)
-    times = []
-    with torch.random.fork_rng():
-        for _ in range(2):  # the first step pays one-off costs
-            t0 = time.perf_counter()
-            loss = model(x).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            times.append(time.perf_counter() - t0)
-    per_image = times[-1] / b
-    # training steps plus validation / checkpoints (about 15%) plus decoding the source once
-    return float(per_image * n * tcfg.epochs * 1.15 + n * 2e-4)
-
-
-def extract(source, store_path, *, model=None, features: Optional[str] = None, dim: Optional[int] = None,
-            train_config=None, model_config=None, batch_size: int = 256, workers: Optional[int] = None,
-            resume: bool = False, update: bool = False, overwrite: bool = False, max_bad: Optional[int] = None,
-            compression: Optional[str] = None, scores: bool = False, logvar: bool = False,
-            carry_weights: Optional[bool] = None, device: str = "auto", data_dir=None, progress: bool = True,
-            callback: Optional[Callable[[ExtractProgress], None]] = None,
-            on_training: Optional[Callable[[AutoTrainPlan], None]] = None) -> ExtractResult:
-    """Write the features of every image of ``source`` to the store at ``store_path``.
-
-    Parameters
+    Attributes
     ----------
-    source : str, path or ImageSource
-        A folder, a ``.csv`` manifest, a built-in name (``"digits"``...) or an open source.
-    store_path : str or path
-        The ``.h5`` store to write.
-    model : ConvVAE, str, path or None
-        vae features: a model, a run directory, a model file or a store carrying
-        weights; None trains one on ``source`` first (into ``<store stem>.run/``,
-        see :func:`plan_auto_training`) and carries its weights in the store.
-        raw/pca features: a raw or pca store whose preprocessing (and PCA basis)
-        are reused, so that test features match training features.
-    features : {'vae', 'raw', 'pca'} or None
-        None: the kind of the store being resumed/updated or of a raw/pca ``model``
-        store, else 'vae'.
+    features : str or None
+        A registered feature kind ('vae', 'raw', 'pca'...); None: the kind of the store being
+        resumed/updated or of a raw/pca ``model`` store, else 'vae'.
     dim : int or None
         pca: number of components (required unless the basis comes from a store).
         vae: latent width of the auto-trained model (default: ``VAEConfig().latent_dim``).
@@ -243,6 +106,110 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
         (what was committed stays, ``resume=True`` finishes it).
     on_training : callable(AutoTrainPlan), optional
         Called before a model is trained (so a CLI can say what and how long).
+    """
+
+    features: Optional[str] = None
+    dim: Optional[int] = None
+    train_config: object = None
+    model_config: object = None
+    batch_size: int = 256
+    workers: Optional[int] = None
+    resume: bool = False
+    update: bool = False
+    overwrite: bool = False
+    max_bad: Optional[int] = None
+    compression: Optional[str] = None
+    scores: bool = False
+    logvar: bool = False
+    carry_weights: Optional[bool] = None
+    device: str = "auto"
+    data_dir: object = None
+    progress: bool = True
+    callback: Optional[Callable[[ExtractProgress], None]] = None
+    on_training: Optional[Callable[[AutoTrainPlan], None]] = None
+
+    def __post_init__(self):
+        if self.features is not None:
+            get_featurizer(self.features)  # ConfigError naming the registered kinds
+        dim, batch_size, max_bad = self.dim, self.batch_size, self.max_bad
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1):
+            raise ConfigError(f"invalid dim={dim!r}: expected an integer >= 1")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ConfigError(f"invalid batch_size={batch_size!r}: expected an integer >= 1")
+        if max_bad is not None and (isinstance(max_bad, bool) or not isinstance(max_bad, (int, np.integer))
+                                    or max_bad < 0):
+            raise ConfigError(f"invalid max_bad={max_bad!r}: expected an integer >= 0 or None")
+        chosen = [name for name in ("resume", "update", "overwrite") if getattr(self, name)]
+        if len(chosen) > 1:
+            raise ConfigError(f"{' and '.join(chosen)} exclude each other: pick one")
+        self.compression = normalize_compression(self.compression)
+
+    @property
+    def extras(self) -> List[str]:
+        """The optional per-row outputs asked for (store names)."""
+        return (["logvar"] if self.logvar else []) + (["recon_error", "neg_elbo"] if self.scores else [])
+
+
+@dataclass
+class ExtractResult:
+    """What :func:`extract` returns.
+
+    ``n_rows`` / ``n_skipped`` count the whole store; ``n_new`` / ``n_new_skipped``
+    this run; ``n_changed`` / ``n_removed`` (update) the rows rewritten because their
+    file changed, and the rows whose file is gone (kept). ``skipped`` lists (key, reason) of this run's skipped files (the
+    first 100; the store keeps them all). ``seconds`` and ``images_per_s`` cover
+    the extraction pass (not training or PCA fitting).
+    """
+
+    path: Path
+    feature_kind: str
+    dim: int
+    n_rows: int
+    n_skipped: int
+    n_new: int
+    n_new_skipped: int
+    complete: bool
+    seconds: float
+    images_per_s: float
+    model_fingerprint: Optional[str]
+    trained: bool
+    train_seconds: float = 0.0
+    run_dir: Optional[Path] = None
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+    n_train_images: Optional[int] = None  # images the auto-trained model was trained and validated on
+    n_changed: int = 0  # update: rows rewritten because their file changed since it was extracted
+    n_removed: int = 0  # update: rows whose file is no longer in the source (kept in the store)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d["run_dir"] = str(self.run_dir) if self.run_dir else None
+        d["skipped"] = [list(s) for s in self.skipped]
+        return d
+
+
+def extract(source, store_path, *, model=None, options: Optional[ExtractOptions] = None,
+            **overrides) -> ExtractResult:
+    """Write the features of every image of ``source`` to the store at ``store_path``.
+
+    Parameters
+    ----------
+    source : str, path or ImageSource
+        A folder, a ``.csv`` manifest, a built-in name (``"digits"``...) or an open source.
+    store_path : str or path
+        The ``.h5`` store to write.
+    model : model, Featurizer, str, path or None
+        vae features: a model (of any registered family), a run directory, a model file or a
+        store carrying weights; None trains one on ``source`` first (into ``<store stem>.run/``,
+        see :func:`~cvae_features.autotrain.plan_auto_training`) and carries its weights in the
+        store. raw/pca features: a raw or pca store whose preprocessing (and PCA basis) are
+        reused, so that test features match training features. A ready
+        :class:`~cvae_features.featurizers.Featurizer` is used as it is.
+    options : ExtractOptions, optional
+        How to run (see :class:`ExtractOptions`).
+    **overrides
+        Fields of :class:`ExtractOptions` (``features=``, ``dim=``, ``resume=``, ``scores=``...),
+        applied over ``options``.
 
     Returns
     -------
@@ -261,66 +228,34 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
     """
     from .data import open_source
 
+    opts = _options(options, overrides)
     store_path = Path(store_path)
-    _check_options(features, dim, batch_size, max_bad, resume, update, overwrite)
-    compression = normalize_compression(compression)
-    device_ = resolve_device(device)  # before any training, fitting or writing
-    exists = store_path.exists()
-    if store_path.is_dir():
-        raise StoreError(f"store path {store_path} is a directory: expected an .h5 file name")
-    if exists and not is_store(store_path):
-        raise StoreError(f"{store_path} exists and is not a cvae feature store; refusing to touch it "
-                         "(choose another -o)")
-    if exists and not (resume or update or overwrite):
-        raise StoreError(f"{store_path} already exists: use --resume to finish it, --update to add new images, "
-                         "--overwrite to replace it, or choose another -o")
-    appending = exists and (resume or update)
-
-    src = open_source(source, data_dir=data_dir)
+    device = resolve_device(opts.device)  # before any training, fitting or writing
+    appending = _check_target(store_path, opts)
+    src = open_source(source, data_dir=opts.data_dir)
     if len(src) == 0:
         raise DataError(f"{src.description} holds no images")
-
     if not store_path.parent.is_dir():
         raise StoreError(f"cannot write {store_path}: folder {store_path.parent} does not exist (create it first)")
     old = _read_existing(store_path) if appending else None
     if old is not None:
         _check_same_source(store_path, old, src)
-    kind = _resolve_kind(features, model, old, store_path)
-    if kind == "vae":
-        feat = _resolve_vae(src, store_path, old, model=model, dim=dim, model_config=model_config,
-                            train_config=train_config, resume=resume, overwrite=overwrite, progress=progress,
-                            data_dir=data_dir, on_training=on_training)
-    else:
-        feat = _resolve_pixels(kind, src, store_path, old, model=model, dim=dim, batch_size=batch_size,
-                               workers=workers, progress=progress)
-    if old is not None and old["fingerprint"] != feat.fingerprint:
-        raise StoreError(f"store {store_path} was written by model {old['fingerprint']}, not {feat.fingerprint}; "
-                         "use --overwrite or another -o")
 
-    extras = (["logvar"] if logvar else []) + (["recon_error", "neg_elbo"] if scores else []) if kind == "vae" else []
-    if appending:
-        writer = StoreWriter.append_to(store_path)
-        if writer.dim != feat.out_dim:
-            writer.close()
-            raise StoreError(f"store {store_path} has dim {writer.dim}, the model gives {feat.out_dim}")
-    else:
-        weights = feat.trained if carry_weights is None else bool(carry_weights)
-        writer = StoreWriter.create(store_path, feature_kind=kind, dim=feat.out_dim, preprocess=feat.pre,
-                                    source=src.description, source_spec=getattr(src, "spec", "") or "",
-                                    plan_keys=src.keys, label_names=src.label_names, extras=extras,
-                                    compression=compression, model=feat.vae,
-                                    carry_weights=weights and feat.vae is not None, pca=feat.pca,
-                                    plan_identity=file_identity(src))
+    # 1. the featurizer (may train a model: a separate step, before anything is written)
+    feat = resolve_featurizer(src, store_path, old, model=model, options=opts)
+    # 2. the store and its plan
+    writer = _open_writer(store_path, src, feat, old, opts)
     try:
-        encode = _BatchEncoder(kind, feat.vae, feat.pca, writer.extras, device_)
+        encode = feat.batch_fn(writer.extras, device)
+        in_workers = device.type == "cpu"  # decoding workers run the featurizer too (see the module notes)
         t0 = time.perf_counter()
-        work = _pending_work(writer, src, appending=appending, update=update, out_dim=feat.out_dim,
+        work = _pending_work(writer, src, appending=appending, update=opts.update, out_dim=feat.dim,
                              store_path=store_path)
-        n_changed = _rewrite_changed(writer, src, feat, work, encode, batch_size=batch_size, workers=workers,
-                                     progress=progress) if update else 0
-        n_new, n_bad, kept_skips = _write_batches(writer, src, feat, work, encode, batch_size=batch_size,
-                                                  workers=workers, max_bad=max_bad, store_path=store_path,
-                                                  progress=progress, callback=callback)
+        # 3. the rows
+        run = dict(in_workers=in_workers, batch_size=opts.batch_size, workers=opts.workers, progress=opts.progress)
+        n_changed = _rewrite_changed(writer, src, feat, work, encode, **run) if opts.update else 0
+        n_new, n_bad, kept_skips = _write_batches(writer, src, feat, work, encode, max_bad=opts.max_bad,
+                                                  store_path=store_path, callback=opts.callback, **run)
         seconds = time.perf_counter() - t0
         n_rows, n_skipped = writer.n_rows, writer.n_skipped
     except StoreNoSpaceError:
@@ -343,30 +278,88 @@ def extract(source, store_path, *, model=None, features: Optional[str] = None, d
         complete = store.is_complete
     processed = n_new + n_bad
     return ExtractResult(
-        path=store_path, feature_kind=kind, dim=feat.out_dim, n_rows=n_rows, n_skipped=n_skipped, n_new=n_new,
+        path=store_path, feature_kind=feat.kind, dim=feat.dim, n_rows=n_rows, n_skipped=n_skipped, n_new=n_new,
         n_new_skipped=n_bad, complete=complete, seconds=seconds,
         images_per_s=processed / seconds if seconds > 0 else float("nan"), model_fingerprint=feat.fingerprint,
-        trained=feat.trained, train_seconds=feat.train_seconds, run_dir=feat.run_dir, skipped=kept_skips[:_SKIPPED_KEPT],
-        n_train_images=feat.n_train_images, n_changed=n_changed, n_removed=work.n_removed)
+        trained=feat.trained, train_seconds=feat.train_seconds, run_dir=feat.run_dir,
+        skipped=kept_skips[:_SKIPPED_KEPT], n_train_images=feat.n_train_images, n_changed=n_changed,
+        n_removed=work.n_removed)
+
+
+def resolve_featurizer(src, store_path: Path, old: Optional[dict], *, model=None, options: ExtractOptions):
+    """The featurizer an extraction uses: a ready one, the reference ``model`` stands for, the one the store
+    being finished recorded, or one fitted on ``src`` (for vae: a model trained first)."""
+    from .featurizers import Featurizer
+
+    if isinstance(model, Featurizer):
+        feat = model
+        if options.features is not None and options.features != feat.kind:
+            raise ConfigError(f"features={options.features!r} but the featurizer given makes {feat.kind} features")
+    else:
+        cls = get_featurizer(_resolve_kind(options.features, model, old, store_path))
+        if model is not None:
+            feat = cls.from_reference(model, src, options)
+        elif old is not None:
+            with FeatureStore(store_path) as store:
+                feat = cls.from_store(store)
+        else:
+            feat = cls.fit(src, options, store_path=store_path, on_training=options.on_training)
+    if old is not None:
+        if old["kind"] != feat.kind:
+            raise StoreError(f"store {store_path} holds {old['kind']} features, not {feat.kind}; "
+                             "use --overwrite or another -o")
+        if old["fingerprint"] != feat.fingerprint:
+            raise StoreError(f"store {store_path} was written by model {old['fingerprint']}, not "
+                             f"{feat.fingerprint}; use --overwrite or another -o")
+        feat.keep_resize(old["preprocess"])  # a store being finished keeps its own preprocessing
+    unknown = [e for e in options.extras if e not in feat.extras]
+    if unknown and old is None:
+        raise ConfigError(f"{feat.kind} features have no {', '.join(unknown)} "
+                          f"({'available: ' + ', '.join(feat.extras) if feat.extras else 'no extras'})")
+    return feat
 
 
 # ----------------------------------------------------------------------------------------------
 # the steps of extract()
 
-@dataclass
-class _Featurizer:
-    """What turns this extraction's images into features, and where it came from."""
+def _options(options: Optional[ExtractOptions], overrides: dict) -> ExtractOptions:
+    names = {f.name for f in dataclasses.fields(ExtractOptions)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"extract() got unexpected keyword argument(s) {unknown}; options are {sorted(names)}")
+    if options is None:
+        return ExtractOptions(**overrides)
+    if not isinstance(options, ExtractOptions):
+        raise ConfigError(f"invalid options of type {type(options).__name__}: expected ExtractOptions")
+    return dataclasses.replace(options, **overrides) if overrides else options
 
-    kind: str
-    pre: "object"  # data.Preprocess
-    out_dim: int
-    fingerprint: Optional[str]
-    vae: Optional[object] = None  # ConvVAE
-    pca: Optional[dict] = None
-    trained: bool = False
-    train_seconds: float = 0.0
-    run_dir: Optional[Path] = None
-    n_train_images: Optional[int] = None
+
+def _check_target(store_path: Path, opts: ExtractOptions) -> bool:
+    """Whether the run appends to an existing store; StoreError when the target cannot be written."""
+    exists = store_path.exists()
+    if store_path.is_dir():
+        raise StoreError(f"store path {store_path} is a directory: expected an .h5 file name")
+    if exists and not is_store(store_path):
+        raise StoreError(f"{store_path} exists and is not a cvae feature store; refusing to touch it "
+                         "(choose another -o)")
+    if exists and not (opts.resume or opts.update or opts.overwrite):
+        raise StoreError(f"{store_path} already exists: use --resume to finish it, --update to add new images, "
+                         "--overwrite to replace it, or choose another -o")
+    return exists and (opts.resume or opts.update)
+
+
+def _open_writer(store_path: Path, src, feat, old: Optional[dict], opts: ExtractOptions) -> StoreWriter:
+    if old is not None:
+        writer = StoreWriter.append_to(store_path)
+        if writer.dim != feat.dim:
+            writer.close()
+            raise StoreError(f"store {store_path} has dim {writer.dim}, the model gives {feat.dim}")
+        return writer
+    carry = feat.trained if opts.carry_weights is None else bool(opts.carry_weights)
+    return StoreWriter.create(store_path, **feat.store_fields(carry_weights=carry), source=src.description,
+                              source_spec=getattr(src, "spec", "") or "", plan_keys=src.keys,
+                              label_names=src.label_names, extras=opts.extras, compression=opts.compression,
+                              plan_identity=file_identity(src))
 
 
 @dataclass
@@ -385,74 +378,6 @@ class _Work:
     changed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     changed_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     n_removed: int = 0
-
-
-def _resolve_vae(src, store_path, old, *, model, dim, model_config, train_config, resume, overwrite, progress,
-                 data_dir, on_training) -> _Featurizer:
-    """The VAE: the one given, the one the store being finished carries, or one trained here."""
-    from .data import Preprocess
-
-    trained, train_seconds, run_dir, pre_dict, n_train_images = False, 0.0, None, None, None
-    if model is not None:
-        vae, pre_dict = _load_vae(model)
-    elif old is not None and old["has_model"]:
-        vae, pre_dict = _load_vae(store_path)
-    elif old is not None:
-        raise StoreError(f"{store_path} carries only the fingerprint {old['fingerprint']} of its model, not "
-                         "the weights; pass the model (--model RUN_DIR or model file) to go on")
-    else:
-        plan = plan_auto_training(src, store_path, dim=dim, model_config=model_config,
-                                  train_config=train_config, data_dir=data_dir, estimate=on_training is not None)
-        if on_training is not None:
-            on_training(plan)
-        vae, train_seconds, n_train_images = _train_model(src, plan, resume=resume, overwrite=overwrite,
-                                                          progress=progress, data_dir=data_dir)
-        trained, run_dir = True, plan.run_dir
-        pre_dict = plan.preprocess.to_dict()
-    # the model decides size and channels; a recorded preprocess only contributes its resize policy,
-    # and a store being finished keeps its own (the caller's fingerprint check guarantees the size fits)
-    if old is not None:
-        pre_dict = old["preprocess"]
-    pre = Preprocess(vae.config.image_size, vae.config.channels, (pre_dict or {}).get("resize", "crop"))
-    out_dim = vae.config.latent_dim
-    if dim is not None and dim != out_dim:
-        raise ConfigError(f"dim={dim} does not match the model's latent width {out_dim}; "
-                          "dim only chooses the width of an auto-trained model")
-    return _Featurizer("vae", pre, out_dim, vae.fingerprint(), vae=vae, trained=trained,
-                       train_seconds=train_seconds, run_dir=run_dir, n_train_images=n_train_images)
-
-
-def _resolve_pixels(kind, src, store_path, old, *, model, dim, batch_size, workers, progress) -> _Featurizer:
-    """raw or pca: the preprocessing (and basis) of the store being finished, of a reference store, or new."""
-    from .data import Preprocess, infer_preprocess
-
-    ref = _read_reference_store(model, kind) if model is not None else None
-    pca = None
-    if old is not None:
-        pre, pca = Preprocess.from_dict(old["preprocess"]), old["pca"]
-    elif ref is not None:
-        pre, pca = Preprocess.from_dict(ref["preprocess"]), ref["pca"]
-    else:
-        pre = infer_preprocess(src)
-    if ref is not None and old is not None and ref["fingerprint"] != old["fingerprint"]:
-        raise StoreError(f"store {store_path} was written by model {old['fingerprint']}, not {ref['fingerprint']}; "
-                         "use --overwrite or another -o")
-    n_pixels = pre.channels * pre.size * pre.size
-    if kind == "raw":
-        if dim is not None and dim != n_pixels:
-            raise ConfigError(f"dim={dim} does not fit raw features of {pre.channels}x{pre.size}x{pre.size} "
-                              f"= {n_pixels} values; leave dim unset for raw")
-        return _Featurizer("raw", pre, n_pixels, None)
-    from .store import pca_fingerprint
-
-    if pca is None:
-        if dim is None:
-            raise ConfigError("features='pca' needs dim (the number of components), or --model with a pca store")
-        pca = fit_pca(src, pre, dim, batch_size=batch_size, workers=workers, progress=progress)
-    if dim is not None and dim != len(pca["components"]):
-        raise ConfigError(f"dim={dim} does not match the pca basis of width {len(pca['components'])}")
-    return _Featurizer("pca", pre, len(pca["components"]),
-                       pca_fingerprint(pca["mean"], pca["components"], pre.to_dict()), pca=pca)
 
 
 def _pending_work(writer, src, *, appending, update, out_dim, store_path) -> _Work:
@@ -518,7 +443,7 @@ def _record_ignored(writer, src, out_dim) -> List[Tuple[str, str]]:
     return ignored
 
 
-def _rewrite_changed(writer, src, feat: _Featurizer, work: _Work, encode, *, batch_size, workers, progress) -> int:
+def _rewrite_changed(writer, src, feat, work: _Work, encode, *, in_workers, batch_size, workers, progress) -> int:
     """update: re-extract the files that changed since their row was written and overwrite those rows."""
     from tqdm.auto import tqdm
 
@@ -528,10 +453,9 @@ def _rewrite_changed(writer, src, feat: _Featurizer, work: _Work, encode, *, bat
         return 0
     plan_of_row = dict(zip(work.changed_rows.tolist(), work.changed.tolist()))
     n_done = 0
-    in_workers = encode.device.type == "cpu"
     with tqdm(total=len(work.changed), disable=not progress, unit="img", desc="re-extracting changed files",
               dynamic_ncols=True) as bar:
-        for batch in iter_batches(src, feat.pre, batch_size=batch_size, workers=workers, indices=work.changed_rows,
+        for batch in iter_batches(src, feat.preprocess, batch_size=batch_size, workers=workers, indices=work.changed_rows,
                                   transform=encode if in_workers else None):
             rows = batch.indices
             feats, extra_arrays = batch.output if in_workers else encode(batch.images)
@@ -563,7 +487,7 @@ def _check_finite(feats: np.ndarray, keys, rows, writer) -> None:
                          f"that batch was written ({writer.n_rows:,} rows kept in {writer.path})")
 
 
-def _write_batches(writer, src, feat: _Featurizer, work: _Work, encode, *, batch_size, workers, max_bad,
+def _write_batches(writer, src, feat, work: _Work, encode, *, in_workers, batch_size, workers, max_bad,
                    store_path, progress, callback) -> Tuple[int, int, List[Tuple[str, str]]]:
     """Decode, encode and commit batch by batch; returns (rows written, images skipped, first skips)."""
     from tqdm.auto import tqdm
@@ -571,14 +495,13 @@ def _write_batches(writer, src, feat: _Featurizer, work: _Work, encode, *, batch
     from .data import iter_batches
 
     # on CPU the decoding workers run the encoder too (see the module notes); a GPU is fed from here
-    in_workers = encode.device.type == "cpu"
     plan_of_row = np.full(len(src), -1, dtype=np.int64)
     plan_of_row[work.src_rows] = work.pending
     labels_all, keys_all, label_map = src.labels, src.keys, work.label_map
     n_new, n_bad, kept_skips = 0, work.n_bad, list(work.kept_skips)
     with tqdm(total=len(work.src_rows), disable=not progress, unit="img", desc=f"extracting {feat.kind}",
               dynamic_ncols=True) as bar:
-        batches = iter_batches(src, feat.pre, batch_size=batch_size, workers=workers, indices=work.src_rows,
+        batches = iter_batches(src, feat.preprocess, batch_size=batch_size, workers=workers, indices=work.src_rows,
                                transform=encode if in_workers else None)
         for b, batch in enumerate(batches):
             rows = batch.indices
@@ -606,26 +529,10 @@ def _write_batches(writer, src, feat: _Featurizer, work: _Work, encode, *, batch
 # ----------------------------------------------------------------------------------------------
 # helpers
 
-def _check_options(features, dim, batch_size, max_bad, resume, update, overwrite) -> None:
-    if features is not None and features not in FEATURE_KINDS:
-        raise ConfigError(f"invalid features={features!r}: expected one of {list(FEATURE_KINDS)}")
-    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1):
-        raise ConfigError(f"invalid dim={dim!r}: expected an integer >= 1")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ConfigError(f"invalid batch_size={batch_size!r}: expected an integer >= 1")
-    if max_bad is not None and (isinstance(max_bad, bool) or not isinstance(max_bad, (int, np.integer))
-                                or max_bad < 0):
-        raise ConfigError(f"invalid max_bad={max_bad!r}: expected an integer >= 0 or None")
-    chosen = [name for name, flag in (("resume", resume), ("update", update), ("overwrite", overwrite)) if flag]
-    if len(chosen) > 1:
-        raise ConfigError(f"{' and '.join(chosen)} exclude each other: pick one")
-
-
 def _read_existing(path: Path) -> dict:
     with FeatureStore(path) as s:
         return {"kind": s.feature_kind, "fingerprint": s.model_fingerprint, "has_model": s.has_model,
-                "preprocess": s.preprocess_dict, "pca": s.pca, "dim": s.dim, "source_spec": s.source_spec,
-                "source": s.source}
+                "preprocess": s.preprocess_dict, "dim": s.dim, "source_spec": s.source_spec, "source": s.source}
 
 
 def _check_same_source(store_path: Path, old: dict, src) -> None:
@@ -677,169 +584,5 @@ def _resolve_kind(features, model, old, store_path) -> str:
     return "vae"
 
 
-def _load_vae(model):
-    """(ConvVAE, preprocess dict or None) from a model, a run dir, a model file or a store."""
-    from .model import ConvVAE, load_model
-
-    if isinstance(model, ConvVAE):
-        return model, None
-    if not isinstance(model, (str, Path)):
-        raise ModelError(f"invalid model of type {type(model).__name__}: expected a ConvVAE, a run directory, "
-                         "a model file or a feature store")
-    path = Path(model)
-    if is_store(path):
-        with FeatureStore(path) as s:
-            return s.load_model(), s.preprocess_dict
-    loaded = load_model(path)
-    config = (path if path.is_dir() else path.parent) / "config.json"
-    pre = None
-    if config.is_file():
-        import json
-
-        try:
-            pre = json.loads(config.read_text()).get("preprocess")
-        except (ValueError, OSError):
-            pre = None  # a run's config.json only refines the resize policy; the model alone suffices
-    return loaded, pre
-
-
-def _read_reference_store(model, kind: str) -> dict:
-    if not isinstance(model, (str, Path)) or not is_store(model):
-        raise ModelError(f"model={model!r}: for {kind} features, expected a {kind} feature store whose "
-                         "preprocessing (and basis) to reuse")
-    with FeatureStore(model) as s:
-        if s.feature_kind != kind:
-            raise ModelError(f"model store {model} holds {s.feature_kind} features: expected a {kind} store")
-        return {"preprocess": s.preprocess_dict, "pca": s.pca, "fingerprint": s.model_fingerprint}
-
-
-def _train_model(src, plan: AutoTrainPlan, *, resume, overwrite, progress, data_dir):
-    from .train import train
-
-    resume_run = resume and (plan.run_dir / "checkpoint.pt").exists()
-    t0 = time.perf_counter()
-    result = train(src, plan.run_dir, model_config=plan.model_config, train_config=plan.train_config,
-                   preprocess=plan.preprocess, resume=resume_run, overwrite=overwrite and not resume_run,
-                   progress=progress, data_dir=data_dir)
-    return result.model, time.perf_counter() - t0, result.n_train + result.n_val
-
-
-class _BatchEncoder:
-    """What extraction applies to a batch: uint8 images (b, C, S, S) -> (float32 features (b, d), {extra: array}).
-
-    Picklable, so that decoding workers can run it. It holds its own copy of the
-    model in eval mode (the caller's model is left as it is), in channels-last
-    layout on CPU, where convolutions run about 20% faster that way.
-
-    Parameters
-    ----------
-    kind : {'vae', 'raw', 'pca'}
-    vae : ConvVAE or None
-    pca : dict or None
-        'mean' (P,) and 'components' (dim, P) for kind 'pca'.
-    extras : list of str
-        vae: any of 'logvar', 'recon_error', 'neg_elbo'.
-    device : torch.device
-    """
-
-    def __init__(self, kind, vae, pca, extras, device):
-        self.kind, self.extras, self.device = kind, list(extras), torch.device(device)
-        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
-        self.vae = None
-        if vae is not None:
-            self.vae = copy.deepcopy(vae).to(self.device, memory_format=self.memory_format).eval()
-        if kind == "pca":
-            self.mean = np.asarray(pca["mean"], dtype=np.float64)
-            self.components_t = np.ascontiguousarray(np.asarray(pca["components"], dtype=np.float64).T)
-
-    def __call__(self, images: torch.Tensor):
-        if self.kind == "raw":
-            return _pixels(images), {}
-        if self.kind == "pca":
-            return ((_pixels(images) - self.mean) @ self.components_t).astype(np.float32), {}
-        with torch.no_grad():
-            x = images.to(self.device, memory_format=self.memory_format, non_blocking=True)
-            if "recon_error" in self.extras:
-                out = self.vae(x)  # eval mode: z = mu, so the scores are deterministic
-                mu, lv = out.mu, out.logvar
-                scores = {"recon_error": out.recon_per_sample, "neg_elbo": out.recon_per_sample + out.kl_per_sample}
-            else:
-                mu, lv = self.vae.encode(x)
-                scores = {}
-        result = {k: v.float().cpu().numpy() for k, v in scores.items()}
-        if "logvar" in self.extras:
-            result["logvar"] = lv.float().cpu().numpy()
-        return mu.float().cpu().numpy(), result
-
-
-def _pixels(images: torch.Tensor) -> np.ndarray:
-    """uint8 (b, C, S, S) -> float32 (b, C*S*S) in [0, 1]."""
-    return images.reshape(len(images), -1).numpy().astype(np.float32) / np.float32(255.0)
-
-
-def fit_pca(source, pre, dim: int, *, batch_size: int = 256, workers=None, progress: bool = False) -> dict:
-    """Fit a PCA of ``dim`` components on the preprocessed pixels of ``source``, streaming batches.
-
-    Exact (covariance matrix + eigendecomposition, float64) when an image has at
-    most :data:`PCA_COVARIANCE_MAX_FEATURES` values, otherwise scikit-learn's
-    IncrementalPCA; either way memory does not grow with the number of images.
-    Component signs follow scikit-learn's convention (largest |loading| positive).
-
-    Returns
-    -------
-    dict with 'mean' (P,), 'components' (dim, P), 'explained_variance' (dim,), float64
-    """
-    from tqdm.auto import tqdm
-
-    from .data import iter_batches
-
-    p = pre.channels * pre.size * pre.size
-    n_src = len(source)
-    if dim > min(p, n_src):
-        raise ConfigError(f"invalid dim={dim}: a PCA of {n_src} images of {p} values has at most "
-                          f"{min(p, n_src)} components")
-    exact = p <= PCA_COVARIANCE_MAX_FEATURES
-    n = 0
-    total = np.zeros(p)
-    outer = np.zeros((p, p)) if exact else None
-    ipca = held = None
-    if not exact:
-        from sklearn.decomposition import IncrementalPCA
-
-        ipca = IncrementalPCA(n_components=dim)
-    with tqdm(total=n_src, disable=not progress, unit="img", desc="fitting pca", leave=False) as bar:
-        for batch in iter_batches(source, pre, batch_size=max(batch_size, dim), workers=workers):
-            bar.update(len(batch) + len(batch.skipped))
-            if not len(batch):
-                continue
-            x = _pixels(batch.images).astype(np.float64)
-            n += len(x)
-            if exact:
-                total += x.sum(0)
-                outer += x.T @ x
-            elif held is None or len(x) < dim:
-                # IncrementalPCA needs >= dim rows per call: small pieces are merged into the held batch
-                held = x if held is None else np.concatenate([held, x])
-            elif len(held) < dim:
-                held = np.concatenate([held, x])
-            else:
-                ipca.partial_fit(held)
-                held = x
-    if n <= dim:
-        raise DataError(f"only {n} images could be decoded: a PCA with dim={dim} needs more than {dim}")
-    if not exact:
-        ipca.partial_fit(held)
-        return {"mean": ipca.mean_.copy(), "components": ipca.components_.copy(),
-                "explained_variance": ipca.explained_variance_.copy()}
-    mean = total / n
-    cov = (outer - n * np.outer(mean, mean)) / (n - 1)
-    values, vectors = np.linalg.eigh(cov)
-    order = np.argsort(values)[::-1][:dim]
-    components = vectors[:, order].T
-    signs = np.sign(components[np.arange(dim), np.abs(components).argmax(1)])
-    components *= np.where(signs == 0, 1.0, signs)[:, None]
-    return {"mean": mean, "components": components, "explained_variance": np.maximum(values[order], 0.0)}
-
-
-__all__ = ["extract", "ExtractResult", "ExtractProgress", "AutoTrainPlan", "plan_auto_training", "auto_run_dir",
-           "fit_pca"]
+__all__ = ["extract", "ExtractOptions", "ExtractResult", "ExtractProgress", "resolve_featurizer", "file_identity",
+           "AutoTrainPlan", "plan_auto_training", "auto_run_dir", "fit_pca"]

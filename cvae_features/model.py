@@ -10,10 +10,7 @@ never unpickles arbitrary objects.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
-import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Tuple, get_args
@@ -22,13 +19,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._version import __version__
-from .errors import ConfigError, ModelError
+from .errors import ConfigError
+from .modelfile import (MODEL_FILE_FORMAT, MODEL_FILE_VERSION, MODEL_FILENAME, check_state_dict,
+                        first_non_finite, read_torch_file)
+from .modelfile import fingerprint_state as _fingerprint_state
+from .modelfile import model_fingerprint, model_from_state, save_model
 
 Likelihood = Literal["bernoulli", "gaussian"]
-MODEL_FILE_FORMAT = "cvae-model"
-MODEL_FILE_VERSION = 1
-MODEL_FILENAME = "model.pt"
 _DEFAULT_WIDTHS = (32, 64, 128, 256, 256, 256)
 #: The encoder's log-variance is clamped to this range: exp(logvar) stays finite, and so do the KL and its gradient.
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
@@ -186,6 +183,9 @@ class ConvVAE(nn.Module):
         ``ConvVAE(image_size=32, channels=3)``.
     """
 
+    arch = "conv-vae"  # its name in the model-family registry (cvae_features.families)
+    config_class = VAEConfig
+
     def __init__(self, config: Optional[VAEConfig] = None, **overrides):
         super().__init__()
         if config is None:
@@ -293,29 +293,30 @@ class ConvVAE(nn.Module):
         finally:
             self.train(was_training)
 
+    @torch.no_grad()
+    def scores(self, x: torch.Tensor) -> dict:
+        """Per-image anomaly scores in eval mode (z = μ, so deterministic), each of shape (n,).
+
+        ``recon_error``: the reconstruction negative log-likelihood; ``neg_elbo``: that plus the KL
+        term with β = 1. Also returns ``mu`` and ``logvar`` from the same encoder pass.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(x)
+        finally:
+            self.train(was_training)
+        return {"recon_error": out.recon_per_sample, "neg_elbo": out.recon_per_sample + out.kl_per_sample,
+                "mu": out.mu, "logvar": out.logvar}
+
     # -- identity and files ---------------------------------------------------
     def fingerprint(self) -> str:
         """A short hash of the config and every weight: equal fingerprints mean equal models."""
-        return fingerprint_state(self.config, self.state_dict())
+        return model_fingerprint(self)
 
     def save(self, path) -> Path:
         """Write the model file (weights + config + fingerprint) atomically; returns its path."""
-        path = Path(path)
-        if path.is_dir() or path.suffix == "":
-            path = path / MODEL_FILENAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "format": MODEL_FILE_FORMAT,
-            "format_version": MODEL_FILE_VERSION,
-            "tool_version": __version__,
-            "config": self.config.to_dict(),
-            "fingerprint": self.fingerprint(),
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-        return path
+        return save_model(self, path)
 
     @classmethod
     def from_state(cls, config: dict, state_dict: dict, source=None) -> "ConvVAE":
@@ -325,88 +326,12 @@ class ConvVAE(nn.Module):
         valid VAEConfig, a state dict that is not a dict of tensors, weights that do not fit the
         config (names or shapes), or weights holding NaN or infinite values.
         """
-        where = f"{source}: " if source is not None else ""
-        if not isinstance(config, dict):
-            raise ModelError(f"{where}the model config is of type {type(config).__name__}: expected a dict of "
-                             "VAEConfig fields")
-        try:
-            cfg = VAEConfig.from_dict(config)
-        except (ValueError, TypeError) as err:  # ConfigError is a ValueError
-            raise ModelError(f"{where}invalid model config: {_first_line(err)}") from None
-        check_state_dict(state_dict, source)
-        model = cls(cfg)
-        expected = model.state_dict()
-        missing = [k for k in expected if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in expected]
-        if missing or unexpected:
-            parts = ([f"missing {_some(missing)}"] if missing else []) + (
-                [f"unexpected {_some(unexpected)}"] if unexpected else [])
-            raise ModelError(f"{where}weights do not fit the model config: {'; '.join(parts)}")
-        for name, ref in expected.items():
-            if tuple(state_dict[name].shape) != tuple(ref.shape):
-                raise ModelError(f"{where}weights do not fit the model config: tensor {name!r} has shape "
-                                 f"{tuple(state_dict[name].shape)}, expected {tuple(ref.shape)}")
-        try:
-            model.load_state_dict(state_dict)
-        except RuntimeError as err:
-            raise ModelError(f"{where}weights do not fit the model config: {_first_line(err)}") from None
-        model.eval()
-        return model
-
-
-def check_state_dict(state_dict, source=None) -> None:
-    """ModelError unless ``state_dict`` is a dict of tensors by name, every value finite.
-
-    The message (one line, prefixed with ``source`` when given) names the first offending entry.
-    """
-    where = f"{source}: " if source is not None else ""
-    if not isinstance(state_dict, dict):
-        raise ModelError(f"{where}the weights are of type {type(state_dict).__name__}: expected a dict of tensors")
-    for name, value in state_dict.items():
-        if not isinstance(name, str):
-            raise ModelError(f"{where}a weight is named {name!r} (of type {type(name).__name__}): expected "
-                             "string names")
-        if not isinstance(value, torch.Tensor):
-            raise ModelError(f"{where}weight {name!r} is of type {type(value).__name__}: expected a tensor")
-    bad = first_non_finite(state_dict)
-    if bad is not None:
-        name, n_bad, numel = bad
-        raise ModelError(f"{where}tensor {name!r} holds non-finite values (NaN or inf in {n_bad} of {numel}); "
-                         "these weights are unusable: retrain or use another model file")
-
-
-def first_non_finite(state_dict: dict):
-    """(name, number of non-finite values, size) of the first floating tensor holding NaN or inf, else None."""
-    for name, t in state_dict.items():
-        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
-            finite = torch.isfinite(t)
-            if not bool(finite.all()):
-                return name, int((~finite).sum()), t.numel()
-    return None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _some(names, n: int = 3) -> str:
-    shown = ", ".join(repr(k) for k in names[:n])
-    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+        return model_from_state(cls.arch, config, state_dict, source=source)
 
 
 def fingerprint_state(config: VAEConfig, state_dict: dict) -> str:
-    """sha256 over the config JSON and every tensor (name, dtype, shape, bytes), 16 hex digits."""
-    import json
-
-    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """The fingerprint of a ``ConvVAE`` with this config and these weights (see :func:`modelfile.fingerprint_state`)."""
+    return _fingerprint_state(ConvVAE.arch, config.to_dict(), state_dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -425,102 +350,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_model(path) -> ConvVAE:
-    """Load a model from a model file, a run directory holding ``model.pt``, or a feature store carrying one.
+def load_model(path):
+    """The model in a run directory, a model file or a store carrying weights: :func:`cvae_features.resolve.load_model`."""
+    from .resolve import load_model as _load_model
 
-    The file is read with ``torch.load(weights_only=True)``: anything but tensors and plain values is
-    refused, never unpickled. Every way a file can be unusable is a one-line ModelError naming the file
-    and the problem: missing, empty, truncated, not a torch file, holding other objects, not a cvae model
-    file (or a training checkpoint), a newer or malformed format version, a missing or invalid config,
-    weights that are not a dict of tensors or do not fit the config, a fingerprint mismatch, or weights
-    holding NaN or infinite values.
-
-    Raises
-    ------
-    ModelError
-        If the path is missing or holds no loadable model.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ModelError(f"model not found: {path} (expected a run directory, a {MODEL_FILENAME} file or a .h5 store)")
-    if path.is_dir():
-        candidate = path / MODEL_FILENAME
-        if not candidate.exists():
-            raise ModelError(f"no {MODEL_FILENAME} in run directory {path}")
-        path = candidate
-    if not path.is_file():
-        raise ModelError(f"{path} is not a regular file: expected a {MODEL_FILENAME} model file")
-    try:
-        hdf5 = _is_hdf5(path)
-    except OSError as err:
-        raise ModelError(f"cannot read {path}: {err.strerror or _first_line(err)}") from None
-    if hdf5:
-        from .store import FeatureStore
-
-        with FeatureStore(path) as store:
-            return store.load_model()
-    payload = read_torch_file(path, ModelError, "cvae model file")
-    if not isinstance(payload, dict):
-        raise ModelError(f"{path} is not a cvae model file: it holds a {type(payload).__name__}, not a dict")
-    fmt = payload.get("format")
-    if isinstance(fmt, str) and fmt == "cvae-checkpoint":
-        raise ModelError(f"{path} is a training checkpoint, not a model file: pass the run directory or its "
-                         f"{MODEL_FILENAME}")
-    if not isinstance(fmt, str) or fmt != MODEL_FILE_FORMAT:
-        raise ModelError(f"{path} is not a cvae model file (no format tag {MODEL_FILE_FORMAT!r})")
-    version = payload.get("format_version", MODEL_FILE_VERSION)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ModelError(f"{path} has format_version {version!r}: expected a positive integer "
-                         "(damaged or not written by cvae-features)")
-    if version > MODEL_FILE_VERSION:
-        raise ModelError(
-            f"{path} is model format version {version}, newer than this tool reads "
-            f"({MODEL_FILE_VERSION}); upgrade cvae-features")
-    for key in ("config", "state_dict"):
-        if key not in payload:
-            raise ModelError(f"{path} is a damaged cvae model file: it has no {key!r} entry")
-    model = ConvVAE.from_state(payload["config"], payload["state_dict"], source=path)
-    recorded = payload.get("fingerprint")
-    if recorded is not None and not isinstance(recorded, str):
-        raise ModelError(f"{path} is a damaged cvae model file: its fingerprint is of type "
-                         f"{type(recorded).__name__}, not a string")
-    if recorded and recorded != model.fingerprint():
-        raise ModelError(f"{path}: weights do not match their recorded fingerprint (file damaged?)")
-    return model
-
-
-def read_torch_file(path: Path, error=ModelError, what: str = "cvae model file"):
-    """``torch.load(path, weights_only=True)`` on the CPU; any failure is a one-line ``error`` naming the file.
-
-    torch's own message is never passed on: for a file holding objects other than tensors and plain
-    values it advises loading with unpickling allowed, which must never be done with an untrusted file.
-    """
-    try:
-        if path.stat().st_size == 0:
-            raise error(f"{path} is empty: not a {what}")
-    except OSError as err:
-        raise error(f"cannot read {path}: {err.strerror or _first_line(err)}") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # torch's text only picks the wording; it is never shown (it suggests unpickling the file).
-        if "global" in str(err).lower():
-            reason = "it holds Python objects other than tensors and plain values, which are refused, never unpickled"
-        else:
-            reason = "it is not a torch file of tensors and plain values"
-    except RuntimeError as err:
-        zip_damage = "zip" in str(err).lower() or "PytorchStreamReader" in str(err)
-        reason = "it is damaged or truncated" if zip_damage else "torch cannot read it"
-    except OSError as err:
-        raise error(f"cannot read {path}: {err.strerror or _first_line(err)}") from None
-    except Exception:  # torch raises many kinds (KeyError, EOFError, ValueError...) for a file it did not write
-        reason = "it is truncated or not a torch file"
-    raise error(f"{path} is not a {what} this tool can load safely: {reason}")
-
-
-def _is_hdf5(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+    return _load_model(path)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -528,4 +362,5 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = ["VAEConfig", "VAEOutput", "ConvVAE", "load_model", "resolve_device", "fingerprint_state", "to_unit_float",
-           "count_parameters", "Likelihood", "check_state_dict", "first_non_finite", "read_torch_file"]
+           "count_parameters", "Likelihood", "check_state_dict", "first_non_finite", "read_torch_file",
+           "MODEL_FILE_FORMAT", "MODEL_FILE_VERSION", "MODEL_FILENAME"]

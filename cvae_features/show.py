@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from ._version import __version__
-from .errors import ConfigError, CvaeError, DataError, ModelError, StoreError
-from .model import ConvVAE, count_parameters, load_model
+from .errors import ConfigError, CvaeError, DataError
+from .model import ConvVAE, count_parameters
+from .resolve import resolve_model
 
 MAP_POINTS = 2000
 INTERP_STEPS = 9
@@ -294,39 +295,27 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _resolve_model(model_or_path) -> Tuple[ConvVAE, dict]:
+def _resolve_model(model_or_path) -> Tuple[torch.nn.Module, dict]:
     """The model, and what was recorded with it: source spec, preprocess, store features."""
-    if isinstance(model_or_path, ConvVAE):
-        return model_or_path, {"label": "(in-memory model)"}
-    if not isinstance(model_or_path, (str, Path)):
-        raise ModelError(f"invalid model_or_path of type {type(model_or_path).__name__}: "
-                         "expected a ConvVAE, a run directory, a model file or a .h5 store")
-    path = Path(model_or_path)
-    try:
-        model = load_model(path)  # raises ModelError for a missing path or a file that is no model
-    except StoreError as err:  # an HDF5 file that is not a (model-carrying) store is still "no model"
-        raise ModelError(f"no model in {path}: {err}") from None
-    origin = {"label": str(path)}
-    if path.is_file() and _is_hdf5(path):
-        from .store import FeatureStore
-
-        with FeatureStore(path) as store:
-            origin["sources"] = _recorded_specs(store.attrs)
-            origin["preprocess"] = store.preprocess
-            # The store's own rows make the map only when they are this model's μ.
-            if store.feature_kind == "vae" and store.model_fingerprint in (None, model.fingerprint()) \
-                    and store.n_rows >= 2:
-                origin["store_map"] = (np.asarray(store.features, dtype=np.float32),
-                                       np.asarray(store.labels, dtype=np.int64), list(store.label_names))
+    resolved = resolve_model(model_or_path)
+    model = resolved.model
+    origin = {"label": resolved.label}
+    if resolved.origin == "object":
         return model, origin
-    config_json = (path if path.is_dir() else path.parent) / "config.json"
-    if config_json.is_file():
-        try:
-            meta = json.loads(config_json.read_text())
-        except (OSError, ValueError):
-            meta = {}
-        origin["sources"] = _recorded_specs(meta)
-        origin["preprocess_dict"] = _find_key(meta, ("preprocess",))
+    origin["sources"] = _recorded_specs(resolved.meta)
+    if resolved.origin != "store":
+        origin["preprocess_dict"] = _find_key(resolved.meta, ("preprocess",))
+        return model, origin
+    from .data import Preprocess
+    from .store import FeatureStore
+
+    origin["preprocess"] = Preprocess.from_dict(resolved.preprocess)
+    with FeatureStore(resolved.path) as store:
+        # The store's own rows make the map only when they are this model's μ.
+        if store.feature_kind == "vae" and store.model_fingerprint in (None, model.fingerprint()) \
+                and store.n_rows >= 2:
+            origin["store_map"] = (np.asarray(store.features, dtype=np.float32),
+                                   np.asarray(store.labels, dtype=np.int64), list(store.label_names))
     return model, origin
 
 
@@ -450,11 +439,6 @@ def _from_array(arr, cfg, rng, max_points):
     perm = rng.permutation(len(images))[: min(max_points, len(images))]
     images = images[torch.as_tensor(perm)]
     return images, np.full(len(images), -1, dtype=np.int64), [], f"array of {len(perm)} images"
-
-
-def _is_hdf5(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
 @torch.no_grad()

@@ -17,7 +17,6 @@ row count (the root attribute ``n_rows``) has been advanced past it.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import re
 import shutil
@@ -32,8 +31,10 @@ from ._version import __version__
 from .errors import ConfigError, ModelError, StoreError, StoreNoSpaceError
 
 FORMAT = "cvae-features-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The built-in feature kinds (cvae_features.featurizers registers them); a store may hold any registered kind.
 FEATURE_KINDS = ("vae", "raw", "pca")
+_STATE = "featurizer_state"  # the group holding a featurizer's fitted state (format 2)
 EXTRA_NAMES = ("logvar", "recon_error", "neg_elbo")
 COMPRESSIONS = ("gzip", "lzf")
 PENDING, DONE, SKIPPED = 0, 1, 2
@@ -41,7 +42,7 @@ STATUS_CODES = {"pending": PENDING, "done": DONE, "skipped": SKIPPED}
 
 # encoding-type -> highest encoding-version this tool reads (anndata style: every element says what it is)
 _ENCODINGS = {
-    FORMAT: 1,
+    FORMAT: 2,
     "row-array": 1,
     "row-strings": 1,
     "string-array": 1,
@@ -49,8 +50,9 @@ _ENCODINGS = {
     "extraction-plan": 1,
     "state-dict": 1,
     "tensor": 1,
-    "pca": 1,
+    "pca": 1,  # version 1 stores
     "array": 1,
+    "featurizer-state": 1,
 }
 _STR = h5py.string_dtype("utf-8")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -124,16 +126,6 @@ def preprocess_to_dict(pre) -> dict:
     if "size" not in d or "channels" not in d:
         raise ConfigError(f"invalid preprocess={pre!r}: expected size and channels")
     return {"size": int(d["size"]), "channels": int(d["channels"]), "resize": str(d.get("resize", "crop"))}
-
-
-def pca_fingerprint(mean: np.ndarray, components: np.ndarray, preprocess: dict) -> str:
-    """16 hex digits over the preprocessing and the PCA basis: equal fingerprints mean equal transforms."""
-    h = hashlib.sha256(json.dumps(preprocess, sort_keys=True).encode())
-    for arr in (mean, components):
-        a = np.ascontiguousarray(arr, dtype=np.float64)
-        h.update(str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
 
 
 def _open_error(path: Path, err: OSError) -> StoreError:
@@ -214,8 +206,8 @@ def _validate(f: h5py.File, path) -> Tuple[int, int]:
             raise _damaged(path, f"{name} is {_plain(value)!r}, expected an integer >= 0")
     n, k = int(n), int(k)
     kind = _as_str(attrs["feature_kind"])
-    if kind not in FEATURE_KINDS:
-        raise _damaged(path, f"feature_kind is {kind!r}, expected one of {list(FEATURE_KINDS)}")
+    if not kind or not re.fullmatch(r"[A-Za-z0-9_.-]+", kind):
+        raise _damaged(path, f"feature_kind is {kind!r}, expected a featurizer name such as {list(FEATURE_KINDS)}")
     try:
         pre = json.loads(_as_str(attrs["preprocess"]))
         preprocess_to_dict(pre)
@@ -469,65 +461,69 @@ class FeatureStore:
         return json.loads(text) if text else None
 
     @property
-    def has_model(self) -> bool:
-        """True when the store carries the VAE weights (so :meth:`load_model` works)."""
-        return "model" in self._f
+    def model_arch(self) -> Optional[str]:
+        """The model family (``arch``) of a vae store's model; None for other kinds (version-1 vae stores:
+        the default family)."""
+        arch = _as_str(self._f.attrs.get("model_arch")) or ""
+        if arch:
+            return arch
+        return "conv-vae" if self._kind == "vae" else None
 
-    def load_model(self):
-        """The :class:`~cvae_features.model.ConvVAE` whose weights the store carries.
+    @property
+    def featurizer_state(self) -> Dict[str, np.ndarray]:
+        """The featurizer's fitted state as stored, by name: a PCA basis, carried model weights; {} when none.
+
+        The store keeps these arrays without knowing what they are (format 2: ``/featurizer_state``;
+        version-1 stores: ``/pca`` or the ``/model`` weights).
+        """
+        return self._cached("featurizer_state", lambda: _read_state(self._f, self.path))
+
+    @property
+    def has_model(self) -> bool:
+        """True when the store carries the weights of the model that made its features (usable as ``--model``)."""
+        return self._kind == "vae" and _has_state(self._f)
+
+    def carried_model(self) -> dict:
+        """What is needed to rebuild the carried model: ``arch``, ``config`` (dict), ``state`` (name -> array)
+        and ``fingerprint``; :func:`cvae_features.resolve.load_model` builds and checks it.
 
         Raises
         ------
         ModelError
-            If the store carries no weights (only a fingerprint, or raw/pca features),
-            or the weights do not match their fingerprint.
+            If the store carries no weights (only a fingerprint, or features of another kind), or the
+            weights have no fingerprint or another one than the features.
         """
-        import torch
-
-        from .model import ConvVAE
-
         if not self.has_model:
             if self._kind != "vae":
                 raise ModelError(f"{self.path} holds {self._kind} features and carries no VAE model")
             raise ModelError(f"{self.path} carries only the fingerprint {self.model_fingerprint} of its model, "
                              "not the weights; pass the run directory or model file instead")
-        grp = self._f["model"]
-        _check_tag(grp, "state-dict", self.path)
-        expected = _as_str(grp.attrs.get("fingerprint")) or ""
+        expected = _state_fingerprint(self._f, self.path)
         if not expected:
             raise ModelError(f"{self.path}: the model weights it carries have no fingerprint, so they cannot be "
                              "checked; pass the run directory or model file instead")
         if expected != self.model_fingerprint:
             raise ModelError(f"{self.path}: the carried weights are fingerprinted {expected} but the features were "
                              f"made by {self.model_fingerprint} (damaged store?)")
-        state = {}
-        for name, ds in grp.items():
-            if not isinstance(ds, h5py.Dataset):
-                raise ModelError(f"{self.path}: /model/{name} is not a tensor (damaged store?)")
-            _check_tag(ds, "tensor", self.path)
-            state[name] = torch.from_numpy(np.array(ds[()]))
-        try:
-            config = json.loads(_as_str(grp.attrs["config"]))
-        except (KeyError, TypeError, ValueError):
-            raise ModelError(f"{self.path}: /model has no readable config (damaged store?)") from None
-        model = ConvVAE.from_state(config, state, source=self.path)
-        if model.fingerprint() != expected:
-            raise ModelError(f"{self.path}: model weights do not match their recorded fingerprint {expected} "
-                             "(damaged store?)")
-        return model
+        config = self.model_config
+        if config is None and "model" in self._f:  # version 1 kept the config beside the weights too
+            try:
+                config = json.loads(_as_str(self._f["model"].attrs["config"]))
+            except (KeyError, TypeError, ValueError):
+                config = None
+        if not isinstance(config, dict):
+            raise ModelError(f"{self.path}: the carried model has no readable config (damaged store?)")
+        return {"arch": self.model_arch, "config": config, "state": self.featurizer_state, "fingerprint": expected}
 
     @property
     def pca(self) -> Optional[dict]:
         """For pca stores: dict with 'mean' (P,), 'components' (dim, P), 'explained_variance' (dim,); else None."""
-        if "pca" not in self._f:
+        if self._kind != "pca":
             return None
-
-        def read():
-            grp = self._f["pca"]
-            _check_tag(grp, "pca", self.path)
-            return {name: np.asarray(grp[name][()], dtype=np.float64)
-                    for name in ("mean", "components", "explained_variance")}
-        return self._cached("pca", read)
+        state = self.featurizer_state
+        return {name: np.asarray(state[name], dtype=np.float64) for name in ("mean", "components",
+                                                                              "explained_variance")
+                if name in state} or None
 
     @property
     def preprocess_dict(self) -> dict:
@@ -581,6 +577,7 @@ class FeatureStore:
             "extras": self.extras,
             "model_fingerprint": self.model_fingerprint,
             "model_config": self.model_config,
+            "model_arch": self.model_arch,
             "has_model": self.has_model,
             "preprocess": self.preprocess_dict,
             "compression": a.get("compression"),
@@ -610,8 +607,9 @@ class StoreWriter:
     @classmethod
     def create(cls, path, *, feature_kind: str, dim: int, preprocess, source: str, plan_keys: Sequence[str],
                label_names: Sequence[str] = (), extras: Sequence[str] = (), compression=None,
-               model=None, carry_weights: bool = False, pca: Optional[Mapping[str, np.ndarray]] = None,
-               chunk_rows: Optional[int] = None, source_spec: str = "",
+               fingerprint: str = "", model_config: Optional[Mapping] = None, model_arch: str = "",
+               state: Optional[Mapping[str, np.ndarray]] = None, chunk_rows: Optional[int] = None,
+               source_spec: str = "",
                plan_identity: Optional[Tuple[Sequence[int], Sequence[int]]] = None) -> "StoreWriter":
         """Write an empty store (all plan entries pending) and return a writer on it.
 
@@ -633,12 +631,15 @@ class StoreWriter:
             Optional per-row arrays to create.
         compression : {None, 'none', 'gzip', 'lzf'}
             Filter for the per-row numeric datasets.
-        model : ConvVAE or None
-            The model (vae features): its config and fingerprint are recorded.
-        carry_weights : bool
-            Also store the weights under /model so the store can serve as ``--model``.
-        pca : mapping or None
-            For pca features: 'mean' (P,), 'components' (dim, P), 'explained_variance' (dim,).
+        fingerprint : str
+            What identifies the featurizer (model weights, PCA basis); "" when nothing does (raw).
+        model_config : mapping or None
+            The model's config (vae), recorded as JSON.
+        model_arch : str
+            The model family of a vae featurizer ("" otherwise).
+        state : mapping of str to array, or None
+            The featurizer's fitted state (a PCA basis, model weights to carry), stored as given
+            under ``/featurizer_state``; ``featurizer_state`` reads it back.
         chunk_rows : int or None
             Rows per chunk; None picks about 256 KiB per feature chunk.
         source_spec : str
@@ -648,17 +649,15 @@ class StoreWriter:
             so that ``--update`` can tell changed files; None: all unknown.
         """
         path = Path(path)
-        if feature_kind not in FEATURE_KINDS:
-            raise ConfigError(f"invalid feature_kind={feature_kind!r}: expected one of {list(FEATURE_KINDS)}")
+        if not isinstance(feature_kind, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", feature_kind):
+            raise ConfigError(f"invalid feature_kind={feature_kind!r}: expected a featurizer name such as "
+                              f"{list(FEATURE_KINDS)}")
         if not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ConfigError(f"invalid dim={dim!r}: expected an integer >= 1")
         bad = [e for e in extras if e not in EXTRA_NAMES]
         if bad:
             raise ConfigError(f"invalid extras={bad!r}: expected some of {list(EXTRA_NAMES)}")
-        if (feature_kind == "vae") != (model is not None):
-            raise ConfigError(f"feature_kind={feature_kind!r} {'needs' if feature_kind == 'vae' else 'takes no'} model")
-        if (feature_kind == "pca") != (pca is not None):
-            raise ConfigError(f"feature_kind={feature_kind!r} {'needs' if feature_kind == 'pca' else 'takes no'} pca")
+        state = {str(k): _state_array(k, v) for k, v in (state or {}).items()}
         compression = normalize_compression(compression)
         pre = preprocess_to_dict(preprocess)
         dim = int(dim)
@@ -675,8 +674,7 @@ class StoreWriter:
         if identity is not None and any(len(a) != len(plan_keys) for a in identity):
             raise ConfigError("plan_identity: expected (sizes, mtimes) with one entry per plan key")
         free = shutil.disk_usage(path.parent).free
-        need = (1 << 20) + len(plan_keys) * 128 + (sum(t.numel() * t.element_size() for t in model.state_dict().values())
-                                                   if model is not None and carry_weights else 0)
+        need = (1 << 20) + len(plan_keys) * 128 + sum(a.nbytes for a in state.values())
         if free < need:
             raise StoreNoSpaceError(f"no space left on the device of {path}: {free / 1e6:,.1f} MB free, creating "
                                     f"the store needs about {need / 1e6:,.1f} MB")
@@ -686,19 +684,14 @@ class StoreWriter:
             raise StoreError(f"cannot create {path}: {_reason(err)}") from None
         try:
             now = _now()
-            fingerprint = ""
-            config_json = ""
-            if model is not None:
-                fingerprint = model.fingerprint()
-                config_json = json.dumps(model.config.to_dict(), sort_keys=True)
-            elif pca is not None:
-                fingerprint = pca_fingerprint(pca["mean"], pca["components"], pre)
+            config_json = json.dumps(dict(model_config), sort_keys=True) if model_config else ""
             f.attrs.update({
                 "format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": __version__,
                 "created": now, "updated": now, "source": str(source), "source_spec": str(source_spec or ""),
                 "feature_kind": feature_kind,
                 "dim": dim, "preprocess": json.dumps(pre, sort_keys=True), "model_config": config_json,
-                "model_fingerprint": fingerprint, "compression": compression or "none",
+                "model_fingerprint": str(fingerprint or ""), "model_arch": str(model_arch or ""),
+                "compression": compression or "none",
                 "n_rows": 0, "n_skipped": 0, "open_for_writing": 1,
             })
             _tag(f, FORMAT)
@@ -738,13 +731,13 @@ class StoreWriter:
                 _tag(grp.create_dataset(name, data=values, maxshape=(None,),
                                         chunks=(max(4096, min(n_plan, 1 << 20)),)), "array")
 
-            if model is not None and carry_weights:
-                _write_state_dict(f, model, fingerprint, config_json)
-            if pca is not None:
-                grp = f.create_group("pca")
-                _tag(grp, "pca")
-                for name in ("mean", "components", "explained_variance"):
-                    _tag(grp.create_dataset(name, data=np.asarray(pca[name], dtype=np.float64)), "array")
+            if state:
+                grp = f.create_group(_STATE)
+                _tag(grp, "featurizer-state")
+                grp.attrs["kind"] = feature_kind
+                grp.attrs["fingerprint"] = str(fingerprint or "")
+                for name, values in state.items():
+                    _tag(grp.create_dataset(name, data=values), "array")
             f.flush()
         except _WRITE_ERRORS as err:
             try:
@@ -850,7 +843,7 @@ class StoreWriter:
 
     @property
     def has_model(self) -> bool:
-        return "model" in self._f
+        return self.feature_kind == "vae" and _has_state(self._f)
 
     @property
     def plan_keys(self) -> List[str]:
@@ -1163,16 +1156,52 @@ def _no_space(err: BaseException) -> bool:
     return "errno = 28" in text or "No space left" in text or getattr(err, "errno", None) == 28
 
 
-def _write_state_dict(f: h5py.File, model, fingerprint: str, config_json: str) -> None:
-    grp = f.create_group("model")
-    _tag(grp, "state-dict")
-    grp.attrs["config"] = config_json
-    grp.attrs["fingerprint"] = fingerprint
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu()
-        ds = grp.create_dataset(name, data=t.numpy())
-        _tag(ds, "tensor")
-        ds.attrs["torch_dtype"] = str(t.dtype)
+def _state_array(name, value) -> np.ndarray:
+    """A state entry as a numpy array (torch tensors are converted; bfloat16 is widened to float32)."""
+    if hasattr(value, "detach"):  # a torch tensor; the store does not import torch
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise ConfigError(f"featurizer state {name!r} has dtype {arr.dtype}: expected numbers")
+    return arr
+
+
+def _has_state(f: h5py.File) -> bool:
+    return _STATE in f or "model" in f or "pca" in f
+
+
+def _state_group(f: h5py.File, path):
+    """(group, its encoding) of the featurizer state: format 2 ``/featurizer_state``; version 1 ``/model``
+    (a state dict) or ``/pca``; (None, None) when there is none."""
+    for name, encoding in ((_STATE, "featurizer-state"), ("model", "state-dict"), ("pca", "pca")):
+        if name in f:
+            grp = f[name]
+            if not isinstance(grp, h5py.Group):
+                raise _damaged(path, f"/{name} is not a group")
+            _check_tag(grp, encoding, path)
+            return grp, encoding
+    return None, None
+
+
+def _state_fingerprint(f: h5py.File, path) -> str:
+    grp, _ = _state_group(f, path)
+    return "" if grp is None else (_as_str(grp.attrs.get("fingerprint")) or "")
+
+
+def _read_state(f: h5py.File, path) -> Dict[str, np.ndarray]:
+    grp, encoding = _state_group(f, path)
+    if grp is None:
+        return {}
+    out = {}
+    for name, ds in grp.items():
+        if not isinstance(ds, h5py.Dataset):
+            raise _damaged(path, f"{grp.name}/{name} is not an array")
+        _check_tag(ds, "tensor" if encoding == "state-dict" else "array", path)
+        out[name] = np.array(ds[()])
+    return out
 
 
 def is_store(path) -> bool:
@@ -1191,4 +1220,4 @@ def is_store(path) -> bool:
 
 
 __all__ = ["FeatureStore", "StoreWriter", "FORMAT", "FORMAT_VERSION", "FEATURE_KINDS", "EXTRA_NAMES",
-           "is_store", "normalize_compression", "preprocess_to_dict", "pca_fingerprint"]
+           "is_store", "normalize_compression", "preprocess_to_dict"]

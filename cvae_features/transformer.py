@@ -108,11 +108,12 @@ class VAEFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self
         """
         from .errors import CvaeError
-        from .model import ConvVAE, VAEConfig, load_model
+        from .model import VAEConfig
+        from .resolve import resolve_model
 
         images, shape = _as_images(X, "fit")
         if self.model is not None:
-            model = self.model if isinstance(self.model, ConvVAE) else load_model(self.model)
+            model = resolve_model(self.model).model  # a model object, a run dir, a model file or a store
             model = model.cpu().eval()
             size = model.config.image_size
             if model.config.channels != images.shape[1]:

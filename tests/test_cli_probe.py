@@ -9,6 +9,8 @@ from click.testing import CliRunner
 from cvae_cli.main import cli
 from cvae_features.store import StoreWriter
 
+from _stores import pca_fields
+
 PRE = {"size": 8, "channels": 1, "resize": "crop"}
 NAMES = ["shirt", "shoe", "bag"]
 
@@ -30,7 +32,7 @@ def make_store(path, X, y, *, names=NAMES, extras=None, complete=True, kind="raw
                "explained_variance": np.ones(X.shape[1])}
     with StoreWriter.create(path, feature_kind=kind, dim=X.shape[1], preprocess=PRE, source="generated",
                             plan_keys=keys, label_names=names if (y >= 0).any() else [],
-                            extras=tuple(extras or ()), pca=pca) as w:
+                            extras=tuple(extras or ()), **pca_fields(pca, PRE)) as w:
         w.write_batch(np.arange(n), X, y, extras=extras)
     return path
 

@@ -19,6 +19,7 @@ from cvae_features.data import Preprocess, load_images, open_source
 from cvae_features.errors import ConfigError, DataError, StoreError
 from cvae_features.extract import extract, fit_pca
 from cvae_features.model import ConvVAE
+from cvae_features.resolve import load_model
 from cvae_features.store import FeatureStore
 from cvae_features.transformer import VAEFeatureExtractor
 
@@ -139,7 +140,7 @@ def test_auto_trained_model_is_carried(images, tmp_path):
     assert (tmp_path / "auto.run" / "model.pt").exists()
     with FeatureStore(out) as s:
         assert s.has_model and s.dim == 3 and s.extras == [] and s.n_rows == len(good)
-        model = s.load_model()
+        model = load_model(s.path)
         assert model.fingerprint() == s.model_fingerprint
         size = s.preprocess.size
         src, imgs, rows = _decoded(root, size=size, channels=model.config.channels)
@@ -292,8 +293,7 @@ def test_incremental_pca_path_matches_exact(images, monkeypatch):
     src = open_source(root)
     pre = Preprocess(SIZE, 1)
     exact = fit_pca(src, pre, 3, batch_size=4, workers=0)
-    # the package attribute ``extract`` is the function, so patch the module object itself
-    monkeypatch.setattr(sys.modules["cvae_features.extract"], "PCA_COVARIANCE_MAX_FEATURES", 0)
+    monkeypatch.setattr(sys.modules["cvae_features.featurizers"], "PCA_COVARIANCE_MAX_FEATURES", 0)
     approx = fit_pca(src, pre, 3, batch_size=4, workers=0)
     np.testing.assert_allclose(approx["mean"], exact["mean"], atol=1e-9)
     np.testing.assert_allclose(np.abs(approx["components"] @ exact["components"].T), np.eye(3), atol=1e-3)

@@ -13,10 +13,15 @@ import torch
 
 from cvae_features.errors import CvaeError, ConfigError, ModelError, StoreError
 from cvae_features.model import ConvVAE
-from cvae_features.store import FORMAT, FORMAT_VERSION, FeatureStore, StoreWriter, is_store, pca_fingerprint
+from cvae_features.featurizers import pca_fingerprint
+from cvae_features.resolve import load_model
+from cvae_features.store import FORMAT, FORMAT_VERSION, FeatureStore, StoreWriter, is_store
+
+from _stores import pca_fields, vae_fields
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE = FIXTURES / "store_v1.h5"
+FIXTURE_V2 = FIXTURES / "store_v2.h5"
 
 
 def _load_fixture_module():
@@ -55,7 +60,7 @@ def _write(path, n_batches=2, batch=3, carry_weights=True, compression=None, mod
         plan += keys[b * batch:(b + 1) * batch] + [bad[b]]
     writer = StoreWriter.create(path, feature_kind="vae", dim=4, preprocess=PRE, source="folder imgs/",
                                 plan_keys=plan, label_names=["c0", "c1"], extras=tuple(extras),
-                                compression=compression, model=model, carry_weights=carry_weights)
+                                compression=compression, **vae_fields(model, carry_weights))
     with writer:
         for b in range(n_batches):
             rows = slice(b * batch, (b + 1) * batch)
@@ -92,7 +97,7 @@ def test_round_trip_every_field(tmp_path, compression):
         assert s.model_fingerprint == model.fingerprint()
         assert s.model_config == model.config.to_dict()
         assert s.has_model
-        loaded = s.load_model()
+        loaded = load_model(path)
         assert loaded.fingerprint() == model.fingerprint()
         assert s.preprocess_dict == PRE
         pre = s.preprocess
@@ -131,7 +136,10 @@ def test_every_element_carries_an_encoding(tmp_path):
         untagged = []
         f.visititems(lambda name, obj: untagged.append(name) if "encoding-type" not in obj.attrs else None)
         assert untagged == []
-        assert f["model"].attrs["encoding-type"] == "state-dict"
+        grp = f["featurizer_state"]
+        assert grp.attrs["encoding-type"] == "featurizer-state" and grp.attrs["kind"] == "vae"
+        assert {name: grp[name].attrs["encoding-type"] for name in grp} == {name: "array" for name in grp}
+        assert f.attrs["format_version"] == 2 and f.attrs["model_arch"] == "conv-vae"
         assert int(f.attrs["n_rows"]) == 6
 
 
@@ -141,7 +149,7 @@ def test_fingerprint_only_store(tmp_path):
     with FeatureStore(path) as s:
         assert s.model_fingerprint == model.fingerprint() and not s.has_model
         with pytest.raises(ModelError, match="carries only the fingerprint"):
-            s.load_model()
+            load_model(path)
 
 
 def test_raw_and_pca_stores(tmp_path):
@@ -150,14 +158,14 @@ def test_raw_and_pca_stores(tmp_path):
     pca = {"mean": mean, "components": comps, "explained_variance": np.array([2.0, 1.0])}
     path = tmp_path / "p.h5"
     with StoreWriter.create(path, feature_kind="pca", dim=2, preprocess=PRE, source="digits",
-                            plan_keys=["a", "b"], pca=pca) as w:
+                            plan_keys=["a", "b"], **pca_fields(pca, PRE)) as w:
         w.write_batch([0, 1], np.ones((2, 2), np.float32), [-1, -1])
     with FeatureStore(path) as s:
         assert s.feature_kind == "pca" and not s.has_labels and s.label_names == []
         np.testing.assert_array_equal(s.pca["components"], comps)
         assert s.model_fingerprint == pca_fingerprint(mean, comps, PRE)
         with pytest.raises(ModelError, match="pca features"):
-            s.load_model()
+            load_model(path)
     path = tmp_path / "r.h5"
     with StoreWriter.create(path, feature_kind="raw", dim=64, preprocess=PRE, source="x", plan_keys=["a"]) as w:
         w.write_batch([0], np.zeros((1, 64), np.float32), [0])
@@ -166,8 +174,8 @@ def test_raw_and_pca_stores(tmp_path):
 
 
 def test_writer_validates(tmp_path):
-    with pytest.raises(ConfigError, match="feature_kind='nope'"):
-        StoreWriter.create(tmp_path / "a.h5", feature_kind="nope", dim=2, preprocess=PRE, source="", plan_keys=[])
+    with pytest.raises(ConfigError, match="feature_kind='no pe'"):
+        StoreWriter.create(tmp_path / "a.h5", feature_kind="no pe", dim=2, preprocess=PRE, source="", plan_keys=[])
     with pytest.raises(ConfigError, match="compression='zip'"):
         StoreWriter.create(tmp_path / "a.h5", feature_kind="raw", dim=2, preprocess=PRE, source="", plan_keys=[],
                            compression="zip")
@@ -283,14 +291,28 @@ def test_fixture_v1_exact_values():
         assert s.preprocess_dict == {"size": 8, "channels": 1, "resize": "crop"}
         assert s.model_config["latent_dim"] == 3 and s.model_config["widths"] == [2]
         assert s.model_fingerprint == "62fdb7fd422ffc0a"
-        model = s.load_model()
+        model = load_model(s.path)
         assert model.fingerprint() == "62fdb7fd422ffc0a"
         assert float(model.to_latent.bias.detach()[0]) == pytest.approx(np.sin(0 + 8) / 4)  # 9th tensor in name order
 
 
+def test_fixture_v2_same_content_as_v1_plus_the_arch():
+    with FeatureStore(FIXTURE) as v1, FeatureStore(FIXTURE_V2) as v2:
+        assert v2.attrs["format_version"] == 2 and v2.model_arch == "conv-vae" == v1.model_arch
+        assert "featurizer_state" in v2._f and "model" not in v2._f and "model" in v1._f
+        np.testing.assert_array_equal(v1.features, v2.features)
+        assert v1.keys == v2.keys and v1.labels.tolist() == v2.labels.tolist()
+        assert v1.skipped.equals(v2.skipped) and v1.extras == v2.extras
+        assert v1.model_fingerprint == v2.model_fingerprint == "62fdb7fd422ffc0a"
+        assert v1.featurizer_state.keys() == v2.featurizer_state.keys()
+        for name, values in v1.featurizer_state.items():
+            np.testing.assert_array_equal(values, v2.featurizer_state[name])
+    assert load_model(FIXTURE_V2).fingerprint() == load_model(FIXTURE).fingerprint() == "62fdb7fd422ffc0a"
+
+
 def test_fixture_regenerates_identically(tmp_path):
-    fresh = fx.write_store_v1(tmp_path / "store_v1.h5")
-    with FeatureStore(FIXTURE) as old, FeatureStore(fresh) as new:
+    fresh = fx.write_store(tmp_path / "store_v2.h5")
+    with FeatureStore(FIXTURE_V2) as old, FeatureStore(fresh) as new:
         np.testing.assert_array_equal(old.features, new.features)
         assert old.keys == new.keys and old.model_fingerprint == new.model_fingerprint
         assert old.skipped.equals(new.skipped)

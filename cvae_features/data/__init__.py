@@ -9,8 +9,8 @@ report the files that could not be decoded instead of failing on them.
 from .builtin import BUILTIN_DATASETS, BUILTIN_SPLITS, read_idx
 from .loader import Batch, iter_batches, load_images
 from .preprocess import IMAGE_EXTENSIONS, RESIZE_POLICIES, Preprocess, decode_image
-from .sources import (ArraySource, FileSource, FolderSource, ImageSource, ManifestSource, infer_preprocess,
-                      open_source)
+from .open import open_source
+from .sources import ArraySource, FileSource, FolderSource, ImageSource, ManifestSource, infer_preprocess
 
 __all__ = [
     "Preprocess", "decode_image", "IMAGE_EXTENSIONS", "RESIZE_POLICIES",
