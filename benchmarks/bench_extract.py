@@ -58,7 +58,8 @@ from PIL import Image
 from _common import git_commit  # benchmarks/ is on sys.path when a script runs
 from cvae_features.data import Preprocess, decode_image, iter_batches, open_source
 from cvae_features.data.loader import default_workers
-from cvae_features.extract import _BatchEncoder, extract
+from cvae_features.extract import extract
+from cvae_features.featurizers import VAEFeaturizer
 from cvae_features.model import VAEConfig, load_model
 from cvae_features.train import TrainConfig, train
 
@@ -177,7 +178,7 @@ def run_decode_pool(src, pre, batch_size) -> float:
 
 def _time_encoder(model, images, batch_size) -> tuple:
     """(start, end) perf_counter stamps of encoding ``images`` batch by batch, after one warm-up batch."""
-    encode = _BatchEncoder("vae", model, None, [], torch.device("cpu"))
+    encode = VAEFeaturizer(model).batch_fn([], torch.device("cpu"))
     encode(images[:batch_size])  # one-off set-up costs
     t0 = time.perf_counter()
     for i in range(0, len(images), batch_size):

@@ -54,8 +54,9 @@ def _announce_training(plan) -> None:
 @click.option("--model", default=None, metavar="PATH",
               help="A run directory, model file or store carrying a model (vae); a raw/pca store whose "
                    "preprocessing and basis to reuse (raw, pca). Default: train a VAE on SOURCE first.")
-@click.option("--features", type=click.Choice(["vae", "raw", "pca"]), default=None,
-              help="vae (default): the VAE's posterior mean; raw: resized pixels in [0, 1]; pca: their PCA.")
+@click.option("--features", metavar="KIND", default=None,
+              help="A registered feature kind. vae (default): the VAE's posterior mean; raw: resized pixels in "
+                   "[0, 1]; pca: their PCA.")
 @click.option("--dim", type=int, default=None,
               help="pca: number of components; vae: latent width of the auto-trained model (default 256).")
 @click.option("--epochs", type=int, default=None,
