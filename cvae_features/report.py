@@ -11,14 +11,13 @@ Nothing here prints; the functions return strings or write files.
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ._json import to_builtin
+from ._json import dumps, to_builtin
 from .probes.registry import probe_for_record
 
 DEFAULT_LABEL = "features"
@@ -134,7 +133,7 @@ def to_json(results, *, meta: dict | None = None, skipped=None, warnings=None) -
 def write_json(results, path, *, meta: dict | None = None, skipped=None, warnings=None) -> Path:
     """Write :func:`to_json` to ``path``; returns the path."""
     path = Path(path)
-    path.write_text(json.dumps(to_json(results, meta=meta, skipped=skipped, warnings=warnings), indent=2) + "\n")
+    path.write_text(dumps(to_json(results, meta=meta, skipped=skipped, warnings=warnings), indent=2) + "\n")
     return path
 
 
