@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import math
 import os
 import platform
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from cvae_features._json import dumps
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -177,17 +178,15 @@ def md_table(header: list, rows: list) -> list:
 
 def config_lines(title: str, d: dict) -> list:
     """A JSON block under a heading, for configs in the Markdown."""
-    return [f"{title}:", "", "```json", json.dumps(d, indent=1, sort_keys=True), "```", ""]
+    return [f"{title}:", "", "```json", dumps(d, indent=1, sort_keys=True), "```", ""]
 
 
 def write_results(stem, record: dict, markdown: str) -> tuple[Path, Path]:
     """Write ``<stem>.json`` and ``<stem>.md`` (each via a temporary file, then renamed)."""
-    from cvae_features._json import to_builtin
-
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
-    for suffix, text in ((".json", json.dumps(to_builtin(record), indent=2) + "\n"), (".md", markdown)):
+    for suffix, text in ((".json", dumps(record, indent=2) + "\n"), (".md", markdown)):
         path = stem.with_name(stem.name + suffix)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)

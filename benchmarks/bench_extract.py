@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as futures
 import datetime
-import json
 import multiprocessing
 import os
 import platform
@@ -56,6 +55,7 @@ import torch
 from PIL import Image
 
 from _common import git_commit  # benchmarks/ is on sys.path when a script runs
+from cvae_features._json import dumps
 from cvae_features.data import Preprocess, decode_image, iter_batches, open_source
 from cvae_features.data.loader import default_workers
 from cvae_features.extract import extract
@@ -411,7 +411,7 @@ def main(argv=None) -> dict:
 
 def write_results(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "extract_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "extract_speed.json").write_text(dumps(result, indent=2) + "\n")
     med, lim, r, cfg, m = (result["images_per_s"]["median"], result["limit"], result["ratios"], result["config"],
                            result["machine"])
     mem = result["memory"]["peak"]
@@ -465,5 +465,5 @@ def write_results(result: dict, out: Path) -> None:
 
 if __name__ == "__main__":
     res = main()
-    print(json.dumps({"images_per_s": res["images_per_s"]["median"], "ratios": res["ratios"],
+    print(dumps({"images_per_s": res["images_per_s"]["median"], "ratios": res["ratios"],
                       "targets_met": res["targets_met"]}, indent=2))

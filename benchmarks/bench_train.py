@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ import torch
 
 from _common import git_commit  # benchmarks/ is on sys.path when a script runs
 from cvae_features import __version__
+from cvae_features._json import dumps
 from cvae_features.data import load_images, open_source, infer_preprocess
 from cvae_features.model import ConvVAE, VAEConfig
 from cvae_features.train import TrainConfig, train
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    out.with_suffix(".json").write_text(dumps(record, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(record))
     print(markdown(record))
     return 0

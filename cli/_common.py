@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 
 import click
@@ -34,17 +33,8 @@ def library_errors(func=None, *, interrupted: str = "interrupted: stopped before
 
 
 def echo_json(obj) -> None:
-    """Print an object as indented JSON on stdout (numpy scalars and arrays are converted)."""
-    click.echo(json.dumps(obj, indent=2, default=_to_builtin))
+    """Print an object as indented, strict JSON on stdout (the library's one converter: non-finite floats
+    become null, numpy values, paths and result records become plain data)."""
+    from cvae_features._json import dumps
 
-
-def _to_builtin(value):
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    return str(value)
+    click.echo(dumps(obj, indent=2))

@@ -19,6 +19,22 @@ def _int_list(ctx, param, value):
     return items
 
 
+def task_help() -> str:
+    """The --task help, from the probe registry (so a registered probe is listed)."""
+    from cvae_features.probes import get_probe, probe_names
+
+    listed = ", ".join(f"{n} ({get_probe(n).description})" for n in probe_names())
+    return f"Comma list of {listed}, or 'all'."
+
+
+class _TaskOption(click.Option):
+    """--task, whose help lists the probes registered when the help is shown."""
+
+    def get_help_record(self, ctx):
+        self.help = task_help()
+        return super().get_help_record(ctx)
+
+
 class _UsageLine(click.ClickException):
     """A usage mistake told in one line (``Error: ...``) with click's usage exit code 2."""
 
@@ -38,8 +54,8 @@ def _labels(train_path, compare_path):
 @click.argument("train", metavar="TRAIN.h5")
 @click.option("--test", "test_path", default=None, metavar="TEST.h5",
               help="Test store (same model). Default: a stratified seeded split of TRAIN (see --test-fraction).")
-@click.option("--task", "task", default="all", show_default=True,
-              help="Comma list of linear, knn, cluster, fewshot, anomaly, or 'all'.")
+@click.option("--task", "task", cls=_TaskOption, default="all", show_default=True, metavar="TASK,...",
+              help="Comma list of tasks, or 'all' (listed in --help).")
 @click.option("--compare", "compare_path", default=None, metavar="OTHER.h5",
               help="A second training store measured the same way and shown side by side.")
 @click.option("--compare-test", "compare_test", default=None, metavar="OTHER_TEST.h5",

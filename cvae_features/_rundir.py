@@ -9,7 +9,6 @@ The checkpoint is a plain dict of tensors and JSON-able values, read back with
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._json import to_builtin
+from ._json import dumps
 from .errors import ConfigError, ModelError
 
 CHECKPOINT = "checkpoint.pt"
@@ -42,7 +41,7 @@ def _replace_from_tmp(path: Path, write) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    _replace_from_tmp(path, lambda tmp: tmp.write_text(json.dumps(to_builtin(obj), indent=2) + "\n"))
+    _replace_from_tmp(path, lambda tmp: tmp.write_text(dumps(obj, indent=2) + "\n"))
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:

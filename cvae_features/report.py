@@ -3,19 +3,22 @@
 ``results`` is either a list of probe result records (one feature store) or a dict
 ``{store_label: [records]}`` (several stores, shown side by side). Records are the
 dataclasses returned by :mod:`cvae_features.probes` (``to_dict()``, ``summary()``).
+Table rows and CSV rows come from each record's ``summary()``; the lines under the table
+and the plots from the record's probe registry entry (``table_lines``, ``plots``).
 Nothing here prints; the functions return strings or write files.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ._json import to_builtin
+from ._json import dumps, to_builtin
+from .probes.registry import probe_for_record
 
 DEFAULT_LABEL = "features"
 
@@ -46,16 +49,16 @@ def _cell(value, std, digits: int) -> str:
     return text if std is None else f"{text} ± {std:.{digits}f}"
 
 
-def normal_class_lines(results) -> list[str]:
-    """One line per store whose anomaly record names its normal class (``--normal-class``)."""
+def probe_lines(results) -> list[str]:
+    """The lines each record's probe entry puts under the table (``table_lines``, e.g. the anomaly normal class)."""
     by_store = _by_store(results)
     lines = []
     for store, records in by_store.items():
+        where = f" ({store})" if len(by_store) > 1 else ""
         for rec in records:
-            name = getattr(rec, "normal_class", None)
-            if rec.probe == "anomaly" and name is not None:
-                where = f" ({store})" if len(by_store) > 1 else ""
-                lines.append(f"anomaly{where}: normal class {name!r}; test rows of every other class are anomalies")
+            spec = probe_for_record(rec.probe)
+            if spec is not None and spec.table_lines is not None:
+                lines += spec.table_lines(rec, where)
     return lines
 
 
@@ -69,8 +72,8 @@ def footer_lines(skipped=None, warnings=None) -> list[str]:
 def format_table(results, *, title: str | None = None, digits: int = 4, footer=()) -> str:
     """A plain-text table: one row per probe metric, one column per feature store.
 
-    Under the table come a line naming the anomaly normal class of each store that has one
-    and then the lines of ``footer`` (see :func:`footer_lines`).
+    Under the table come the probes' own lines (:func:`probe_lines`, e.g. the anomaly normal
+    class of each store that has one) and then the lines of ``footer`` (see :func:`footer_lines`).
 
     Returns
     -------
@@ -106,7 +109,7 @@ def format_table(results, *, title: str | None = None, digits: int = 4, footer=(
         shown = row if row[0] != prev else ["", *row[1:]]
         prev = row[0]
         out.append(line(shown))
-    out += normal_class_lines(by_store) + list(footer)
+    out += probe_lines(by_store) + list(footer)
     return "\n".join(out)
 
 
@@ -130,7 +133,7 @@ def to_json(results, *, meta: dict | None = None, skipped=None, warnings=None) -
 def write_json(results, path, *, meta: dict | None = None, skipped=None, warnings=None) -> Path:
     """Write :func:`to_json` to ``path``; returns the path."""
     path = Path(path)
-    path.write_text(json.dumps(to_json(results, meta=meta, skipped=skipped, warnings=warnings), indent=2) + "\n")
+    path.write_text(dumps(to_json(results, meta=meta, skipped=skipped, warnings=warnings), indent=2) + "\n")
     return path
 
 
@@ -282,6 +285,22 @@ def plot_feature_map(X, y=None, path="map.png", *, method: str = "pca", label_na
     return _save(fig, path)
 
 
+@dataclass(frozen=True)
+class ReportContext:
+    """What a probe's ``plots`` hook may use besides its records: class names and test-row keys per store."""
+
+    label_names: dict = field(default_factory=dict)
+    test_keys: dict = field(default_factory=dict)
+
+    def names_for(self, store: str):
+        """The class names of ``store`` (list or None)."""
+        return self.label_names.get(store)
+
+    def keys_for(self, store: str):
+        """The keys of ``store``'s test rows (list or None)."""
+        return self.test_keys.get(store)
+
+
 def file_label(text: str) -> str:
     """A store label made safe for a file name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "features"
@@ -292,9 +311,10 @@ def write_report(results, out_dir, *, meta: dict | None = None, label_names=None
                  seed: int = 0) -> list[Path]:
     """Write ``report.json``, ``results.csv``, ``report.txt``, the plots and per-row anomaly scores into ``out_dir``.
 
-    Files: ``confusion_<store>.png`` (linear), ``fewshot.png``, ``roc_<store>.png`` (anomaly with
-    test labels), ``map_<store>.png`` (feature maps) and ``anomaly_scores_<store>.csv`` (one row per
-    test row: key, each score, its flag at the calibrated threshold, is_anomaly).
+    Files: the ``plots`` of each probe's registry entry (built-in: ``confusion_<store>.png``
+    (linear), ``fewshot.png``, ``roc_<store>.png`` (anomaly with test labels) and
+    ``anomaly_scores_<store>.csv`` (one row per test row: key, each score, its flag at the
+    calibrated threshold, is_anomaly)) and ``map_<store>.png`` (feature maps).
 
     Parameters
     ----------
@@ -320,31 +340,21 @@ def write_report(results, out_dir, *, meta: dict | None = None, label_names=None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     by_store = _by_store(results)
-    names_for = (lambda s: label_names.get(s)) if isinstance(label_names, dict) else (lambda s: label_names)
+    names = label_names if isinstance(label_names, dict) else {s: label_names for s in by_store}
     written = [write_json(by_store, out / "report.json", meta=meta, skipped=skipped, warnings=warnings),
                write_csv(by_store, out / "results.csv")]
     (out / "report.txt").write_text(format_table(by_store, footer=footer_lines(skipped, warnings)) + "\n")
     written.append(out / "report.txt")
-    fewshot = {}
+    context = ReportContext(label_names=dict(names), test_keys=dict(test_keys or {}))
+    by_probe: dict = {}  # probe name -> (registry entry, [(store, record)]), in the order the records come
     for store, records in by_store.items():
-        slug = file_label(store)
         for rec in records:
-            if rec.probe == "linear":
-                written.append(plot_confusion(rec, out / f"confusion_{slug}.png", label_names=names_for(store),
-                                              title=f"{store}: linear probe, accuracy {rec.accuracy:.3f}"))
-            elif rec.probe == "anomaly":
-                keys = (test_keys or {}).get(store)
-                path = out / f"anomaly_scores_{slug}.csv"
-                rec.scores_frame(keys=keys).to_csv(path, index=False)
-                written.append(path)
-                if any(s.get("roc") for s in rec.scores.values()):
-                    written.append(plot_roc(rec, out / f"roc_{slug}.png", title=f"{store}: anomaly scores"))
-            elif rec.probe == "fewshot":
-                fewshot[store] = rec
-    if fewshot:
-        written.append(plot_fewshot(fewshot if len(fewshot) > 1 else next(iter(fewshot.values())),
-                                    out / "fewshot.png"))
+            spec = probe_for_record(rec.probe)
+            if spec is not None and spec.plots is not None:
+                by_probe.setdefault(spec.name, (spec, []))[1].append((store, rec))
+    for spec, items in by_probe.values():
+        written += spec.plots(items, out, context)
     for store, (X, y) in (feature_maps or {}).items():
         written.append(plot_feature_map(X, y, out / f"map_{file_label(store)}.png", method=map_method,
-                                        label_names=names_for(store), seed=seed, title=f"{store} ({map_method})"))
+                                        label_names=names.get(store), seed=seed, title=f"{store} ({map_method})"))
     return written

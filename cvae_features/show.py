@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ._json import dumps
 from ._version import __version__
 from .errors import ConfigError, CvaeError, DataError
 from .model import ConvVAE, count_parameters
@@ -284,7 +285,7 @@ def show(model_or_path, out_dir, *, source=None, n: int = 16, seed: int = 0, dat
     # show.json lives beside the pictures: it names them relative to its folder, so the folder can move
     saved = dict(result.to_dict(), out_dir=".", index=result.index.name,
                  files={k: v.name for k, v in result.files.items()})
-    (out_dir / "show.json").write_text(json.dumps(saved, indent=2) + "\n")
+    (out_dir / "show.json").write_text(dumps(saved, indent=2) + "\n")
     return result
 
 
@@ -649,7 +650,7 @@ def _write_index(result: ShowResult, model: ConvVAE, label: str) -> Path:
     parts.append("<h2>Model configuration</h2><table>")
     parts.append("<tr><th>fingerprint</th><td><code>" + esc(result.fingerprint) + "</code></td></tr>")
     for key, value in result.config.items():
-        parts.append(f"<tr><th>{esc(key)}</th><td>{esc(json.dumps(value))}</td></tr>")
+        parts.append(f"<tr><th>{esc(key)}</th><td>{esc(dumps(value))}</td></tr>")
     parts.append("</table></body></html>")
     result.index.write_text("\n".join(parts) + "\n", encoding="utf-8")
     return result.index

@@ -16,8 +16,9 @@ import numpy as np
 from ..errors import ConfigError
 from ._common import (DataTooSmall, FeaturePrep, ResultRecord, check_choices, check_features, check_labels,
                       check_positive_ints, check_same_width, small_data_single_thread, timed)
+from .registry import fewshot_methods, get_fewshot_method, register_fewshot_method
 
-METHODS = ("logistic", "knn", "label_spreading", "self_training")
+METHODS = ("logistic", "knn", "label_spreading", "self_training")  # the built-in ones; see fewshot_methods()
 
 
 def draw_labelled(y_train, labels_per_class: int, seed: int) -> np.ndarray:
@@ -102,7 +103,20 @@ class _SymmetricKnnKernel:
         return NearestNeighbors(n_neighbors=k, n_jobs=self.n_jobs).fit(X).kneighbors_graph(Y).T.tocsr()
 
 
-def _label_spreading_predict(Z_lab, y_lab, Z_unl, Z_test, *, n_neighbors, alpha, n_jobs):
+def _logistic_predict(Z_lab, y_lab, Z_unl, Z_test, params):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=params["C"], max_iter=params["max_iter"]).fit(Z_lab, y_lab).predict(Z_test)
+
+
+def _knn_predict(Z_lab, y_lab, Z_unl, Z_test, params):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    k = min(params["knn_neighbors"], y_lab.size)
+    return KNeighborsClassifier(n_neighbors=k, n_jobs=params["n_jobs"]).fit(Z_lab, y_lab).predict(Z_test)
+
+
+def _label_spreading_predict(Z_lab, y_lab, Z_unl, Z_test, params):
     """Fit LabelSpreading on labelled + unlabelled rows and classify the test rows.
 
     A test row whose neighbours received no label mass (a component without any
@@ -113,8 +127,8 @@ def _label_spreading_predict(Z_lab, y_lab, Z_unl, Z_test, *, n_neighbors, alpha,
 
     X = np.vstack([Z_lab, Z_unl])
     y = np.concatenate([y_lab, np.full(Z_unl.shape[0], -1)])
-    model = LabelSpreading(kernel=_SymmetricKnnKernel(n_neighbors, n_jobs), alpha=alpha, max_iter=1000,
-                           tol=1e-4).fit(X, y)
+    kernel = _SymmetricKnnKernel(params["spreading_neighbors"], params["n_jobs"])
+    model = LabelSpreading(kernel=kernel, alpha=params["spreading_alpha"], max_iter=1000, tol=1e-4).fit(X, y)
     with np.errstate(invalid="ignore", divide="ignore"):
         proba = model.predict_proba(Z_test)
     pred = model.classes_[np.nan_to_num(proba, nan=-1.0).argmax(axis=1)]
@@ -124,7 +138,7 @@ def _label_spreading_predict(Z_lab, y_lab, Z_unl, Z_test, *, n_neighbors, alpha,
     return pred
 
 
-def _self_training_predict(Z_lab, y_lab, Z_unl, Z_test, *, C, max_iter, rounds=5, share=0.1):
+def _self_training_predict(Z_lab, y_lab, Z_unl, Z_test, params, *, rounds=5, share=0.1):
     """Class-balanced self-training around logistic regression; returns test predictions.
 
     Each round pseudo-labels, for every class, the unlabelled rows most confidently
@@ -134,6 +148,7 @@ def _self_training_predict(Z_lab, y_lab, Z_unl, Z_test, *, C, max_iter, rounds=5
     """
     from sklearn.linear_model import LogisticRegression
 
+    C, max_iter = params["C"], params["max_iter"]
     classes = np.unique(y_lab)
     per_class = max(1, int(share * Z_unl.shape[0]) // classes.size)
     X, y = Z_lab, y_lab
@@ -156,9 +171,19 @@ def _self_training_predict(Z_lab, y_lab, Z_unl, Z_test, *, C, max_iter, rounds=5
     return model.predict(Z_test)
 
 
+register_fewshot_method("logistic", _logistic_predict, uses_unlabelled=False,
+                        description="logistic regression on the labelled rows (fixed C)")
+register_fewshot_method("knn", _knn_predict, uses_unlabelled=False,
+                        description="k-NN (cosine) among the labelled rows")
+register_fewshot_method("label_spreading", _label_spreading_predict, uses_unlabelled=True,
+                        description="LabelSpreading over a symmetric k-NN graph of labelled and unlabelled rows")
+register_fewshot_method("self_training", _self_training_predict, uses_unlabelled=True,
+                        description="class-balanced self-training around logistic regression")
+
+
 @small_data_single_thread
 def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 10, 100), seeds=(0, 1, 2, 3, 4),
-                  methods=METHODS, C: float = 1.0, knn_neighbors: int = 1, spreading_neighbors: int = 10,
+                  methods=None, C: float = 1.0, knn_neighbors: int = 1, spreading_neighbors: int = 10,
                   spreading_alpha: float = 0.9, max_unlabelled: int = 10_000, max_iter: int = 1000,
                   n_jobs: int | None = None) -> FewShotResult:
     """Test accuracy as a function of the number of labelled training rows per class.
@@ -181,6 +206,7 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
         the classes (sklearn's SelfTrainingClassifier picks the most confident rows overall, and
         with few labels one class then takes them all; a fixed probability threshold is rarely
         passed on unit-norm features).
+    Any method added with :func:`~cvae_features.probes.registry.register_fewshot_method` runs too.
 
     Parameters
     ----------
@@ -193,6 +219,8 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
     labels_per_class : sequence of int
     seeds : sequence of int or int
         The seeds themselves; an int n means seeds 0..n-1.
+    methods : sequence of str or None
+        Registered method names; None: every registered method, in registration order.
 
     Returns
     -------
@@ -203,14 +231,11 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
     ConfigError
         When a class has fewer training rows than the largest ``labels_per_class``.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neighbors import KNeighborsClassifier
-
     ks = tuple(sorted(set(check_positive_ints("labels_per_class", labels_per_class))))
     seeds = tuple(range(seeds)) if np.isscalar(seeds) else tuple(int(s) for s in seeds)
     if not seeds:
         raise ConfigError("seeds: expected at least one seed, got none")
-    methods = check_choices("methods", methods, METHODS)
+    methods = check_choices("methods", fewshot_methods() if methods is None else methods, fewshot_methods())
     if not C > 0:
         raise ConfigError(f"C: expected a positive number, got {C}")
     if not 0 < spreading_alpha < 1:
@@ -236,6 +261,10 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
         raise ConfigError(f"labels_per_class: {ks[-1]} labels per class requested but class {cls} has only "
                           f"{smallest} training rows")
 
+    specs = {m: get_fewshot_method(m) for m in methods}
+    params = {"C": float(C), "max_iter": int(max_iter), "knn_neighbors": int(knn_neighbors),
+              "spreading_neighbors": int(spreading_neighbors), "spreading_alpha": float(spreading_alpha),
+              "n_jobs": n_jobs}
     prep = FeaturePrep("l2").fit(X_train)  # label-free statistics of the training rows only
     Ztrain, Ztest = prep.transform(X_train), prep.transform(X_test)
     curves = {m: {} for m in methods}
@@ -254,21 +283,15 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
             rng = np.random.default_rng([seed, k])
             unl = np.sort(rng.choice(rest, min(max_unlabelled, rest.size), replace=False))
             unlab_per_seed.append(int(unl.size))
-            for m in methods:
+            Zlab, Zunl = Ztrain[lab], Ztrain[unl]
+            for m, spec in specs.items():
                 with timed(per[m], "_t"), warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # convergence chatter on tiny labelled sets
-                    if m == "logistic":
-                        pred = LogisticRegression(C=C, max_iter=max_iter).fit(Ztrain[lab], ylab).predict(Ztest)
-                    elif m == "knn":
-                        pred = KNeighborsClassifier(n_neighbors=min(knn_neighbors, lab.size), n_jobs=n_jobs
-                                                    ).fit(Ztrain[lab], ylab).predict(Ztest)
-                    elif m == "label_spreading":
-                        pred = _label_spreading_predict(Ztrain[lab], ylab, Ztrain[unl], Ztest,
-                                                        n_neighbors=spreading_neighbors, alpha=spreading_alpha,
-                                                        n_jobs=n_jobs)
-                    else:
-                        pred = _self_training_predict(Ztrain[lab], ylab, Ztrain[unl], Ztest, C=C,
-                                                      max_iter=max_iter)
+                    pred = np.asarray(spec.predict(Zlab, ylab, Zunl if spec.uses_unlabelled else None, Ztest,
+                                                   params))
+                if pred.shape != y_test.shape:
+                    raise ConfigError(f"few-label method {m!r}: predict returned shape {pred.shape}, "
+                                      f"expected {y_test.shape} (one label per test row)")
                 per[m]["accuracies"].append(float(np.mean(pred == y_test)))
                 per[m]["predictions"].append(np.asarray(pred))
                 per[m]["seconds"] += per[m].pop("_t")
@@ -277,7 +300,7 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
             curves[m][str(k)] = {"mean": float(accs.mean()), "std": float(accs.std()),
                                  "accuracies": accs.tolist(), "seeds": list(seeds),
                                  "labelled_per_class": counts_per_seed,
-                                 "n_unlabelled": unlab_per_seed if m in ("label_spreading", "self_training") else None,
+                                 "n_unlabelled": unlab_per_seed if specs[m].uses_unlabelled else None,
                                  "seconds": round(per[m]["seconds"], 4)}
             timings[m] = round(timings.get(m, 0.0) + per[m]["seconds"], 4)
             predictions[m][str(k)] = per[m]["predictions"]

@@ -13,9 +13,8 @@ import numpy as np
 
 from ..errors import ConfigError, StoreError
 from ._common import DataTooSmall, stratified_split
+from .registry import ProbeContext, get_probe, probe_names
 
-TASKS = ("linear", "knn", "cluster", "fewshot", "anomaly")
-NEEDS_LABELS = ("linear", "knn", "fewshot")
 DEFAULT_LABELS_PER_CLASS = (1, 5, 10, 100)
 INDEX_PREFIX = "index:"  # --normal-class index:N picks a class by its id; a bare value is always a name
 
@@ -50,14 +49,18 @@ class ProbeData:
 
 
 def parse_tasks(spec) -> tuple:
-    """``'all'`` or a comma list (or sequence) of task names -> tuple in canonical order; ConfigError otherwise."""
+    """``'all'`` or a comma list (or sequence) of registered task names -> tuple in registration order.
+
+    ConfigError naming the registered tasks otherwise.
+    """
+    tasks = probe_names()
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not items or items == ["all"]:
-        return TASKS
-    bad = [s for s in items if s not in TASKS]
+        return tasks
+    bad = [s for s in items if s not in tasks]
     if bad:
-        raise ConfigError(f"--task: expected 'all' or some of {','.join(TASKS)}, got {','.join(bad)}")
-    return tuple(t for t in TASKS if t in items)
+        raise ConfigError(f"--task: expected 'all' or some of {','.join(tasks)}, got {','.join(bad)}")
+    return tuple(t for t in tasks if t in items)
 
 
 def _read_store(path, role: str):
@@ -219,30 +222,19 @@ def resolve_class(spec, label_names: list, y: np.ndarray) -> int:
     raise ConfigError(f"--normal-class: expected one of the class names {listed} or {INDEX_PREFIX}N, got {spec!r}")
 
 
-def _feasible_labels_per_class(y_train: np.ndarray, requested) -> tuple[tuple, list]:
-    counts = np.bincount(y_train[y_train >= 0])
-    smallest = int(counts[counts > 0].min())
-    if requested is not None:
-        return tuple(requested), []
-    ks = tuple(k for k in DEFAULT_LABELS_PER_CLASS if k <= smallest)
-    dropped = [k for k in DEFAULT_LABELS_PER_CLASS if k > smallest]
-    rows = "1 row" if smallest == 1 else f"{smallest} rows"
-    notes = [f"fewshot: left out {dropped} labels per class (the smallest training class has {rows})"] \
-        if dropped else []
-    return ks, notes
-
-
-def run_probes(data: ProbeData, tasks=TASKS, *, labels_per_class=None, seeds=5, normal_class=None,
+def run_probes(data: ProbeData, tasks="all", *, labels_per_class=None, seeds=5, normal_class=None,
                fpr: float = 0.05, n_clusters: int | None = None, seed: int = 0,
                on_task=None) -> tuple[list, list, list]:
-    """Run the requested probes on ``data``.
+    """Run the requested probes on ``data``, each through its registry entry (see :mod:`.registry`).
 
     A probe whose data are too small (:class:`DataTooSmall`: too few rows or classes for what
     it fits) is skipped with the reason and the others still run; any other error stops the run.
+    A probe that needs labels is skipped with a note when TRAIN or TEST has none. Every probe's
+    ``check`` runs before the first probe, so bad options are refused before any work.
 
     Parameters
     ----------
-    tasks : sequence of task names (see :data:`TASKS`)
+    tasks : 'all', or a comma list or sequence of registered task names (see :func:`probe_names`)
     labels_per_class : sequence of int or None
         None: (1, 5, 10, 100) less the values a class cannot supply (noted). Values given
         explicitly must all be feasible (ConfigError otherwise).
@@ -267,106 +259,32 @@ def run_probes(data: ProbeData, tasks=TASKS, *, labels_per_class=None, seeds=5, 
     skipped : list of dict
         ``{"task": name, "reason": text}`` for every task that did not run.
     """
-    from .anomaly import anomaly_probe, one_class_protocol
-    from .cluster import cluster_probe
-    from .fewshot import fewshot_curve
-    from .knn import knn_probe
-    from .linear import linear_probe
-
-    tasks = parse_tasks(tasks)
-    records, notes, skipped = [], [], []
+    specs = [get_probe(t) for t in parse_tasks(tasks)]
+    ctx = ProbeContext(seed=seed, labels_per_class=labels_per_class, seeds=seeds, normal_class=normal_class,
+                       fpr=fpr, n_clusters=n_clusters)
+    records, skipped = [], []
     labelled = data.has_train_labels and data.has_test_labels
     if not labelled:
         where = "TRAIN" if not data.has_train_labels else "TEST"
-        needs = [t for t in tasks if t in NEEDS_LABELS]
+        needs = [s.name for s in specs if s.needs_labels]
         if needs:
-            notes.append(f"{', '.join(needs)}: skipped, these tasks need labels and {where} has none")
+            ctx.note(f"{', '.join(needs)}: skipped, these tasks need labels and {where} has none")
             skipped += [{"task": t, "reason": f"needs labels and {where} has none"} for t in needs]
-    normal = _normal_class(data, normal_class) if normal_class is not None and "anomaly" in tasks else None
+    for spec in specs:
+        if spec.check is not None:
+            spec.check(data, ctx)
 
-    for task in tasks:
+    for spec in specs:
         if on_task is not None:
-            on_task(task)
-        if task in NEEDS_LABELS and not labelled:
+            on_task(spec.name)
+        if spec.needs_labels and not labelled:
             continue
         try:
-            if task == "linear":
-                records.append(linear_probe(data.X_train, data.y_train, data.X_test, data.y_test, seed=seed))
-            elif task == "knn":
-                records.append(knn_probe(data.X_train, data.y_train, data.X_test, data.y_test, seed=seed))
-            elif task == "fewshot":
-                ks, more = _feasible_labels_per_class(data.y_train, labels_per_class)
-                notes += more
-                if not ks:  # cannot happen with the defaults (1 label a class is always there); kept as a guard
-                    raise DataTooSmall("a class has too few training rows for any labels-per-class value")
-                records.append(fewshot_curve(data.X_train, data.y_train, data.X_test, data.y_test,
-                                             labels_per_class=ks, seeds=seeds))
-            elif task == "cluster":
-                y = data.y_test if data.has_test_labels else None
-                k = n_clusters if n_clusters is not None else (None if y is not None else 10)
-                if y is None and n_clusters is None:
-                    notes.append("cluster: no test labels, so 10 clusters and no ACC/NMI/ARI "
-                                 "(set the count with --clusters)")
-                try:
-                    records.append(cluster_probe(data.X_test, y, n_clusters=k, seed=seed))
-                except DataTooSmall as err:
-                    raise DataTooSmall(f"on the test rows, {err}") from None
-            elif task == "anomaly":
-                records.append(_anomaly(data, normal, fpr, seed, notes, anomaly_probe, one_class_protocol))
+            records.append(spec.run(data, ctx))
         except DataTooSmall as err:
-            skipped.append({"task": task, "reason": str(err)})
-            notes.append(f"{task}: skipped, {err}")
-    return records, notes, skipped
-
-
-def _normal_class(data: ProbeData, spec) -> tuple[int, str]:
-    """``--normal-class`` -> (id, name), checked against the rows that must hold it."""
-    # an unlabelled TRAIN store is all normal (a folder of good images); the name then picks the
-    # normal class among the TEST labels
-    side, where = (data.y_train, "TRAIN") if data.has_train_labels else (data.y_test, "TEST")
-    c = resolve_class(spec, data.label_names, side)
-    name = class_names(data.label_names, side)[c]
-    if not np.any(side == c):
-        raise ConfigError(f"--normal-class: {where} has no rows of class {name!r}"
-                          + (" (it occurs only in TEST)" if where == "TRAIN" else ""))
-    return c, name
-
-
-def _anomaly(data: ProbeData, normal_class, fpr, seed, notes, anomaly_probe, one_class_protocol):
-    extra_test = data.extras_test
-    if normal_class is not None:
-        c, name = normal_class
-        normal = data.y_train == c if data.has_train_labels else np.ones(data.y_train.size, dtype=bool)
-        is_anomaly = None
-        if data.has_test_labels:
-            if (data.y_test >= 0).all():
-                is_anomaly = (data.y_test != c).astype(np.int64)
-                if is_anomaly.min() == is_anomaly.max():
-                    notes.append(f"anomaly: every test row is {'an anomaly' if is_anomaly[0] else 'normal'} "
-                                 f"(normal class {name!r}), so no AUROC/AUPR")
-            else:
-                notes.append("anomaly: some test rows have no label, so no AUROC/AUPR")
-        try:
-            return anomaly_probe(data.X_train[normal], data.X_test, is_anomaly,
-                                 extra_normal={n: a[normal] for n, a in data.extras_train.items()},
-                                 extra_test=extra_test, fpr=fpr, normal_class=name, seed=seed)
-        except DataTooSmall as err:
-            raise DataTooSmall(f"normal class {name!r}: {err}") from None
-    if data.has_train_labels and data.has_test_labels:
-        if extra_test:
-            # a store's per-row scores come from one model trained on every class; the protocol
-            # needs a model trained on the normal class alone, so they would measure nothing here
-            notes.append(f"anomaly: {', '.join(sorted(extra_test))} left out of the one-class protocol "
-                         "(the model saw every class); use --normal-class to score them")
-        return one_class_protocol(data.X_train, data.y_train, data.X_test, data.y_test,
-                                  label_names=class_names(data.label_names, data.y_train), seed=seed)
-    if data.has_test_labels:
-        notes.append("anomaly: every training row counts as normal; name the normal test class with "
-                     "--normal-class to measure AUROC")
-    else:
-        notes.append("anomaly: no labels, so every training row counts as normal and no AUROC is measured")
-    return anomaly_probe(data.X_train, data.X_test, None, extra_normal=data.extras_train,
-                         extra_test=extra_test, fpr=fpr, seed=seed)
+            skipped.append({"task": spec.name, "reason": str(err)})
+            ctx.note(f"{spec.name}: skipped, {err}")
+    return records, ctx.notes, skipped
 
 
 @dataclass
@@ -402,7 +320,7 @@ class ProbeRun:
         }
 
 
-def probe_stores(pairs, tasks=TASKS, *, test_fraction: float = 0.2, seed: int = 0, on_task=None,
+def probe_stores(pairs, tasks="all", *, test_fraction: float = 0.2, seed: int = 0, on_task=None,
                  **probe_options) -> ProbeRun:
     """Run the same probes on each ``(label, train_path, test_path_or_None)`` store pair.
 
