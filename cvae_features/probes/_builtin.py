@@ -1,7 +1,7 @@
 """The built-in probes as registry entries: how the suite runs each one on a ProbeData, and what the report draws.
 
 Registration order is the order ``--task all`` runs them in. The report's helpers are
-imported inside the hooks (the report imports the registry, not the other way round).
+imported inside the hooks from cvae_features.plots (the report imports the registry, not the other way round).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def _run_linear(data: ProbeData, ctx):
 
 
 def _plot_linear(items, out, context):
-    from ..report import file_label, plot_confusion
+    from ..plots import file_label, plot_confusion
 
     return [plot_confusion(rec, out / f"confusion_{file_label(store)}.png", label_names=context.names_for(store),
                            title=f"{store}: linear probe, accuracy {rec.accuracy:.3f}") for store, rec in items]
@@ -78,7 +78,7 @@ def _run_fewshot(data: ProbeData, ctx):
 
 
 def _plot_fewshot(items, out, context):
-    from ..report import plot_fewshot
+    from ..plots import plot_fewshot
 
     by_store = dict(items)
     return [plot_fewshot(by_store if len(by_store) > 1 else next(iter(by_store.values())), out / "fewshot.png")]
@@ -144,7 +144,7 @@ def _run_anomaly(data: ProbeData, ctx):
 
 
 def _plot_anomaly(items, out, context):
-    from ..report import file_label, plot_roc
+    from ..plots import file_label, plot_roc
 
     written = []
     for store, rec in items:
