@@ -81,7 +81,8 @@ def test_loss_on_a_batch_is_forward_on_its_images_and_the_old_elbo():
     # the ELBO as ConvVAE.forward computed it before the prior was an object
     x = batch["images"].float() / 255
     mu, logvar = model.encode(x)
-    recon = torch.nn.functional.binary_cross_entropy_with_logits(model.decode(mu), x, reduction="none").flatten(1).sum(1)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    recon = bce(model.decode(mu), x, reduction="none").flatten(1).sum(1)
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
     assert torch.equal(out.recon_per_sample, recon) and torch.equal(out.kl_per_sample, kl)
     assert torch.equal(out.loss, (recon + 0.3 * kl).mean())
