@@ -30,6 +30,7 @@ CHECKPOINT_FORMAT = "cvae-checkpoint"
 CHECKPOINT_VERSION = 1
 #: Everything a run writes; ``overwrite`` removes exactly these and nothing else.
 RUN_FILES = (CHECKPOINT, MODEL, CONFIG, HISTORY_CSV, HISTORY_JSON, RECONSTRUCTIONS, SKIPPED)
+#: The history columns of a ConvVAE run (a model with other loss terms has train_/val_<term> of its own).
 HISTORY_FIELDS = ("epoch", "train_loss", "train_recon", "train_kl", "beta", "val_loss", "val_recon",
                   "val_kl", "lr", "images_per_s", "seconds")
 
@@ -89,14 +90,16 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def write_history(run_dir: Path, history: list) -> None:
+    """history.json and history.csv; the csv columns are the first row's keys (HISTORY_FIELDS for a ConvVAE)."""
     write_json(run_dir / HISTORY_JSON, history)
+    fields = list(history[0]) if history else list(HISTORY_FIELDS)
 
     def write_csv(tmp):
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
+            writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
             for row in history:
-                writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in HISTORY_FIELDS})
+                writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in fields})
 
     _replace_from_tmp(run_dir / HISTORY_CSV, write_csv)
 

@@ -1,5 +1,13 @@
 """The epoch loop of :func:`cvae_features.train.train` (private).
 
+The loop feeds the model batches ``{"images": uint8 (b, C, H, W), "labels": int64 (b,)
+(-1 = unknown), "index": int64 (b,)}`` (``index``: rows of the training set, or of
+the validation set for validation batches) and trains on ``model.loss(batch, beta)``;
+it reads only ``loss`` and the terms of what that returns (``terms()``,
+``per_sample_terms()``, ``term_weights()``), logged as ``train_<term>`` and
+``val_<term>``. Everything else (run-dir files, the callback) is done by hooks
+(:mod:`cvae_features._train_hooks`), called on the main process only.
+
 An epoch's shuffle order and reparameterisation noise derive from ``(seed,
 epoch)`` only, and the model, optimizer, scheduler (and gradient scaler) states
 are checkpointed at the end of each epoch, so a run resumed from its last
@@ -16,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from . import _rundir as rd
+from ._train_hooks import CallbackHook, RunDirWriter
 from ._train_setup import derive_seed
 from ._version import __version__
 from .errors import TrainingError
-from .model import ConvVAE, load_model
+from .model import ConvVAE
 
 # Checking the loss forces a GPU sync, so on CUDA it happens once per this many batches.
 _CUDA_SYNC_EVERY = 25
@@ -29,20 +37,32 @@ _MAX_DEVICE_BYTES = 4 << 30
 
 
 class Loop:
-    """Model, optimizer, scheduler and the per-epoch bookkeeping of one run."""
+    """Model, optimizer, scheduler and the per-epoch bookkeeping of one run.
 
-    def __init__(self, mcfg, tcfg, device, amp_dtype, train_images, val_images, progress, callback):
+    ``train_labels``/``val_labels`` (int64, -1 = unknown; None: all unknown) go with the images
+    into the batches. ``hooks`` (:class:`~cvae_features._train_hooks.TrainHook`) run after
+    ``callback`` and the run-dir writer, and only when ``is_main_process``: a loop that is not the
+    main process trains the same way and writes nothing. ``model_class`` builds the model from
+    ``mcfg``.
+    """
+
+    def __init__(self, mcfg, tcfg, device, amp_dtype, train_images, val_images, progress, callback=None, *,
+                 train_labels=None, val_labels=None, hooks=(), is_main_process=True, model_class=ConvVAE):
         self.tcfg, self.device, self.amp_dtype = tcfg, device, amp_dtype
-        self.progress, self.callback = progress, callback
+        self.progress, self.is_main_process = progress, bool(is_main_process)
+        self.hooks = ([CallbackHook(callback)] if callback is not None else []) + list(hooks)
         torch.manual_seed(derive_seed(tcfg.seed, "init"))
-        self.model = ConvVAE(mcfg).to(device)
+        self.model = model_class(mcfg).to(device)
         self.beta = mcfg.beta
+        train_labels = _labels_for(train_images, train_labels)
+        val_labels = _labels_for(val_images, val_labels)
         cuda = device.type == "cuda"
         if cuda and train_images.numel() <= _MAX_DEVICE_BYTES:
-            train_images = train_images.to(device)
+            train_images, train_labels = train_images.to(device), train_labels.to(device)
         elif cuda:
             train_images = train_images.pin_memory()
         self.train_images, self.val_images = train_images, val_images
+        self.train_labels, self.val_labels = train_labels, val_labels
         self.n_train = len(train_images)
         self.n_batches = math.ceil(self.n_train / tcfg.batch_size)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
@@ -56,6 +76,7 @@ class Loop:
             self.scheduler = None
         self.scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and cuda else None
         self.epoch, self.history, self.seconds = 0, [], 0.0
+        self.term_names = []  # the names of the model's loss terms, known after the first batch
         self.best_val, self.best_epoch, self.bad_epochs, self.stopped_early = math.inf, 0, 0, False
 
     def restore(self, state):
@@ -74,6 +95,8 @@ class Loop:
         from tqdm.auto import tqdm
 
         tcfg = self.tcfg
+        # model.pt, the checkpoint and history are written by a hook: on the main process only
+        hooks = [RunDirWriter(run_dir), *self.hooks] if self.is_main_process else []
         bar = tqdm(total=tcfg.epochs * self.n_batches, initial=self.epoch * self.n_batches, file=sys.stderr,
                    disable=not self.progress, unit="batch", dynamic_ncols=True, leave=True)
         state = None
@@ -82,45 +105,43 @@ class Loop:
                 epoch = self.epoch + 1
                 bar.set_description(f"epoch {epoch}/{tcfg.epochs}")
                 t0 = time.perf_counter()
-                train_row = self._train_epoch(epoch, bar, run_dir)
+                train_row = self._train_epoch(epoch, bar, run_dir, hooks)
                 train_s = time.perf_counter() - t0
-                val = self._evaluate(self.val_images) if len(self.val_images) else None
-                if val is not None and not all(math.isfinite(v) for v in val):
+                val = self._evaluate(self.val_images, self.val_labels) if len(self.val_images) else None
+                if val is not None and not all(math.isfinite(v) for v in (val[0], *val[1].values())):
                     raise TrainingError(self._nan_message(f"validation loss became {val[0]} at epoch {epoch}",
                                                           run_dir))
-                row = {"epoch": epoch, **train_row,
-                       "val_loss": val[0] if val else None, "val_recon": val[1] if val else None,
-                       "val_kl": val[2] if val else None,
+                row = {"epoch": epoch, **train_row, "val_loss": val[0] if val else None,
+                       **{f"val_{name}": val[1][name] if val else None for name in self.term_names},
                        "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": self.n_train / train_s}
                 improved = val is None or val[0] < self.best_val
                 if improved:
                     self.best_val = val[0] if val else math.inf
                     self.best_epoch, self.bad_epochs = epoch, 0
-                    # model.pt before the checkpoint: a crash in between redoes this epoch on resume.
-                    self.model.save(run_dir / rd.MODEL)
                 else:
                     self.bad_epochs += 1
                 self.stopped_early = tcfg.patience is not None and val is not None and self.bad_epochs >= tcfg.patience
                 finished = self.stopped_early or epoch == tcfg.epochs
-                if finished:
-                    self._write_reconstructions(run_dir)
                 row["seconds"] = time.perf_counter() - t0
                 self.history.append(row)
                 self.seconds += row["seconds"]
                 self.epoch = epoch
                 state = self._state(extra, finished)
-                rd.save_checkpoint(run_dir / rd.CHECKPOINT, state)
-                rd.write_history(run_dir, self.history)
+                for hook in hooks:
+                    hook.on_epoch_end(self, row, state, improved, finished)
                 bar.set_postfix_str(_postfix(row))
                 if finished:
                     break
         finally:
             bar.close()
+        for hook in hooks:
+            hook.on_train_end(self, state)
         return state
 
-    def _train_epoch(self, epoch: int, bar, run_dir: Path) -> dict:
+    def _train_epoch(self, epoch: int, bar, run_dir: Path, hooks) -> dict:
         tcfg, model, opt, sched, scaler = self.tcfg, self.model, self.optimizer, self.scheduler, self.scaler
-        images, device, bs, n_batches = self.train_images, self.device, tcfg.batch_size, self.n_batches
+        images, labels = self.train_images, self.train_labels
+        device, bs, n_batches = self.device, tcfg.batch_size, self.n_batches
         model.train()
         shuffle = torch.Generator().manual_seed(derive_seed(tcfg.seed, "shuffle", epoch))
         order = torch.randperm(self.n_train, generator=shuffle)
@@ -128,7 +149,7 @@ class Loop:
             order = order.to(images.device)
         # Seeds the reparameterisation noise on every device: an epoch depends only on (seed, epoch).
         torch.manual_seed(derive_seed(tcfg.seed, "noise", epoch))
-        sums = torch.zeros(n_batches, 3, device=device)
+        sums, names = None, None  # per batch: loss and the model's terms, named at the first batch
         sizes = torch.tensor([min(bs, self.n_train - b * bs) for b in range(n_batches)], dtype=torch.float64)
         warm = tcfg.beta_warmup_epochs
         autocast = (torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
@@ -136,12 +157,13 @@ class Loop:
         sync_every = _CUDA_SYNC_EVERY if device.type == "cuda" else 1
         checked, t0 = 0, time.perf_counter()
         for b in range(n_batches):
-            x = images.index_select(0, order[b * bs:(b + 1) * bs])
-            if x.device != device:
-                x = x.to(device, non_blocking=True)
+            rows = order[b * bs:(b + 1) * bs]
+            batch = {"images": images.index_select(0, rows), "labels": labels.index_select(0, rows), "index": rows}
+            if images.device != device:
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             beta = self.beta if warm == 0 else self.beta * min(1.0, (epoch - 1 + (b + 1) / n_batches) / warm)
             with autocast:
-                out = model(x, beta=beta)
+                out = model.loss(batch, beta=beta)
             opt.zero_grad(set_to_none=True)
             if scaler is None:
                 out.loss.backward()
@@ -157,10 +179,16 @@ class Loop:
                 scaler.update()
             if sched is not None:
                 sched.step()
-            sums[b] = torch.stack((out.loss, out.recon, out.kl)).detach()
-            if self.callback is not None:
-                self.callback(epoch, b, {"loss": out.loss.detach(), "beta": beta, "lr": opt.param_groups[0]["lr"],
-                                         "n_batches": n_batches, "model": model})
+            terms = out.terms()
+            if sums is None:
+                names = self.term_names = list(terms)
+                sums = torch.zeros(n_batches, 1 + len(names), device=device)
+            sums[b] = torch.stack((out.loss, *(terms[name] for name in names))).detach()
+            if hooks:
+                logs = {"loss": out.loss.detach(), "beta": beta, "lr": opt.param_groups[0]["lr"],
+                        "n_batches": n_batches, "model": model, "batch": batch}
+                for hook in hooks:
+                    hook.on_batch_end(self, epoch, b, logs)
             if (b + 1) % sync_every == 0 or b + 1 == n_batches:
                 losses = sums[checked:b + 1, 0].float().cpu()
                 finite = torch.isfinite(losses)
@@ -175,35 +203,36 @@ class Loop:
                     bar.set_postfix_str(f"loss={float(losses.mean()):.4g} img/s={rate:.0f}", refresh=False)
                 checked = b + 1
         means = (sums.double().cpu() * sizes[:, None]).sum(0) / self.n_train
-        return {"train_loss": float(means[0]), "train_recon": float(means[1]), "train_kl": float(means[2]),
+        return {"train_loss": float(means[0]), **{f"train_{name}": float(means[1 + i]) for i, name in enumerate(names)},
                 "beta": beta}
 
     @torch.no_grad()
-    def _evaluate(self, images: torch.Tensor, batch_size: int = 512):
-        """(loss, recon, kl) means over the images in eval mode (z = mu) with the full beta."""
+    def _evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512):
+        """(loss, {term: mean}) over the images in eval mode (z = mu) with the full beta.
+
+        Each term's per-sample values are summed in float64; the loss is the sum of the term means
+        times the term weights the model reports.
+        """
         model, device = self.model, self.device
         model.eval()
-        recon = torch.zeros((), device=device, dtype=torch.float64)
-        kl = torch.zeros((), device=device, dtype=torch.float64)
+        sums, weights = None, None
         autocast = (torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
-        for chunk in images.split(batch_size):
+        for start in range(0, len(images), batch_size):
+            stop = min(start + batch_size, len(images))
+            batch = {"images": images[start:stop], "labels": labels[start:stop], "index": torch.arange(start, stop)}
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast:
-                out = model(chunk.to(device, non_blocking=True), beta=self.beta)
-            recon += out.recon_per_sample.double().sum()
-            kl += out.kl_per_sample.double().sum()
+                out = model.loss(batch, beta=self.beta)
+            per_sample = out.per_sample_terms()
+            if sums is None:
+                sums = {name: torch.zeros((), device=device, dtype=torch.float64) for name in per_sample}
+                weights = out.term_weights()
+            for name, values in per_sample.items():
+                sums[name] += values.double().sum()
         model.train()
-        recon, kl = float(recon) / len(images), float(kl) / len(images)
-        return recon + self.beta * kl, recon, kl
-
-    def _write_reconstructions(self, run_dir: Path, n: int = 16):
-        images = self.val_images if len(self.val_images) else self.train_images.cpu()
-        originals = images[:n]
-        best = load_model(run_dir / rd.MODEL)
-        with torch.no_grad():
-            recons = best.decode_mean(best.embed(originals))
-        rd.save_reconstructions(run_dir / rd.RECONSTRUCTIONS, originals,
-                                (recons.clamp(0, 1) * 255).round().to(torch.uint8))
+        means = {name: float(total) / len(images) for name, total in sums.items()}
+        return sum(weights[name] * mean for name, mean in means.items()), means
 
     def _state(self, extra: dict, finished: bool) -> dict:
         return {
@@ -224,6 +253,16 @@ class Loop:
         else:
             kept = f"the last good checkpoint (epoch {self.epoch}) is kept in {run_dir}"
         return f"{what}; {kept}; try a lower --lr"
+
+
+def _labels_for(images: torch.Tensor, labels) -> torch.Tensor:
+    """int64 labels of the images on their device; None means all unknown (-1)."""
+    if labels is None:
+        return torch.full((len(images),), -1, dtype=torch.int64, device=images.device)
+    labels = torch.as_tensor(labels, dtype=torch.int64).to(images.device)
+    if labels.shape != (len(images),):
+        raise ValueError(f"labels of shape {tuple(labels.shape)} for {len(images)} images")
+    return labels
 
 
 def _postfix(row: dict) -> str:

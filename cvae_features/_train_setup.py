@@ -30,6 +30,7 @@ class Data:
     skipped: list
     fingerprint: str
     spec: Optional[str] = None  # what open_source reopens; None for in-memory arrays
+    labels: Optional[torch.Tensor] = None  # int64 (n,) of the images' rows, -1 = unknown (all -1 for arrays)
 
 
 def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress) -> Data:
@@ -43,6 +44,7 @@ def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress) -> 
             if hint is not None and hint != actual:
                 raise ConfigError(f"model config {name}={hint} does not match the images' {name} {actual}")
         pre, description, skipped, spec = None, f"in-memory array of shape {tuple(images.shape)}", [], None
+        labels = torch.full((len(images),), -1, dtype=torch.int64)
     else:
         from .data import infer_preprocess, load_images, open_source
 
@@ -58,8 +60,13 @@ def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress) -> 
         if tcfg.max_images is not None and tcfg.max_images < len(src):
             rows = _subset_rows(len(src), tcfg).numpy()
             src = src.subset(rows)
-        images, _, bad = load_images(src, preprocess, workers=tcfg.workers, progress=progress)
+        images, kept, bad = load_images(src, preprocess, workers=tcfg.workers, progress=progress)
         images = torch.as_tensor(images)
+        # kept: the row of src (after the subset) of each decoded image, so labels line up with images
+        known = np.asarray(src.labels, dtype=np.int64)
+        if known.shape != (len(src),):  # a source that gives no per-row labels: all unknown
+            known = np.full(len(src), -1, dtype=np.int64)
+        labels = torch.as_tensor(known[kept])
         keys = src.keys
         skipped = [(keys[int(row)], str(reason)) for row, reason in bad]
         if len(images) == 0:
@@ -71,7 +78,7 @@ def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress) -> 
     except ConfigError as err:
         raise ConfigError(f"{err} (image_size {size} and channels {channels} come from the data)") from None
     digest = hashlib.blake2b(np.ascontiguousarray(images.numpy()).data, digest_size=8).hexdigest()
-    return Data(images.contiguous(), mcfg, pre, description, skipped, digest, spec)
+    return Data(images.contiguous(), mcfg, pre, description, skipped, digest, spec, labels)
 
 
 def _as_image_tensor(array) -> torch.Tensor:

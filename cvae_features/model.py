@@ -1,10 +1,10 @@
-"""The convolutional VAE: its configuration, the network, and the model file.
+"""The convolutional VAE (the default model family, ``conv-vae``): its configuration and the network.
 
-``ConvVAE.forward`` is the training path (it returns a :class:`VAEOutput`);
+``ConvVAE.loss`` (on a batch dict; ``forward`` on images) is the training path
+(it returns a :class:`VAEOutput`); the KL term refers to ``model.prior``;
 ``ConvVAE.embed`` is the feature path (posterior mean μ, eval mode, no grad).
-A model file is a plain dict of tensors and JSON-able values written with
-``torch.save`` and read back with ``torch.load(weights_only=True)``, so loading
-never unpickles arbitrary objects.
+Model files are written and read by :mod:`cvae_features.modelfile`; the family
+registry is :mod:`cvae_features.families`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Tuple, get_args
+from typing import Dict, Literal, Mapping, Optional, Tuple, get_args
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from .modelfile import (MODEL_FILE_FORMAT, MODEL_FILE_VERSION, MODEL_FILENAME, c
                         first_non_finite, read_torch_file)
 from .modelfile import fingerprint_state as _fingerprint_state
 from .modelfile import model_fingerprint, model_from_state, save_model
+from .priors import StandardNormal
 
 Likelihood = Literal["bernoulli", "gaussian"]
 _DEFAULT_WIDTHS = (32, 64, 128, 256, 256, 256)
@@ -134,11 +135,16 @@ def check_config_keys(cls, d: dict, what: str) -> dict:
 
 @dataclass
 class VAEOutput:
-    """What :meth:`ConvVAE.forward` returns for a batch of n images.
+    """What :meth:`ConvVAE.loss` (and :meth:`ConvVAE.forward`) returns for a batch of n images.
 
     ``loss``, ``recon`` and ``kl`` are batch means (scalars); ``recon_per_sample``
     and ``kl_per_sample`` have shape (n,); ``mu`` and ``logvar`` (n, latent_dim);
-    ``decoder_out`` (n, C, H, W) holds logits (bernoulli) or means (gaussian).
+    ``decoder_out`` (n, C, H, W) holds logits (bernoulli) or means (gaussian);
+    ``beta`` is the KL weight the loss used.
+
+    The training loop reads only ``loss`` and the three methods below, which every
+    model family's output offers: ``loss`` is the sum of each term's batch mean
+    times its weight, and the terms are logged as ``train_<name>`` / ``val_<name>``.
     """
 
     loss: torch.Tensor
@@ -149,6 +155,19 @@ class VAEOutput:
     recon_per_sample: torch.Tensor
     kl_per_sample: torch.Tensor
     decoder_out: torch.Tensor = field(repr=False)
+    beta: Optional[float] = None
+
+    def terms(self) -> Dict[str, torch.Tensor]:
+        """The loss's parts as batch means (0-d tensors), by name: recon, kl."""
+        return {"recon": self.recon, "kl": self.kl}
+
+    def per_sample_terms(self) -> Dict[str, torch.Tensor]:
+        """The loss's parts per sample (shape (n,)), by the names of :meth:`terms`."""
+        return {"recon": self.recon_per_sample, "kl": self.kl_per_sample}
+
+    def term_weights(self) -> Dict[str, float]:
+        """The weight of each term in ``loss``: 1 for recon, beta for kl."""
+        return {"recon": 1.0, "kl": self.beta}
 
 
 def _conv_block(c_in, c_out, stride, batch_norm, transpose=False, output_padding=0):
@@ -224,6 +243,8 @@ class ConvVAE(nn.Module):
         self.decoder = nn.Sequential(*dec)
         if config.likelihood == "gaussian":
             self.log_sigma2 = nn.Parameter(torch.zeros(()))
+        # A plain object, not a module: the prior has no parameters and adds no state_dict keys.
+        self.prior = StandardNormal(config.latent_dim)
 
     # -- the two halves -------------------------------------------------
     def encode(self, x: torch.Tensor):
@@ -258,16 +279,25 @@ class ConvVAE(nn.Module):
         return nll.flatten(1).sum(1)
 
     # -- training path ----------------------------------------------------
-    def forward(self, x: torch.Tensor, beta: Optional[float] = None) -> VAEOutput:
-        """Loss and its parts for a batch; samples z in train mode, uses z = mu in eval mode.
+    def loss(self, batch: Mapping[str, torch.Tensor], beta: Optional[float] = None) -> VAEOutput:
+        """The training loss of a batch and its parts; samples z in train mode, uses z = mu in eval mode.
 
         Parameters
         ----------
-        x : Tensor of shape (n, C, H, W)
-            uint8 in 0..255 or float in [0, 1].
+        batch : dict
+            ``{"images": (n, C, H, W) uint8 or float in [0, 1], "labels": int64 (n,) with -1 for
+            unknown, "index": int64 (n,)}``, as the training loop builds it; the VAE reads only
+            ``images``.
         beta : float or None
             KL weight for this step (β warm-up); ``None`` uses ``config.beta``.
         """
+        return self._elbo(batch["images"], beta)
+
+    def forward(self, x: torch.Tensor, beta: Optional[float] = None) -> VAEOutput:
+        """:meth:`loss` of the images ``x`` alone (a tensor of shape (n, C, H, W)): the same output."""
+        return self._elbo(x, beta)
+
+    def _elbo(self, x: torch.Tensor, beta: Optional[float]) -> VAEOutput:
         x = to_unit_float(x)
         mu, logvar = self.encode(x)
         if self.training:
@@ -276,11 +306,10 @@ class ConvVAE(nn.Module):
             z = mu
         out = self.decode(z)
         recon = self.reconstruction_nll(out.float(), x)
-        mu32, logvar32 = mu.float(), logvar.float()  # autocast may hand back bf16/fp16; sum the KL in fp32
-        kl = -0.5 * (1 + logvar32 - mu32.pow(2) - logvar32.exp()).sum(1)
+        kl = self.prior.kl(mu, logvar)  # float32 even under autocast
         b = self.config.beta if beta is None else beta
         loss = (recon + b * kl).mean()
-        return VAEOutput(loss, recon.mean(), kl.mean(), mu, logvar, recon, kl, out)
+        return VAEOutput(loss, recon.mean(), kl.mean(), mu, logvar, recon, kl, out, b)
 
     # -- feature path -------------------------------------------------------
     @torch.no_grad()

@@ -132,8 +132,8 @@ def inpaint(model: ConvVAE, images: torch.Tensor, known: torch.Tensor, steps: in
             lr: float = INPAINT_LR) -> torch.Tensor:
     """Fill the hidden pixels of images from the model, keeping the known pixels exactly.
 
-    The most probable code given the known pixels (MAP under the model's N(0, I) prior):
-    z = argmin  -log p(known pixels | z) + ||z||^2 / 2, by Adam from μ of the image with its
+    The most probable code given the known pixels (MAP under ``model.prior``, N(0, I) for a ConvVAE):
+    z = argmin  -log p(known pixels | z) - log p(z), by Adam from μ of the image with its
     hidden part at mid-grey; the hidden pixels are the decoder's mean for that z. The weights
     are not changed. ``benchmarks/inpainting.py`` compares this with plain encode/decode rounds
     (which, with a small β, copy much of the grey region back).
@@ -177,7 +177,7 @@ def inpaint(model: ConvVAE, images: torch.Tensor, known: torch.Tensor, steps: in
             z.requires_grad_(True)
             opt = torch.optim.Adam([z], lr=float(lr))
             for _ in range(steps):
-                loss = (model.reconstruction_nll(model.decode(z).float(), x, weight) + 0.5 * z.pow(2).sum(1)).sum()
+                loss = (model.reconstruction_nll(model.decode(z).float(), x, weight) - model.prior.log_prob(z)).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -260,7 +260,7 @@ def show(model_or_path, out_dir, *, source=None, n: int = 16, seed: int = 0, dat
         files["reconstructions"] = _save_reconstructions(model, shown, out_dir, scale)
         files["samples"] = _save_samples(model, min(n, 32), seed, out_dir, scale)
         files["interpolations"] = _save_interpolations(model, images, mu, labels, out_dir, scale)
-        dims, dim_kl = _active_dims(mu, logvar)
+        dims, dim_kl = _active_dims(model.prior, mu, logvar)
         files["traversals"] = _save_traversals(model, mu[0], dims, out_dir, scale)
         files["inpainting"] = _save_inpainting(model, shown[:m], mask, out_dir, scale)
 
@@ -459,10 +459,9 @@ def _decode(model, z) -> torch.Tensor:
     return (out * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
-def _active_dims(mu: torch.Tensor, logvar: torch.Tensor):
+def _active_dims(prior, mu: torch.Tensor, logvar: torch.Tensor):
     """Latent dimensions ranked by mean KL to the prior over the loaded images (most used first)."""
-    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
-    mean_kl = kl.mean(0)
+    mean_kl = prior.kl_per_dim(mu, logvar).mean(0)
     k = min(MAX_TRAVERSAL_DIMS, mu.shape[1])
     order = torch.argsort(mean_kl, descending=True)[:k]
     return order.tolist(), mean_kl[order].tolist()
@@ -483,7 +482,7 @@ def _save_reconstructions(model, shown, out_dir, scale):
 
 def _save_samples(model, k, seed, out_dir, scale):
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(k, model.config.latent_dim, generator=gen)
+    z = model.prior.sample(k, generator=gen)
     imgs = _decode(model, z)
     cols = 8
     rows = [_pad_row(imgs[s:s + cols], cols) for s in range(0, k, cols)]
@@ -504,13 +503,18 @@ def _save_interpolations(model, images, mu, labels, out_dir, scale):
     return _save_grid(rows, [f"pair {p + 1}" for p in range(pairs)], out_dir / "interpolations.png", scale)
 
 
+def _traversal_codes(prior, base: torch.Tensor, d: int) -> torch.Tensor:
+    """``base`` repeated TRAVERSAL_STEPS times with dimension d walking the prior's mean ± TRAVERSAL_RANGE std."""
+    steps = torch.linspace(-TRAVERSAL_RANGE, TRAVERSAL_RANGE, TRAVERSAL_STEPS)
+    z = base.repeat(TRAVERSAL_STEPS, 1)
+    z[:, d] = prior.mean[d] + steps * prior.stddev[d]
+    return z
+
+
 def _save_traversals(model, base, dims, out_dir, scale):
-    values = torch.linspace(-TRAVERSAL_RANGE, TRAVERSAL_RANGE, TRAVERSAL_STEPS)
     rows = []
     for d in dims:
-        z = base.repeat(TRAVERSAL_STEPS, 1)
-        z[:, d] = values
-        rows.append(list(_decode(model, z)))
+        rows.append(list(_decode(model, _traversal_codes(model.prior, base, d))))
     return _save_grid(rows, [f"z[{d}]" for d in dims], out_dir / "traversals.png", scale)
 
 

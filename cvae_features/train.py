@@ -21,12 +21,13 @@ import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Optional, Union, get_args
+from typing import Callable, Literal, Optional, Sequence, Union, get_args
 
 import torch
 
 from . import _rundir as rd
 from ._version import __version__
+from ._train_hooks import TrainHook
 from ._train_loop import Loop
 from ._train_setup import agree, agree_preprocess, claim_run_dir, derive_seed, load_data, model_overrides
 from .errors import ConfigError, DataError
@@ -164,7 +165,7 @@ class TrainResult:
     epochs_run : int
         Epochs completed by the run, counting those before a resume.
     seconds : float
-        Total time of the epochs (training, validation, checkpoints), across resumes.
+        Total time of the epochs (training and validation, not the run-dir writes), across resumes.
     n_train, n_val : int
     skipped : list of (str, str)
         (key, reason) of every image that could not be decoded.
@@ -204,7 +205,8 @@ class TrainResult:
 def train(source, run_dir, *, model_config: Union[VAEConfig, dict, None] = None,
           train_config: Union[TrainConfig, dict, None] = None, preprocess=None, resume: bool = False,
           overwrite: bool = False, progress: bool = True, data_dir=None,
-          callback: Optional[Callable[[int, int, dict], None]] = None) -> TrainResult:
+          callback: Optional[Callable[[int, int, dict], None]] = None,
+          hooks: Sequence[TrainHook] = ()) -> TrainResult:
     """Train a ConvVAE on a source and write the run directory.
 
     Parameters
@@ -235,9 +237,15 @@ def train(source, run_dir, *, model_config: Union[VAEConfig, dict, None] = None,
     callback : callable(epoch, batch_index, logs), optional
         Called after every optimizer step with the 1-based epoch, the 0-based
         batch index and ``{"loss": 0-d tensor, "beta": float, "lr": float,
-        "n_batches": int, "model": ConvVAE}``; reading ``loss`` forces a device
-        sync. An exception it raises stops training (the last checkpoint stays
-        resumable).
+        "n_batches": int, "model": ConvVAE, "batch": dict}``; reading ``loss``
+        forces a device sync. ``batch`` is what the model's ``loss`` got:
+        ``{"images": uint8 (b, C, S, S), "labels": int64 (b,) (-1 = unknown),
+        "index": int64 (b,) (rows of the training set)}``. An exception it
+        raises stops training (the last checkpoint stays resumable).
+    hooks : sequence of TrainHook, optional
+        Called after every step, every epoch and at the end of training (see
+        :class:`TrainHook`), after the run directory's files of the epoch are
+        written and after ``callback``.
 
     Returns
     -------
@@ -255,11 +263,11 @@ def train(source, run_dir, *, model_config: Union[VAEConfig, dict, None] = None,
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         return _train(source, Path(run_dir), model_config, train_config, preprocess, resume, overwrite, progress,
-                      data_dir, callback)
+                      data_dir, callback, hooks)
 
 
 def _train(source, run_dir: Path, model_config, train_config, preprocess, resume, overwrite, progress, data_dir,
-           callback) -> TrainResult:
+           callback, hooks=()) -> TrainResult:
     if resume and overwrite:
         raise ConfigError("resume=True and overwrite=True exclude each other: pick one")
     if run_dir.exists() and not run_dir.is_dir():
@@ -294,6 +302,7 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
         raise DataError(f"only {n} image(s) in {data.description}: need at least 1 to train")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(tcfg.seed, "split")))
     val_images, train_images = data.images[perm[:n_val]], data.images[perm[n_val:]]
+    val_labels, train_labels = data.labels[perm[:n_val]], data.labels[perm[n_val:]]
 
     device = resolve_device(tcfg.device)
     amp_dtype = None
@@ -315,7 +324,8 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
     state_extra = {"model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(),
                    "preprocess": data.preprocess.to_dict() if data.preprocess is not None else None,
                    "source": data.description, "data_fingerprint": data.fingerprint}
-    loop = Loop(mcfg, tcfg, device, amp_dtype, train_images, val_images, progress, callback)
+    loop = Loop(mcfg, tcfg, device, amp_dtype, train_images, val_images, progress, callback,
+                train_labels=train_labels, val_labels=val_labels, hooks=hooks)
     if state is not None:
         try:
             loop.restore(state)
@@ -345,4 +355,4 @@ def _as_train_config(train_config) -> TrainConfig:
                       "expected a TrainConfig, a dict or None")
 
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+__all__ = ["TrainConfig", "TrainResult", "TrainHook", "train"]

@@ -266,3 +266,86 @@ def test_cli_bad_path_is_one_line(tmp_path, make):
     assert len(result.output.strip().splitlines()) == 1, result.output
     assert result.output.startswith("Error:") and str(path) in result.output
     assert "Traceback" not in result.output
+
+
+# -- the views follow model.prior --------------------------------------------------------------
+
+class _NarrowPrior:
+    """N(c, s^2 I): far from N(0, I), so a view that assumes N(0, I) instead of asking model.prior shows it."""
+
+    def __init__(self, c, s):
+        self.c, self.s, self.dim = c, s, len(c)
+
+    def sample(self, n, generator=None, device=None):
+        return self.c + self.s * torch.randn(n, self.dim, generator=generator)
+
+    def log_prob(self, z):
+        return (-0.5 * ((z - self.c) / self.s).pow(2) - np.log(self.s) - 0.5 * np.log(2 * np.pi)).sum(1)
+
+    def kl_per_dim(self, mu, logvar):
+        var = logvar.float().exp()
+        return 0.5 * ((var + (mu.float() - self.c) ** 2) / self.s ** 2 - 1 - logvar.float() + 2 * np.log(self.s))
+
+    @property
+    def mean(self):
+        return self.c
+
+    @property
+    def stddev(self):
+        return torch.full((self.dim,), self.s)
+
+
+def _tiles(path, size=8, scale=8, pad=2):
+    """The (S, S) images of a samples.png grid (no row labels), at their original size."""
+    canvas = np.asarray(Image.open(path))
+    cell = size * scale
+    rows, cols = (canvas.shape[0] - pad) // (cell + pad), (canvas.shape[1] - pad) // (cell + pad)
+    return [canvas[pad + r * (cell + pad):pad + r * (cell + pad) + cell:scale,
+                   pad + c * (cell + pad):pad + c * (cell + pad) + cell:scale]
+            for r in range(rows) for c in range(cols)]
+
+
+def test_samples_traversals_and_ranking_come_from_the_models_prior(run_dir, digits_images, tmp_path):
+    from cvae_features.show import _active_dims, _decode, _traversal_codes
+
+    model = load_model(run_dir)
+    c = torch.linspace(-1.5, 1.5, LATENT)
+    target = _decode(model, c[None])[0, 0].numpy()
+    standard = show(model, tmp_path / "standard", source=digits_images[:40], n=16, seed=0)
+    spread = [np.abs(t.astype(int) - target).max() for t in _tiles(standard.files["samples"])]
+    assert len(spread) == 16 and max(spread) > 20  # N(0, I) samples are varied digits
+
+    model.prior = _NarrowPrior(c, 1e-4)
+    narrow = show(model, tmp_path / "narrow", source=digits_images[:40], n=16, seed=0)
+    tiles = _tiles(narrow.files["samples"])
+    assert len(tiles) == 16 and all(np.abs(t.astype(int) - target).max() <= 1 for t in tiles)
+
+    base = torch.zeros(LATENT)
+    z = _traversal_codes(model.prior, base, 2)
+    torch.testing.assert_close(z[:, 2], c[2] + 1e-4 * torch.linspace(-3, 3, 9))
+    assert torch.equal(z[:, [0, 1, 3, 4, 5]], torch.zeros(9, 5))
+    standard_z = _traversal_codes(load_model(run_dir).prior, base, 2)
+    assert torch.equal(standard_z[:, 2], torch.linspace(-3, 3, 9))
+
+    mu, logvar = model.encode(digits_images[:40].float() / 255)
+    dims, kl = _active_dims(model.prior, mu.detach(), logvar.detach())
+    expected = model.prior.kl_per_dim(mu.detach(), logvar.detach()).mean(0)
+    assert dims == torch.argsort(expected, descending=True).tolist()
+    assert kl == pytest.approx(expected[dims].tolist(), rel=1e-6)
+    assert min(kl) > 1e3  # the standard prior's KL of these codes is about 1 per dimension
+
+
+def test_inpainting_uses_the_models_prior(run_dir, digits_images):
+    from cvae_features.show import _decode
+
+    model = load_model(run_dir)
+    images, known = digits_images[:8], mask_for("right", 1, 8)
+    hidden = ~known.expand_as(images)
+    c = torch.linspace(-1.5, 1.5, LATENT)
+    target = _decode(model, c[None]).expand_as(images)
+    standard = inpaint(model, images, known)
+    assert (standard[hidden].float() - target[hidden].float()).abs().mean() > 1.0
+    model.prior = _NarrowPrior(c, 0.01)  # a prior this narrow pins the code at c: the fill is decode(c)
+    filled = inpaint(model, images, known, steps=300)  # Adam moves z at most lr (0.05) a step
+    assert (filled[hidden].int() - target[hidden].int()).abs().max() <= 2
+    assert torch.equal(filled[~hidden], images[~hidden])
