@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from . import _rundir as rd
+from .modelfile import save_model
 
 
 class TrainHook:
@@ -67,7 +68,7 @@ class RunDirWriter(TrainHook):
 
     def on_epoch_end(self, loop, row, state, improved, finished):
         if improved:
-            loop.model.save(self.run_dir / rd.MODEL)
+            save_model(loop.model, self.run_dir / rd.MODEL)
         if finished:
             self._write_reconstructions(loop)
         rd.save_checkpoint(self.run_dir / rd.CHECKPOINT, state)

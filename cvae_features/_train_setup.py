@@ -33,7 +33,7 @@ class Data:
     labels: Optional[torch.Tensor] = None  # int64 (n,) of the images' rows, -1 = unknown (all -1 for arrays)
 
 
-def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress) -> Data:
+def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress, config_class=VAEConfig) -> Data:
     size_hint, channels_hint = overrides.get("image_size"), overrides.get("channels")
     if isinstance(source, (torch.Tensor, np.ndarray)):
         images = _as_image_tensor(source)
@@ -74,7 +74,7 @@ def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress) -> 
         pre = preprocess
         size, channels = pre.size, pre.channels
     try:
-        mcfg = VAEConfig.from_dict({**overrides, "image_size": int(size), "channels": int(channels)})
+        mcfg = config_class.from_dict({**overrides, "image_size": int(size), "channels": int(channels)})
     except ConfigError as err:
         raise ConfigError(f"{err} (image_size {size} and channels {channels} come from the data)") from None
     digest = hashlib.blake2b(np.ascontiguousarray(images.numpy()).data, digest_size=8).hexdigest()
@@ -98,32 +98,32 @@ def _subset_rows(n: int, tcfg) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:tcfg.max_images].sort().values
 
 
-def model_overrides(model_config) -> dict:
+def model_overrides(model_config, config_class=VAEConfig) -> dict:
     """The model fields the caller chose; image_size/channels at their defaults count as unchosen."""
     if model_config is None:
         return {}
-    if isinstance(model_config, VAEConfig):
+    if isinstance(model_config, config_class):
         d = model_config.to_dict()
-        defaults = VAEConfig()
+        defaults = config_class()
         for name in ("image_size", "channels"):
             if d[name] == getattr(defaults, name):
                 del d[name]
         return d
     if isinstance(model_config, dict):
         # Names and values are checked now, before any data is read; widths depend on the size, so they wait.
-        VAEConfig.from_dict({k: v for k, v in model_config.items() if k != "widths"})
+        config_class.from_dict({k: v for k, v in model_config.items() if k != "widths"})
         return dict(model_config)
     raise ConfigError(f"invalid model_config of type {type(model_config).__name__}: "
-                      "expected a VAEConfig, a dict or None")
+                      f"expected a {config_class.__name__}, a dict or None")
 
 
-def agree(kind: str, saved, given):
+def agree(kind: str, saved, given, config_class=VAEConfig):
     """On resume the saved config rules; given values must agree with it (device and amp may change)."""
     if given is None:
         return saved
     given_d = given.to_dict() if hasattr(given, "to_dict") else dict(given)
     if kind == "model" and not isinstance(given, dict):
-        given_d = model_overrides(given)
+        given_d = model_overrides(given, config_class)
     saved_d = saved.to_dict()
     free = {"device", "amp", "amp_dtype", "workers"} if kind == "train" else set()
     changes = {k: v for k, v in given_d.items() if k in free and v != saved_d.get(k)}

@@ -31,6 +31,7 @@ from ._train_hooks import TrainHook
 from ._train_loop import Loop
 from ._train_setup import agree, agree_preprocess, claim_run_dir, derive_seed, load_data, model_overrides
 from .errors import ConfigError, DataError
+from .families import DEFAULT_ARCH, model_class
 from .model import ConvVAE, VAEConfig, check_config_keys, load_model, resolve_device
 
 Schedule = Literal["onecycle", "cosine", "constant"]
@@ -206,8 +207,8 @@ def train(source, run_dir, *, model_config: Union[VAEConfig, dict, None] = None,
           train_config: Union[TrainConfig, dict, None] = None, preprocess=None, resume: bool = False,
           overwrite: bool = False, progress: bool = True, data_dir=None,
           callback: Optional[Callable[[int, int, dict], None]] = None,
-          hooks: Sequence[TrainHook] = ()) -> TrainResult:
-    """Train a ConvVAE on a source and write the run directory.
+          hooks: Sequence[TrainHook] = (), arch: Optional[str] = None) -> TrainResult:
+    """Train a model (a ConvVAE by default) on a source and write the run directory.
 
     Parameters
     ----------
@@ -242,6 +243,9 @@ def train(source, run_dir, *, model_config: Union[VAEConfig, dict, None] = None,
         ``{"images": uint8 (b, C, S, S), "labels": int64 (b,) (-1 = unknown),
         "index": int64 (b,) (rows of the training set)}``. An exception it
         raises stops training (the last checkpoint stays resumable).
+    arch : str or None
+        The model family (:mod:`cvae_features.families`); None: the default ``conv-vae``
+        (on resume: the run's own). ``model_config`` is then that family's config class.
     hooks : sequence of TrainHook, optional
         Called after every step, every epoch and at the end of training (see
         :class:`TrainHook`), after the run directory's files of the epoch are
@@ -263,11 +267,11 @@ def train(source, run_dir, *, model_config: Union[VAEConfig, dict, None] = None,
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         return _train(source, Path(run_dir), model_config, train_config, preprocess, resume, overwrite, progress,
-                      data_dir, callback, hooks)
+                      data_dir, callback, hooks, arch)
 
 
 def _train(source, run_dir: Path, model_config, train_config, preprocess, resume, overwrite, progress, data_dir,
-           callback, hooks=()) -> TrainResult:
+           callback, hooks=(), arch=None) -> TrainResult:
     if resume and overwrite:
         raise ConfigError("resume=True and overwrite=True exclude each other: pick one")
     if run_dir.exists() and not run_dir.is_dir():
@@ -278,17 +282,26 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
         if not ckpt_path.exists():
             raise ConfigError(f"cannot resume: {run_dir} holds no {rd.CHECKPOINT} (start a new run without resume)")
         state = rd.load_checkpoint(ckpt_path)
+        saved_arch = state.get("arch", DEFAULT_ARCH)
+        if arch is not None and arch != saved_arch:
+            raise ConfigError(f"cannot resume a {saved_arch} run as arch={arch!r}: resume uses the run's own "
+                              "model family (or start again with overwrite)")
+        arch = saved_arch
+        config_class = model_class(arch).config_class
         tcfg = agree("train", TrainConfig.from_dict(state["train_config"]), train_config)
-        overrides = agree("model", VAEConfig.from_dict(state["model_config"]), model_config).to_dict()
+        overrides = agree("model", config_class.from_dict(state["model_config"]), model_config,
+                          config_class).to_dict()
         saved_pre = state.get("preprocess")
         if saved_pre is not None:
             preprocess = agree_preprocess(saved_pre, preprocess)
     else:
+        arch = DEFAULT_ARCH if arch is None else arch
+        config_class = model_class(arch).config_class  # ConfigError for a family nobody registered
         claim_run_dir(run_dir, overwrite)
         tcfg = _as_train_config(train_config)
-        overrides = model_overrides(model_config)
+        overrides = model_overrides(model_config, config_class)
 
-    data = load_data(source, tcfg, overrides, preprocess, data_dir, progress)
+    data = load_data(source, tcfg, overrides, preprocess, data_dir, progress, config_class)
     mcfg = data.model_config
     if state is not None and (state["data_fingerprint"] != data.fingerprint):
         raise ConfigError(f"cannot resume: the data differ from the checkpoint's ({len(data.images)} images, "
@@ -311,7 +324,7 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
 
     rd.write_json(run_dir / rd.CONFIG, {
         "tool_version": __version__, "torch_version": torch.__version__,
-        "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(),
+        "arch": arch, "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(),
         "preprocess": data.preprocess.to_dict() if data.preprocess is not None else None,
         "source": {"description": data.description, "spec": data.spec, "n_images": n, "n_train": n - n_val, "n_val": n_val,
                    "n_skipped": len(data.skipped), "data_fingerprint": data.fingerprint},
@@ -321,11 +334,11 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
     if state is not None and state.get("finished"):
         return _result(run_dir, state, n - n_val, n_val, data.skipped)
 
-    state_extra = {"model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(),
+    state_extra = {"arch": arch, "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(),
                    "preprocess": data.preprocess.to_dict() if data.preprocess is not None else None,
                    "source": data.description, "data_fingerprint": data.fingerprint}
     loop = Loop(mcfg, tcfg, device, amp_dtype, train_images, val_images, progress, callback,
-                train_labels=train_labels, val_labels=val_labels, hooks=hooks)
+                train_labels=train_labels, val_labels=val_labels, hooks=hooks, model_class=model_class(arch))
     if state is not None:
         try:
             loop.restore(state)

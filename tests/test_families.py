@@ -1,13 +1,20 @@
-"""Model families: the registry, model files recording ``arch`` (format 2; format-1 files still load)."""
+"""Model families: the registry, model files recording ``arch`` (format 2; format-1 files still load), and a new
+family defined here (one class, one registration) trained, extracted and reloaded from a store."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from cvae_features.errors import ConfigError, ModelError
 from cvae_features.families import (DEFAULT_ARCH, create_model, get_model_family, model_families,
                                     register_model_family, unregister_model_family)
-from cvae_features.model import ConvVAE, VAEConfig
+from cvae_features.model import ConvVAE, VAEConfig, VAEOutput, to_unit_float
 from cvae_features.modelfile import MODEL_FILE_VERSION, fingerprint_state, model_fingerprint, save_model
+from cvae_features.priors import StandardNormal
 from cvae_features.resolve import load_model, resolve_model
 
 
@@ -67,3 +74,120 @@ def test_the_resolver_tells_what_it_loaded(tmp_path):
         resolve_model(tmp_path)
     with pytest.raises(ModelError, match="invalid model of type int"):
         resolve_model(3)
+
+
+# -- a new family: one class and one registration ------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TinyConfig:
+    image_size: int = 8
+    channels: int = 1
+    latent_dim: int = 2
+    beta: float = 1.0
+    hidden: int = 16
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**d)
+
+
+class TinyVAE(nn.Module):
+    """A one-layer MLP VAE: the smallest thing the family protocol accepts."""
+
+    arch = "tiny-mlp-vae"
+    config_class = TinyConfig
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        pixels = config.channels * config.image_size ** 2
+        self.enc = nn.Sequential(nn.Flatten(), nn.Linear(pixels, config.hidden), nn.SiLU(),
+                                 nn.Linear(config.hidden, 2 * config.latent_dim))
+        self.dec = nn.Linear(config.latent_dim, pixels)
+        self.prior = StandardNormal(config.latent_dim)
+
+    def encode(self, x):
+        mu, logvar = self.enc(to_unit_float(x)).chunk(2, dim=1)
+        return mu, logvar.clamp(-10, 10)
+
+    @torch.no_grad()
+    def embed(self, x):
+        return self.encode(x)[0]
+
+    def decode_mean(self, z):
+        c, s = self.config.channels, self.config.image_size
+        return torch.sigmoid(self.dec(z)).view(-1, c, s, s)
+
+    def forward(self, x, beta=None):
+        x = to_unit_float(x)
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+        logits = self.dec(z).view_as(x)
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+        kl = self.prior.kl(mu, logvar)
+        b = self.config.beta if beta is None else beta
+        return VAEOutput((recon + b * kl).mean(), recon.mean(), kl.mean(), mu, logvar, recon, kl, logits, beta=b)
+
+    def loss(self, batch, beta=None):
+        return self(batch["images"], beta)
+
+    @torch.no_grad()
+    def scores(self, x):
+        out = self.eval()(x, 1.0)
+        return {"recon_error": out.recon_per_sample, "neg_elbo": out.recon_per_sample + out.kl_per_sample,
+                "mu": out.mu, "logvar": out.logvar}
+
+    def fingerprint(self):
+        return model_fingerprint(self)
+
+
+@pytest.fixture
+def tiny_family():
+    register_model_family("tiny-mlp-vae", TinyVAE, "a one-layer MLP VAE (test)")
+    yield TinyVAE
+    unregister_model_family("tiny-mlp-vae")
+    assert "tiny-mlp-vae" not in model_families()
+
+
+def test_a_new_family_trains_extracts_and_reloads_from_the_store(tmp_path, tiny_family):
+    from cvae_features.data import load_images, open_source
+    from cvae_features.extract import extract
+    from cvae_features.store import FeatureStore
+    from cvae_features.train import train
+
+    result = train("digits:train", tmp_path / "run", arch="tiny-mlp-vae", model_config={"latent_dim": 3},
+                   train_config={"epochs": 1, "batch_size": 64, "val_fraction": 0.1}, progress=False)
+    model = result.model
+    assert isinstance(model, TinyVAE) and model.config == TinyConfig(latent_dim=3)
+    assert result.history[0]["epoch"] == 1 and np.isfinite(result.history[0]["train_loss"])
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["arch"] == "tiny-mlp-vae"
+
+    store = extract("digits:test", tmp_path / "f.h5", model=tmp_path / "run", carry_weights=True, scores=True,
+                    progress=False)
+    assert store.model_fingerprint == model.fingerprint() and store.dim == 3
+    src = open_source("digits:test")
+    with FeatureStore(store.path) as s:
+        assert s.model_arch == "tiny-mlp-vae" and s.has_model and s.extras == ["recon_error", "neg_elbo"]
+        images, _, _ = load_images(src, s.preprocess, workers=0)
+        np.testing.assert_allclose(s.features, model.embed(images).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(s.extra("recon_error"), model.scores(images)["recon_error"].numpy(), rtol=1e-5)
+    again = load_model(store.path)
+    assert isinstance(again, TinyVAE) and again.fingerprint() == model.fingerprint()
+    # the run resumes as its own family; another family is refused
+    with pytest.raises(ConfigError, match="cannot resume a tiny-mlp-vae run as arch='conv-vae'"):
+        train("digits:train", tmp_path / "run", arch="conv-vae", resume=True, progress=False)
+
+
+def test_a_store_of_an_unregistered_family_is_one_line(tmp_path, tiny_family):
+    from cvae_features.extract import extract
+
+    torch.manual_seed(0)
+    model = TinyVAE(TinyConfig())
+    extract("digits:test", tmp_path / "f.h5", model=model, carry_weights=True, progress=False)
+    unregister_model_family("tiny-mlp-vae")
+    with pytest.raises(ModelError, match=r"f.h5: unknown model family 'tiny-mlp-vae'"):
+        load_model(tmp_path / "f.h5")
+    register_model_family("tiny-mlp-vae", TinyVAE)  # the fixture removes it again
