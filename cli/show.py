@@ -18,9 +18,11 @@ from ._common import echo_json, library_errors
               help="Seeds the choice of images and the prior samples.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),
               help="Where built-in data sets (fashion-mnist, mnist, cifar10) are stored.")
+@click.option("--inpaint-steps", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Adam steps on the code in the inpainting view (fewer: faster, a rougher fill).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @library_errors
-def show(model_path, out_dir, source, n, seed, data_dir, as_json):
+def show(model_path, out_dir, source, n, seed, data_dir, inpaint_steps, as_json):
     """Look inside a model: reconstructions, prior samples, interpolations,
     latent traversals, inpainting and a 2-D map of the embeddings.
 
@@ -29,7 +31,8 @@ def show(model_path, out_dir, source, n, seed, data_dir, as_json):
     """
     from cvae_features.show import show as show_model
 
-    result = show_model(model_path, out_dir, source=source, n=n, seed=seed, data_dir=data_dir)
+    result = show_model(model_path, out_dir, source=source, n=n, seed=seed, data_dir=data_dir,
+                        inpaint_steps=inpaint_steps)
     if as_json:
         echo_json(result.to_dict())
         return

@@ -79,6 +79,8 @@ class ShowResult:
         Mean KL (nats) of each traversed dimension over the loaded images.
     inpaint_mask : str
         The region hidden for inpainting.
+    inpaint_steps : int
+        Adam steps of the inpainting fill.
     fingerprint : str
         The model's fingerprint.
     """
@@ -94,6 +96,7 @@ class ShowResult:
     traversal_kl: List[float]
     inpaint_mask: str
     fingerprint: str
+    inpaint_steps: int = INPAINT_STEPS
     config: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -196,7 +199,7 @@ def inpaint(model: ConvVAE, images: torch.Tensor, known: torch.Tensor, steps: in
 # ----------------------------------------------------------------------------- show
 
 def show(model_or_path, out_dir, *, source=None, n: int = 16, seed: int = 0, data_dir=None,
-         map_points: int = MAP_POINTS, mask: str = "right") -> ShowResult:
+         map_points: int = MAP_POINTS, mask: str = "right", inpaint_steps: int = INPAINT_STEPS) -> ShowResult:
     """Write PNG views of a model and an ``index.html`` showing them.
 
     Parameters
@@ -217,6 +220,9 @@ def show(model_or_path, out_dir, *, source=None, n: int = 16, seed: int = 0, dat
         At most this many points in the embedding map.
     mask : {"right", "bottom", "centre"}, default="right"
         Region hidden in the inpainting view.
+    inpaint_steps : int, default=100
+        Adam steps on the code in the inpainting view (>= 1; see :func:`inpaint`). Fewer steps are
+        faster and fill less faithfully.
 
     Returns
     -------
@@ -235,6 +241,8 @@ def show(model_or_path, out_dir, *, source=None, n: int = 16, seed: int = 0, dat
         raise ConfigError(f"invalid seed={seed!r}: expected an integer >= 0")
     if not isinstance(map_points, int) or map_points < 2:
         raise ConfigError(f"invalid map_points={map_points!r}: expected an integer >= 2")
+    if not isinstance(inpaint_steps, int) or isinstance(inpaint_steps, bool) or inpaint_steps < 1:
+        raise ConfigError(f"invalid inpaint_steps={inpaint_steps!r}: expected an integer >= 1")
     mask_for(mask, 1, 8)  # validates the name before any work
 
     model, origin = _resolve_model(model_or_path)
@@ -262,7 +270,7 @@ def show(model_or_path, out_dir, *, source=None, n: int = 16, seed: int = 0, dat
         files["interpolations"] = _save_interpolations(model, images, mu, labels, out_dir, scale)
         dims, dim_kl = _active_dims(model.prior, mu, logvar)
         files["traversals"] = _save_traversals(model, mu[0], dims, out_dir, scale)
-        files["inpainting"] = _save_inpainting(model, shown[:m], mask, out_dir, scale)
+        files["inpainting"] = _save_inpainting(model, shown[:m], mask, inpaint_steps, out_dir, scale)
 
         store_map = origin.get("store_map")
         if store_map is not None:
@@ -279,7 +287,7 @@ def show(model_or_path, out_dir, *, source=None, n: int = 16, seed: int = 0, dat
         out_dir=out_dir, files=files, index=out_dir / "index.html", source=description,
         n_images=len(shown), map_points=len(feats), map_from=map_from,
         traversal_dims=[int(d) for d in dims], traversal_kl=[round(float(k), 4) for k in dim_kl],
-        inpaint_mask=mask, fingerprint=model.fingerprint(), config=cfg.to_dict())
+        inpaint_mask=mask, fingerprint=model.fingerprint(), inpaint_steps=inpaint_steps, config=cfg.to_dict())
     _write_index(result, model, origin.get("label", "model"))
     # show.json lives beside the pictures: it names them relative to its folder, so the folder can move
     saved = dict(result.to_dict(), out_dir=".", index=result.index.name,
@@ -518,10 +526,10 @@ def _save_traversals(model, base, dims, out_dir, scale):
     return _save_grid(rows, [f"z[{d}]" for d in dims], out_dir / "traversals.png", scale)
 
 
-def _save_inpainting(model, shown, mask, out_dir, scale):
+def _save_inpainting(model, shown, mask, steps, out_dir, scale):
     cfg = model.config
     known = mask_for(mask, cfg.channels, cfg.image_size)
-    filled = inpaint(model, shown, known)
+    filled = inpaint(model, shown, known, steps=steps)
     masked = torch.where(known.expand_as(shown), shown, torch.full_like(shown, 128))
     cols = len(shown)
     rows = [_pad_row(masked, cols), _pad_row(filled, cols), _pad_row(shown, cols)]
@@ -631,7 +639,7 @@ def _write_index(result: ShowResult, model: ConvVAE, label: str) -> Path:
                       f"to values from -{TRAVERSAL_RANGE:g} to +{TRAVERSAL_RANGE:g}; "
                       "the others stay at μ of one image.",
         "inpainting": f"Rows in triples: the input with its {result.inpaint_mask} part hidden (grey), the model's "
-                      f"fill (the most probable code given the known pixels, {INPAINT_STEPS} Adam steps, decoded; "
+                      f"fill (the most probable code given the known pixels, {result.inpaint_steps} Adam steps, decoded; "
                       "known pixels kept), the original.",
         "embedding_map": f"PCA of the embeddings μ to two dimensions, {result.map_points} points from the "
                          f"{'store' if result.map_from == 'store' else 'source'}, coloured by label.",

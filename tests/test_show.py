@@ -12,10 +12,11 @@ from PIL import Image
 
 from cvae_features.errors import ConfigError, DataError, ModelError
 from cvae_features.model import load_model
-from cvae_features.show import MASKS, ShowResult, inpaint, mask_for, show
+from cvae_features.show import INPAINT_STEPS, MASKS, ShowResult, inpaint, mask_for, show
 
 VIEWS = ("reconstructions", "samples", "interpolations", "traversals", "inpainting", "embedding_map")
 LATENT = 6
+STEPS = 3  # inpainting steps where their number is not what a test looks at (the default is 100)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shown(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("show") / "look"
-    return show(run_dir, out, n=16, seed=0), out
+    return show(run_dir, out, n=16, seed=0, inpaint_steps=STEPS), out
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +88,10 @@ def test_result_records_what_was_shown(shown, run_dir):
     assert result.traversal_kl == sorted(result.traversal_kl, reverse=True)  # most active first
     assert all(k >= 0 for k in result.traversal_kl)
     assert "digits" in result.source
+    assert result.inpaint_mask == "right" and result.inpaint_steps == STEPS
     saved = json.loads((out / "show.json").read_text())
     assert saved["fingerprint"] == result.fingerprint and saved["files"]["samples"] == "samples.png"
+    assert saved["inpaint_steps"] == STEPS and saved["inpaint_mask"] == "right"
     assert saved["index"] == "index.html" and all((out / name).is_file() for name in saved["files"].values())
 
 
@@ -103,6 +106,7 @@ def test_index_html_references_exactly_the_written_files(shown, run_dir):
     assert not re.search(r"https?://", text)
     assert "script" not in parser.tags and "link" not in parser.tags
     assert result.fingerprint in text
+    assert f"{STEPS} Adam steps" in text and f"{INPAINT_STEPS} Adam steps" not in text
     assert "latent_dim" in text and "<h2>" in text
     assert text.count("<h2>") >= len(VIEWS)
 
@@ -152,14 +156,39 @@ def test_inpainting_error_on_bad_arguments(run_dir, digits_images):
 
 
 def test_same_seed_same_pictures_other_seed_other_samples(run_dir, tmp_path):
-    a = show(run_dir, tmp_path / "a", n=4, seed=3, map_points=200)
-    b = show(run_dir, tmp_path / "b", n=4, seed=3, map_points=200)
-    c = show(run_dir, tmp_path / "c", n=4, seed=4, map_points=200)
+    a = show(run_dir, tmp_path / "a", n=4, seed=3, map_points=200, inpaint_steps=STEPS)
+    b = show(run_dir, tmp_path / "b", n=4, seed=3, map_points=200, inpaint_steps=STEPS)
+    c = show(run_dir, tmp_path / "c", n=4, seed=4, map_points=200, inpaint_steps=STEPS)
     for name in ("samples", "reconstructions", "inpainting"):
         assert a.files[name].read_bytes() == b.files[name].read_bytes(), name
         assert a.files[name].read_bytes() != c.files[name].read_bytes(), name
     assert a.files["embedding_map"].read_bytes() == b.files["embedding_map"].read_bytes()
     assert a.n_images == 4
+
+
+def test_inpaint_steps_change_only_the_inpainting_view(run_dir, tmp_path):
+    a = show(run_dir, tmp_path / "a", n=4, seed=3, map_points=200, inpaint_steps=1)
+    b = show(run_dir, tmp_path / "b", n=4, seed=3, map_points=200, inpaint_steps=40)
+    assert (a.inpaint_steps, b.inpaint_steps) == (1, 40)
+    for name in VIEWS:
+        same = a.files[name].read_bytes() == b.files[name].read_bytes()
+        assert same == (name != "inpainting"), name
+    assert "1 Adam steps" in a.index.read_text() and "40 Adam steps" in b.index.read_text()
+    # the view is what inpaint() gives with that many steps
+    model = load_model(run_dir)
+    with Image.open(b.files["inpainting"]) as img:
+        grid = np.asarray(img)
+    known = mask_for("right", 1, 8)
+    images = torch.as_tensor(np.stack([_tile(grid, 2, c) for c in range(4)]))[:, None]
+    filled = inpaint(model, images, known, steps=40)
+    for c in range(4):
+        np.testing.assert_array_equal(_tile(grid, 1, c), filled[c, 0].numpy())
+    assert not all(np.array_equal(_tile(grid, 1, c), inpaint(model, images, known, steps=1)[c, 0].numpy())
+                   for c in range(4))
+    for bad in (0, -3, True, 2.0, "5"):
+        with pytest.raises(ConfigError, match="inpaint_steps="):
+            show(run_dir, tmp_path / "bad", inpaint_steps=bad)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_show_on_a_labelled_folder_and_an_array(run_dir, digits_images, tmp_path):
@@ -171,12 +200,12 @@ def test_show_on_a_labelled_folder_and_an_array(run_dir, digits_images, tmp_path
         (folder / f"class{cls}").mkdir(parents=True)
         for i in np.flatnonzero(y == cls)[:8]:
             Image.fromarray(digits_images[i, 0].numpy(), mode="L").save(folder / f"class{cls}" / f"{i}.png")
-    result = show(run_dir, tmp_path / "from-folder", source=str(folder), n=8)
+    result = show(run_dir, tmp_path / "from-folder", source=str(folder), n=8, inpaint_steps=STEPS)
     assert result.map_points == 24 and result.n_images == 8
     assert str(folder) in result.source
 
     model = load_model(run_dir)
-    result = show(model, tmp_path / "from-array", source=digits_images[:30], n=6)
+    result = show(model, tmp_path / "from-array", source=digits_images[:30], n=6, inpaint_steps=STEPS)
     assert result.map_points == 30 and result.n_images == 6
     assert all(p.is_file() for p in result.files.values())
     with pytest.raises(DataError, match="expected uint8 of shape"):
@@ -198,7 +227,7 @@ def test_recorded_source_that_cannot_be_opened_asks_for_source(run_dir, tmp_path
     bare.write_bytes((run_dir / "model.pt").read_bytes())
     with pytest.raises(DataError, match="no source is recorded"):
         show(bare, tmp_path / "out")
-    assert show(bare, tmp_path / "out", source="digits", n=2).n_images == 2
+    assert show(bare, tmp_path / "out", source="digits", n=2, inpaint_steps=STEPS).n_images == 2
 
 
 def test_bad_model_paths_and_arguments(tmp_path, run_dir):
@@ -223,7 +252,7 @@ def test_show_a_store_maps_its_own_features(run_dir, tmp_path):
 
     store = tmp_path / "digits.h5"
     extract("digits", store, model=run_dir, carry_weights=True, device="cpu", progress=False)
-    result = show(store, tmp_path / "out", n=4, map_points=500)
+    result = show(store, tmp_path / "out", n=4, map_points=500, inpaint_steps=STEPS)
     assert result.map_from == "store" and result.map_points == 500  # subsampled from the store's 1797 rows
     assert result.fingerprint == load_model(run_dir).fingerprint()
     with FeatureStore(store) as fs:
@@ -234,6 +263,13 @@ def test_show_a_store_maps_its_own_features(run_dir, tmp_path):
     extract("digits:test", bare, model=run_dir, carry_weights=False, device="cpu", progress=False)
     with pytest.raises(ModelError, match="only the fingerprint"):
         show(bare, tmp_path / "out2")
+
+
+def _tile(grid, row, col, side=8, scale=8, pad=2):
+    """The image at (row, col) of a _save_grid picture with row labels, at its original side."""
+    label_w = grid.shape[1] - pad - 4 * (side * scale + pad)  # 4 columns
+    y, x = pad + row * (side * scale + pad), label_w + pad + col * (side * scale + pad)
+    return grid[y:y + side * scale:scale, x:x + side * scale:scale]
 
 
 def _cli():
@@ -250,10 +286,15 @@ def test_cli_show_lists_the_folder_and_files(run_dir, tmp_path):
     for name in VIEWS:
         assert f"{name}.png" in result.output
         assert (out / f"{name}.png").is_file()
+    assert json.loads((out / "show.json").read_text())["inpaint_steps"] == INPAINT_STEPS == 100  # the default
 
-    result = CliRunner().invoke(_cli(), ["show", str(run_dir), "-o", str(tmp_path / "j"), "--n", "2", "--json"])
+    result = CliRunner().invoke(_cli(), ["show", str(run_dir), "-o", str(tmp_path / "j"), "--n", "2", "--json",
+                                         "--inpaint-steps", "2"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["n_images"] == 2
+    assert json.loads(result.output)["n_images"] == 2 and json.loads(result.output)["inpaint_steps"] == 2
+
+    result = CliRunner().invoke(_cli(), ["show", str(run_dir), "-o", str(tmp_path / "z"), "--inpaint-steps", "0"])
+    assert result.exit_code == 2 and "--inpaint-steps" in result.output and not (tmp_path / "z").exists()
 
 
 @pytest.mark.parametrize("make", ["missing", "junk"])

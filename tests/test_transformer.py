@@ -16,35 +16,14 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from cvae_features.model import ConvVAE
 from cvae_features.transformer import VAEFeatureExtractor
 
-_NOT_IMAGES = "check data has 2, 3, 5 or 10 columns: not flattened square images"
-_NOT_PIXELS = "check data are floats above 1: pixels must be uint8 0..255 or float in [0, 1]"
+# Every scikit-learn estimator check passes: 2-D tables whose column count is no flattened image are
+# laid out as rows of numbers, values outside the pixel ranges are min-max scaled (see the class notes).
+# A check that has to be expected to fail goes here with its reason; the xfail is strict, so it fails
+# the suite the day it passes (test_expected_failures_are_strict_and_named).
+EXPECTED_FAILED: dict = {}
 
-# Checks that feed data which is not an image stack. The estimator refuses such input on purpose
-# (with a ValueError naming the shape or value range), so these checks cannot apply.
-EXPECTED_FAILED = {
-    "check_estimators_overwrite_params": _NOT_IMAGES,
-    "check_estimators_fit_returns_self": _NOT_IMAGES,
-    "check_readonly_memmap_input": _NOT_IMAGES,
-    "check_estimators_dtypes": _NOT_IMAGES,
-    "check_dtype_object": _NOT_IMAGES,
-    "check_fit_idempotent": _NOT_IMAGES,  # covered by test_fit_is_deterministic on images
-    "check_fit_check_is_fitted": _NOT_IMAGES,
-    "check_n_features_in": _NOT_IMAGES,
-    "check_fit2d_1sample": _NOT_IMAGES + " (the shape error comes before any sample-count message)",
-    "check_dont_overwrite_parameters": _NOT_PIXELS,
-    "check_n_features_in_after_fitting": _NOT_PIXELS,
-    "check_pipeline_consistency": _NOT_PIXELS,
-    "check_estimators_pickle": _NOT_PIXELS,  # covered by test_clone_and_pickle on images
-    "check_f_contiguous_array_estimator": _NOT_PIXELS,
-    "check_transformer_data_not_an_array": _NOT_PIXELS,
-    "check_transformer_general": _NOT_PIXELS,
-    "check_transformer_preserve_dtypes": _NOT_PIXELS,
-    "check_methods_sample_order_invariance": _NOT_PIXELS,  # covered by test_transform_is_row_wise on images
-    "check_methods_subset_invariance": _NOT_PIXELS,  # covered by test_transform_is_row_wise on images
-    "check_fit2d_1feature": _NOT_PIXELS + " (the range error comes before any feature-count message)",
-    "check_dict_unchanged": _NOT_PIXELS,
-    "check_fit2d_predict1d": _NOT_PIXELS,
-}
+# The estimator the checks run on: the defaults (image_size=None included), made small to be quick.
+CONTRACT = VAEFeatureExtractor(2, epochs=1, batch_size=32)
 
 
 def _tiny(**kw):
@@ -53,9 +32,24 @@ def _tiny(**kw):
     return VAEFeatureExtractor(**params)
 
 
-@parametrize_with_checks([_tiny()], expected_failed_checks=lambda est: EXPECTED_FAILED)
+@parametrize_with_checks([CONTRACT], expected_failed_checks=lambda est: EXPECTED_FAILED)
 def test_sklearn_contract(estimator, check):
     check(estimator)
+
+
+def test_expected_failures_are_strict_and_named(request):
+    from sklearn.utils.estimator_checks import _check_name
+
+    params = test_sklearn_contract.pytestmark[0].args[1]
+    names, strict = set(), request.config.getini("xfail_strict")
+    for param in params:
+        marks = getattr(param, "marks", ())
+        check = param.values[1] if marks else param[1]
+        names.add(_check_name(check))
+        for mark in marks:
+            assert mark.name == "xfail" and mark.kwargs.get("strict", strict) is True, (check, mark)
+    assert len(names) > 40
+    assert set(EXPECTED_FAILED) <= names, set(EXPECTED_FAILED) - names  # no stale names
 
 
 @pytest.fixture(scope="module")
@@ -131,19 +125,88 @@ def test_given_model_skips_training(digits, tmp_path):
     np.testing.assert_allclose(est.transform(X), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_rows_of_numbers_are_laid_into_a_padded_square(digits):
+    X = digits[0][:100]
+    rows = X.reshape(100, 64)[:, 20:27]  # 7 columns: no flattened image
+    canvas = np.zeros((100, 8, 8))
+    canvas.reshape(100, 64)[:, :7] = rows  # row-major, the rest black
+    est = _tiny().fit(rows)
+    assert est.n_features_in_ == 7 and est.image_shape_ == (8, 8, 1) and est.data_range_ is None
+    np.testing.assert_array_equal(est.transform(rows), _tiny().fit(canvas).transform(canvas))
+    with pytest.raises(ValueError, match="X has 64 features, but VAEFeatureExtractor is expecting 7"):
+        est.transform(canvas)  # the canvas itself is another input
+    with pytest.raises(ValueError, match="X has 8 features, but VAEFeatureExtractor is expecting 7"):
+        est.transform(X.reshape(100, 64)[:, :8])
+    # the canvas is image_size when the row fits in it, else the smallest square that holds it
+    assert _tiny(image_size=12).fit(rows).image_shape_ == (12, 12, 1)
+    wide = np.tile(rows, 10)  # 70 columns > 8 * 8
+    fitted = _tiny().fit(wide)
+    assert fitted.image_shape_ == (9, 9, 1) and fitted.model_.config.image_size == 8
+    assert fitted.transform(wide[:5]).shape == (5, 2)
+
+
+def test_values_outside_the_pixel_ranges_are_min_max_scaled(digits):
+    X = digits[0][:100]
+    assert X.min() == 0 and X.max() == 1
+    pixels = _tiny().fit(X)
+    Z = pixels.transform(X)
+    assert pixels.data_range_ is None
+    for numbers, lo, hi in ((X * 2, 0, 2), (X - 0.5, -0.5, 0.5), (X * 1000 + 3, 3, 1003)):
+        est = _tiny().fit(numbers)
+        assert est.data_range_ == (lo, hi)
+        np.testing.assert_array_equal(est.transform(numbers), Z)  # scaled back onto the same pixels
+    est = _tiny().fit(X * 2)
+    # beyond the fitted range: clipped to black and white
+    np.testing.assert_array_equal(est.transform(X * 4 - 1), est.transform(np.clip(X * 4 - 1, 0, 2)))
+    # one scale for every dtype: integers are numbers too once fit saw numbers
+    np.testing.assert_array_equal(est.transform((X * 2).astype(np.int64)), est.transform(np.floor(X * 2)))
+    ints = np.rint(X * 300).astype(np.int64)  # integers above 255
+    assert _tiny().fit(ints).data_range_ == (0, 300)
+    # pixels stay pixels: uint8 0..255 is never rescaled, and a fit on pixels refuses other values
+    dim = np.rint(X * 100).astype(np.uint8)
+    assert _tiny().fit(dim).data_range_ is None
+    np.testing.assert_array_equal(_tiny().fit(dim).transform(dim), _tiny().fit(dim / 255.0).transform(dim))
+    with pytest.raises(ValueError, match=r"values in \[0, 2\]: expected float in \[0, 1\]"):
+        pixels.transform(X * 2)
+    with pytest.raises(ValueError, match=r"values in \[-0.5, 0.5\]"):
+        pixels.transform(X - 0.5)
+    with pytest.raises(ValueError, match=r"values in \[0, 300\]: expected uint8 in 0..255"):
+        pixels.transform(ints)
+    const = _tiny().fit(np.full((20, 8, 8), 7.0))
+    assert const.data_range_ == (7, 7)
+    np.testing.assert_array_equal(const.transform(np.full((2, 8, 8), 7.0)), const.transform(np.zeros((2, 8, 8))))
+
+
+def test_small_images_are_enlarged_to_the_smallest_model_input(digits):
+    X = digits[0][:100]
+    small = X[:, ::2, ::2]  # 4x4
+    est = VAEFeatureExtractor(2, epochs=1, batch_size=32).fit(small)
+    assert est.model_.config.image_size == 8 and est.image_shape_ == (4, 4, 1)
+    np.testing.assert_array_equal(est.transform(small), _tiny().fit(small).transform(small))
+
+
 def test_bad_input_names_the_shape(digits):
     X, _ = digits
     est = _tiny()
-    with pytest.raises(ValueError, match=r"shape \(5, 7\)"):
-        est.fit(np.zeros((5, 7)))
     with pytest.raises(ValueError, match=r"shape \(4, 2, 8, 8\): expected images of shape \(n, h, w\)"):
         est.fit(np.zeros((4, 2, 8, 8)))
-    with pytest.raises(ValueError, match=r"values in \[0, 2\]: expected float in \[0, 1\] or uint8"):
-        est.fit(X * 2)
-    with pytest.raises(ValueError, match="Negative values"):
-        est.fit(X - 0.5)
-    with pytest.raises(ValueError, match="images of 4x4 pixels: expected square images with a side from 8"):
-        VAEFeatureExtractor(2, epochs=1).fit(np.zeros((5, 4, 4)))
+    with pytest.raises(ValueError, match=r"shape \(2, 3, 8, 8, 1\): expected images"):
+        est.fit(np.zeros((2, 3, 8, 8, 1)))
+    with pytest.raises(ValueError, match=r"shape \(64,\) is 1-D: .*Reshape your data"):
+        est.fit(np.zeros(64))
+    with pytest.raises(ValueError, match=r"0 feature\(s\)"):
+        est.fit(np.zeros((5, 0)))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        est.fit(np.where(X == 1, np.inf, X))
+    bad = X.reshape(400, 64).astype(object)
+    bad[0, 0] = {"a": 1}
+    with pytest.raises(TypeError, match="dtype object"):
+        est.fit(bad)
+    bad[0, 0] = "dark"
+    with pytest.raises(ValueError, match="dtype object"):
+        est.fit(bad)
+    with pytest.raises(ValueError, match="images of 4x6 pixels: expected square images with a side up to 256"):
+        VAEFeatureExtractor(2, epochs=1).fit(np.zeros((5, 4, 6)))
     fitted = _tiny().fit(X)
     with pytest.raises(ValueError, match="X has 16 features, but VAEFeatureExtractor is expecting 64"):
         fitted.transform(np.zeros((3, 4, 4)))
