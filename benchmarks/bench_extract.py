@@ -58,10 +58,10 @@ from _common import git_commit  # benchmarks/ is on sys.path when a script runs
 from cvae_features._json import dumps
 from cvae_features.data import Preprocess, decode_image, iter_batches, open_source
 from cvae_features.data.loader import default_workers
-from cvae_features.extract import extract
+from cvae_features.extraction import extract
 from cvae_features.featurizers import VAEFeaturizer
 from cvae_features.model import VAEConfig, load_model
-from cvae_features.train import TrainConfig, train
+from cvae_features.training import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

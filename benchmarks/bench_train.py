@@ -34,7 +34,7 @@ from cvae_features import __version__
 from cvae_features._json import dumps
 from cvae_features.data import load_images, open_source, infer_preprocess
 from cvae_features.model import ConvVAE, VAEConfig
-from cvae_features.train import TrainConfig, train
+from cvae_features.training import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = 0.95

@@ -85,7 +85,7 @@ def _announce_training(plan) -> None:
 def extract_command(source, store, model, features, dim, epochs, batch_size, workers, resume, update, overwrite,
                     max_bad, compression, scores, logvar, with_weights, device, data_dir, no_progress, as_json):
     """Write features of every image in SOURCE (a folder, a .csv manifest or a data set such as digits) to STORE."""
-    from cvae_features.extract import extract
+    from cvae_features.extraction import extract
 
     result = extract(
         source, store, model=model, features=features, dim=dim,

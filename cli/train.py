@@ -1,4 +1,4 @@
-"""``cvae train SOURCE -o RUN_DIR``: parse options and call :func:`cvae_features.train.train`."""
+"""``cvae train SOURCE -o RUN_DIR``: parse options and call :func:`cvae_features.training.train`."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "s
 @library_errors
 def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data_dir, **options):
     """Train a convolutional VAE on SOURCE (a folder, a .csv manifest or a data set name such as digits)."""
-    from cvae_features.train import train
+    from cvae_features.training import train
 
     given = {k: v for k, v in options.items() if v is not None}
     model_config = {_MODEL_OPTIONS[k]: v for k, v in given.items() if k in _MODEL_OPTIONS}

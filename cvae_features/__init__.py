@@ -9,8 +9,6 @@ stays fast; torch and scikit-learn load only when a name that needs them is used
 """
 
 import importlib
-import sys
-import types
 
 from ._version import __version__
 from .errors import (CvaeError, ConfigError, DataError, DecodeError, ModelError, SourceNotFoundError,
@@ -18,29 +16,21 @@ from .errors import (CvaeError, ConfigError, DataError, DecodeError, ModelError,
 
 _LAZY = {
     ".data": ("Preprocess", "open_source"),
-    ".model": ("ConvVAE", "VAEConfig", "VAEOutput", "load_model"),
-    ".train": ("TrainConfig", "TrainResult", "train"),
-    ".extract": ("extract", "ExtractResult"),
+    ".model": ("ConvVAE", "VAEConfig", "VAEOutput"),
+    ".families": ("create_model", "register_model_family", "model_families"),
+    ".resolve": ("load_model", "resolve_model"),
+    ".featurizers": ("Featurizer", "register_featurizer", "featurizer_kinds"),
+    ".training": ("TrainConfig", "TrainResult", "train"),
+    ".extraction": ("extract", "ExtractOptions", "ExtractResult"),
     ".store": ("FeatureStore",),
     ".transformer": ("VAEFeatureExtractor",),
     ".probes": ("linear_probe", "knn_probe", "cluster_probe", "fewshot_curve", "anomaly_probe",
-                "one_class_protocol", "probe_stores"),
+                "one_class_protocol", "probe_stores", "register_probe", "register_fewshot_method"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = ["__version__", "CvaeError", "ConfigError", "DataError", "DecodeError", "ModelError",
            "SourceNotFoundError", "StoreError", "StoreNoSpaceError", "TrainingError", *_WHERE]
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name, value):
-        # importing the submodule ``train`` (or ``extract``) binds it here; the function of that name wins
-        if name in _WHERE and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):

@@ -1,4 +1,4 @@
-"""The files of a training run directory (private to :mod:`cvae_features.train`).
+"""The files of a training run directory (private to :mod:`cvae_features.training`).
 
 Every file is written to a temporary name first and moved into place with
 ``os.replace``, so an interrupted run never leaves a half-written file behind.

@@ -4,7 +4,7 @@ The loop (:class:`cvae_features._train_loop.Loop`) calls its hooks on the main
 process only (``Loop.is_main_process``; later the rank-0 process of a
 distributed run), so every write to the run directory goes through a hook:
 :class:`RunDirWriter` does today's writes in today's order. The ``callback`` of
-:func:`cvae_features.train.train` is a hook too (:class:`CallbackHook`).
+:func:`cvae_features.training.train` is a hook too (:class:`CallbackHook`).
 """
 
 from __future__ import annotations

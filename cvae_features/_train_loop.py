@@ -1,4 +1,4 @@
-"""The epoch loop of :func:`cvae_features.train.train` (private).
+"""The epoch loop of :func:`cvae_features.training.train` (private).
 
 The loop feeds the model batches ``{"images": uint8 (b, C, H, W), "labels": int64 (b,)
 (-1 = unknown), "index": int64 (b,)}`` (``index``: rows of the training set, or of

@@ -1,4 +1,4 @@
-"""Everything :func:`cvae_features.train.train` settles before the first step (private).
+"""Everything :func:`cvae_features.training.train` settles before the first step (private).
 
 The data (decoded once into memory, with the files that were skipped), the
 model config that follows it, the checks on resume, the claim on a run

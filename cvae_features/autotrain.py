@@ -56,7 +56,7 @@ def plan_auto_training(source, store_path, *, dim=None, model_config=None, train
     """
     from .data import infer_preprocess, open_source
     from .model import VAEConfig
-    from .train import TrainConfig
+    from .training import TrainConfig
 
     src = open_source(source, data_dir=data_dir)
     n = len(src)
@@ -103,7 +103,7 @@ def _estimate_training_seconds(mcfg, tcfg, n: int) -> float:
 
 def train_for_extraction(src, plan: AutoTrainPlan, *, resume, overwrite, progress, data_dir):
     """Train the planned model; (model, seconds, images trained and validated on). Resumes a run cut short."""
-    from .train import train
+    from .training import train
 
     resume_run = resume and (plan.run_dir / "checkpoint.pt").exists()
     t0 = time.perf_counter()

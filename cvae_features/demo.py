@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .model import VAEConfig
-from .train import TrainConfig
+from .training import TrainConfig
 
 # Chosen on digits:train only (probes on a split of the training rows; digits:test is never read):
 # benchmarks/digits_demo.py, results in benchmarks/results/digits_demo.md.
@@ -60,10 +60,10 @@ def run_demo(out_dir="cvae-demo", *, model_config: VAEConfig = DEMO_MODEL,
         Called with a one-line description before each step.
     """
     from . import report
-    from .extract import extract
+    from .extraction import extract
     from .probes import probe_stores
     from .show import show
-    from .train import train
+    from .training import train
 
     say = on_step or (lambda message: None)
     out = Path(out_dir)

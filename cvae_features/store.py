@@ -9,7 +9,7 @@ optionally the model weights or the PCA basis. The format is described in
 prose in ``docs/store-format.md``; :data:`FORMAT_VERSION` is its version.
 
 :class:`FeatureStore` reads a store; :class:`StoreWriter` creates or appends to
-one (it is what :mod:`cvae_features.extract` uses). Readers see only committed
+one (it is what :mod:`cvae_features.extraction` uses). Readers see only committed
 rows: a row counts once its batch is written and flushed *and* the committed
 row count (the root attribute ``n_rows``) has been advanced past it.
 """
@@ -585,7 +585,7 @@ class FeatureStore:
 
 
 class StoreWriter:
-    """Create a feature store or append to one, batch by batch (used by :mod:`cvae_features.extract`).
+    """Create a feature store or append to one, batch by batch (used by :mod:`cvae_features.extraction`).
 
     Use :meth:`create` for a new store and :meth:`append_to` to finish or grow
     an existing one. Each :meth:`write_batch` writes whole arrays (no per-row

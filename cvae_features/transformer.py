@@ -146,7 +146,7 @@ class VAEFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             try:
                 mcfg = VAEConfig(image_size=size, channels=int(images.shape[1]), latent_dim=self.latent_dim,
                                  beta=self.beta, likelihood=self.likelihood)
-                from .train import TrainConfig, train
+                from .training import TrainConfig, train
 
                 tcfg = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
                                    device=self.device, val_fraction=self.val_fraction)

@@ -130,7 +130,7 @@ def test_tuning_script_scores_on_a_validation_split_of_train_only(tmp_path):
 
 def test_inpainting_script_records_every_mask(tmp_path):
     from cvae_features.show import MASKS
-    from cvae_features.train import TrainConfig, train
+    from cvae_features.training import TrainConfig, train
 
     run = tmp_path / "run"
     train("digits:train", run, model_config={"latent_dim": 6, "widths": [16]},

@@ -17,7 +17,7 @@ from _images import write_class_folder, write_image_zoo
 from cvae_cli.main import cli
 from cvae_features.data import Preprocess, load_images, open_source
 from cvae_features.errors import ConfigError, DataError, StoreError
-from cvae_features.extract import extract, fit_pca
+from cvae_features.extraction import extract, fit_pca
 from cvae_features.model import ConvVAE
 from cvae_features.resolve import load_model
 from cvae_features.store import FeatureStore
@@ -326,9 +326,9 @@ def test_builtin_source_with_default_workers(model_path, tmp_path):
 
 def test_auto_training_plan_is_the_benchmarked_default_on_a_fashion_mnist_sized_set(tmp_path):
     from cvae_features.data import ArraySource
-    from cvae_features.extract import plan_auto_training
+    from cvae_features.extraction import plan_auto_training
     from cvae_features.model import VAEConfig
-    from cvae_features.train import TrainConfig
+    from cvae_features.training import TrainConfig
 
     pixels = np.zeros((60_000, 1, 28, 28), dtype=np.uint8)
     big = ArraySource(pixels)

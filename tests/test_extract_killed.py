@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from cvae_features.extract import extract
+from cvae_features.extraction import extract
 from cvae_features.model import ConvVAE
 from cvae_features.store import FeatureStore
 
 KILL_AFTER_3_BATCHES = """
 import os, signal, sys
-from cvae_features.extract import extract
+from cvae_features.extraction import extract
 def kill(progress):
     if progress.batch == 2:  # the third batch is committed: die without any clean-up
         os.kill(os.getpid(), signal.SIGKILL)

@@ -7,7 +7,7 @@ import torch
 
 from _images import write_class_folder
 from cvae_features.data import Preprocess, load_images, open_source
-from cvae_features.extract import extract
+from cvae_features.extraction import extract
 from cvae_features.model import ConvVAE
 from cvae_features.store import FeatureStore
 

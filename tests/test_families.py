@@ -154,9 +154,9 @@ def tiny_family():
 
 def test_a_new_family_trains_extracts_and_reloads_from_the_store(tmp_path, tiny_family):
     from cvae_features.data import load_images, open_source
-    from cvae_features.extract import extract
+    from cvae_features.extraction import extract
     from cvae_features.store import FeatureStore
-    from cvae_features.train import train
+    from cvae_features.training import train
 
     result = train("digits:train", tmp_path / "run", arch="tiny-mlp-vae", model_config={"latent_dim": 3},
                    train_config={"epochs": 1, "batch_size": 64, "val_fraction": 0.1}, progress=False)
@@ -182,7 +182,7 @@ def test_a_new_family_trains_extracts_and_reloads_from_the_store(tmp_path, tiny_
 
 
 def test_a_store_of_an_unregistered_family_is_one_line(tmp_path, tiny_family):
-    from cvae_features.extract import extract
+    from cvae_features.extraction import extract
 
     torch.manual_seed(0)
     model = TinyVAE(TinyConfig())

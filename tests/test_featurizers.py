@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cvae_features.errors import ConfigError, StoreError
-from cvae_features.extract import ExtractOptions, extract
+from cvae_features.extraction import ExtractOptions, extract
 from cvae_features.featurizers import (Featurizer, PCAFeaturizer, RawFeaturizer, VAEFeaturizer, featurizer_kinds,
                                        get_featurizer, pixels, register_featurizer, unregister_featurizer)
 from cvae_features.probes import linear_probe

@@ -21,7 +21,7 @@ STEPS = 3  # inpainting steps where their number is not what a test looks at (th
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from cvae_features.train import TrainConfig, train
+    from cvae_features.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("run") / "digits-run"
     train("digits", out, model_config={"latent_dim": LATENT, "widths": [16]},
@@ -247,7 +247,7 @@ def test_bad_model_paths_and_arguments(tmp_path, run_dir):
 
 
 def test_show_a_store_maps_its_own_features(run_dir, tmp_path):
-    from cvae_features.extract import extract
+    from cvae_features.extraction import extract
     from cvae_features.store import FeatureStore
 
     store = tmp_path / "digits.h5"

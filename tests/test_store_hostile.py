@@ -21,7 +21,7 @@ from _images import write_class_folder
 from cvae_cli.main import cli
 from cvae_features.data import open_source
 from cvae_features.errors import DataError, ModelError, StoreError, StoreNoSpaceError
-from cvae_features.extract import extract
+from cvae_features.extraction import extract
 from cvae_features.model import ConvVAE
 from cvae_features.resolve import load_model
 from cvae_features.store import FeatureStore, StoreWriter

@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits
 
 from cvae_features.errors import ConfigError, DataError, TrainingError
 from cvae_features.model import VAEConfig, load_model
-from cvae_features.train import TrainConfig, TrainResult, train
+from cvae_features.training import TrainConfig, TrainResult, train
 
 RUN_FILES = ["model.pt", "checkpoint.pt", "config.json", "history.csv", "history.json", "reconstructions.png"]
 
@@ -380,7 +380,7 @@ def _interrupt_cli_train(monkeypatch, at_epoch):
     """Make the CLI's train() raise KeyboardInterrupt (as Ctrl-C would) at the first step of ``at_epoch``."""
     import importlib
 
-    train_module = importlib.import_module("cvae_features.train")  # the package attribute is the function
+    train_module = importlib.import_module("cvae_features.training")  # the package attribute is the function
     real = train_module.train
 
     def ctrl_c(epoch, batch_index, logs):

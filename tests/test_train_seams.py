@@ -11,7 +11,7 @@ from sklearn.datasets import load_digits
 
 from cvae_features._train_loop import Loop
 from cvae_features.model import ConvVAE, VAEConfig
-from cvae_features.train import TrainConfig, TrainHook, train
+from cvae_features.training import TrainConfig, TrainHook, train
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_recon", "train_kl", "beta", "val_loss", "val_recon", "val_kl",
                    "lr", "images_per_s", "seconds"]
