@@ -62,7 +62,7 @@ def load_checkpoint(path: Path) -> dict:
     Like model files it is read with ``torch.load(weights_only=True)`` and never unpickled otherwise;
     its entries are checked before use, and saved weights holding NaN or inf are refused.
     """
-    from .model import check_state_dict, read_torch_file
+    from .modelfile import check_state_dict, read_torch_file
 
     payload = read_torch_file(path, ConfigError, "cvae training checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
