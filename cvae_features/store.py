@@ -262,7 +262,84 @@ def _validate(f: h5py.File, path) -> Tuple[int, int]:
     return n, k
 
 
-class FeatureStore:
+class _Described:
+    """What a store says about itself, read from its root attributes and layout (shared by the reader and
+    the writer, both of which keep the open ``h5py.File`` as ``self._f``)."""
+
+    @property
+    def attrs(self) -> dict:
+        """The root attributes as plain Python values (JSON attributes are left as strings)."""
+        return {k: _plain(v) for k, v in self._f.attrs.items()}
+
+    @property
+    def feature_kind(self) -> str:
+        """The featurizer's registered name: 'vae' (posterior means), 'raw' (resized pixels in [0, 1]),
+        'pca' (PCA of those pixels) or a kind registered by a plug-in."""
+        return _as_str(self._f.attrs["feature_kind"])
+
+    @property
+    def dim(self) -> int:
+        """Width of a feature row."""
+        return int(self._f["features"].shape[1])
+
+    @property
+    def extras(self) -> List[str]:
+        """Names of the optional per-row arrays present ('logvar', 'recon_error', 'neg_elbo')."""
+        return [name for name in EXTRA_NAMES if name in self._f]
+
+    @property
+    def label_names(self) -> List[str]:
+        """Class names, indexed by label."""
+        return list(self._f["label_names"].asstr()[:])
+
+    @property
+    def model_fingerprint(self) -> Optional[str]:
+        """Fingerprint of the model (VAE weights or PCA basis) that made the features; None for raw."""
+        return _as_str(self._f.attrs.get("model_fingerprint")) or None
+
+    @property
+    def model_config(self) -> Optional[dict]:
+        """The VAE config as a dict (None for raw and pca)."""
+        text = _as_str(self._f.attrs.get("model_config")) or ""
+        return json.loads(text) if text else None
+
+    @property
+    def model_arch(self) -> Optional[str]:
+        """The model family (``arch``) of a vae store's model; None for other kinds (version-1 vae stores:
+        the default family)."""
+        arch = _as_str(self._f.attrs.get("model_arch")) or ""
+        if arch:
+            return arch
+        return "conv-vae" if self.feature_kind == "vae" else None
+
+    @property
+    def has_model(self) -> bool:
+        """True when the store carries the weights of the model that made its features (usable as ``--model``)."""
+        return self.feature_kind == "vae" and _has_state(self._f)
+
+    @property
+    def preprocess_dict(self) -> dict:
+        """The preprocessing as stored: {'size', 'channels', 'resize'}."""
+        return json.loads(_as_str(self._f.attrs["preprocess"]))
+
+    @property
+    def preprocess(self):
+        """The :class:`~cvae_features.data.Preprocess` that turned files into model inputs."""
+        from .data import Preprocess
+
+        return Preprocess(**self.preprocess_dict)
+
+    @property
+    def source(self) -> str:
+        return _as_str(self._f.attrs.get("source")) or ""
+
+    @property
+    def source_spec(self) -> str:
+        """What ``open_source`` reopens (absolute path or ``name:split``); "" when unknown or in memory."""
+        return _as_str(self._f.attrs.get("source_spec")) or ""
+
+
+class FeatureStore(_Described):
     """Read a feature store written by ``cvae extract`` (read-only).
 
     Parameters
@@ -322,21 +399,16 @@ class FeatureStore:
         _check_tag(ds, encoding, self.path)
         return ds
 
+    @property
+    def feature_kind(self) -> str:
+        """The featurizer's registered name ('vae', 'raw', 'pca'...); kept after closing."""
+        return self._kind
+
     # -- rows ------------------------------------------------------------------
     @property
     def n_rows(self) -> int:
         """Number of committed rows."""
         return self._n
-
-    @property
-    def dim(self) -> int:
-        """Width of a feature row."""
-        return int(self._f["features"].shape[1])
-
-    @property
-    def feature_kind(self) -> str:
-        """'vae' (posterior means), 'raw' (resized pixels in [0, 1]) or 'pca' (PCA of those pixels)."""
-        return self._kind
 
     @property
     def features(self) -> np.ndarray:
@@ -393,11 +465,6 @@ class FeatureStore:
         return pd.DataFrame({"key": self.keys, "label": labels,
                              "label_name": names[np.where(labels >= 0, labels, len(names) - 1)]})
 
-    @property
-    def extras(self) -> List[str]:
-        """Names of the optional per-row arrays present ('logvar', 'recon_error', 'neg_elbo')."""
-        return [name for name in EXTRA_NAMES if name in self._f]
-
     def extra(self, name: str) -> Optional[np.ndarray]:
         """An optional per-row array: 'logvar' (n, dim), 'recon_error' (n,), 'neg_elbo' (n,); None if absent."""
         if name not in EXTRA_NAMES:
@@ -443,32 +510,7 @@ class FeatureStore:
         status = self.plan_status
         return status["pending"] == 0 and status["done"] + status["skipped"] == self._n + self._n_skipped
 
-    @property
-    def attrs(self) -> dict:
-        """The root attributes as plain Python values (JSON attributes are left as strings)."""
-        return {k: _plain(v) for k, v in self._f.attrs.items()}
-
     # -- how the features were made ---------------------------------------------
-    @property
-    def model_fingerprint(self) -> Optional[str]:
-        """Fingerprint of the model (VAE weights or PCA basis) that made the features; None for raw."""
-        return _as_str(self._f.attrs.get("model_fingerprint")) or None
-
-    @property
-    def model_config(self) -> Optional[dict]:
-        """The VAE config as a dict (None for raw and pca)."""
-        text = _as_str(self._f.attrs.get("model_config")) or ""
-        return json.loads(text) if text else None
-
-    @property
-    def model_arch(self) -> Optional[str]:
-        """The model family (``arch``) of a vae store's model; None for other kinds (version-1 vae stores:
-        the default family)."""
-        arch = _as_str(self._f.attrs.get("model_arch")) or ""
-        if arch:
-            return arch
-        return "conv-vae" if self._kind == "vae" else None
-
     @property
     def featurizer_state(self) -> Dict[str, np.ndarray]:
         """The featurizer's fitted state as stored, by name: a PCA basis, carried model weights; {} when none.
@@ -477,11 +519,6 @@ class FeatureStore:
         version-1 stores: ``/pca`` or the ``/model`` weights).
         """
         return self._cached("featurizer_state", lambda: _read_state(self._f, self.path))
-
-    @property
-    def has_model(self) -> bool:
-        """True when the store carries the weights of the model that made its features (usable as ``--model``)."""
-        return self._kind == "vae" and _has_state(self._f)
 
     def carried_model(self) -> dict:
         """What is needed to rebuild the carried model: ``arch``, ``config`` (dict), ``state`` (name -> array)
@@ -525,27 +562,6 @@ class FeatureStore:
                                                                               "explained_variance")
                 if name in state} or None
 
-    @property
-    def preprocess_dict(self) -> dict:
-        """The preprocessing as stored: {'size', 'channels', 'resize'}."""
-        return json.loads(_as_str(self._f.attrs["preprocess"]))
-
-    @property
-    def preprocess(self):
-        """The :class:`~cvae_features.data.Preprocess` that turned files into model inputs."""
-        from .data import Preprocess
-
-        return Preprocess(**self.preprocess_dict)
-
-    @property
-    def source(self) -> str:
-        return _as_str(self._f.attrs.get("source")) or ""
-
-    @property
-    def source_spec(self) -> str:
-        """What ``open_source`` reopens (absolute path or ``name:split``); "" when unknown or in memory."""
-        return _as_str(self._f.attrs.get("source_spec")) or ""
-
     def label_counts(self) -> Dict[str, int]:
         """Rows per label name (plus 'unknown' when some rows have none)."""
         counts = np.bincount(self.labels + 1, minlength=len(self.label_names) + 1) if self._n else \
@@ -584,7 +600,7 @@ class FeatureStore:
         }
 
 
-class StoreWriter:
+class StoreWriter(_Described):
     """Create a feature store or append to one, batch by batch (used by :mod:`cvae_features.extraction`).
 
     Use :meth:`create` for a new store and :meth:`append_to` to finish or grow
@@ -818,40 +834,8 @@ class StoreWriter:
 
     # -- what is there -----------------------------------------------------------
     @property
-    def attrs(self) -> dict:
-        return {k: _plain(v) for k, v in self._f.attrs.items()}
-
-    @property
-    def feature_kind(self) -> str:
-        return _as_str(self._f.attrs["feature_kind"])
-
-    @property
-    def dim(self) -> int:
-        return int(self._f["features"].shape[1])
-
-    @property
-    def model_fingerprint(self) -> Optional[str]:
-        return _as_str(self._f.attrs.get("model_fingerprint")) or None
-
-    @property
-    def preprocess_dict(self) -> dict:
-        return json.loads(_as_str(self._f.attrs["preprocess"]))
-
-    @property
-    def extras(self) -> List[str]:
-        return [name for name in EXTRA_NAMES if name in self._f]
-
-    @property
-    def has_model(self) -> bool:
-        return self.feature_kind == "vae" and _has_state(self._f)
-
-    @property
     def plan_keys(self) -> List[str]:
         return self._plan_keys.tolist()
-
-    @property
-    def label_names(self) -> List[str]:
-        return list(self._f["label_names"].asstr()[:])
 
     @property
     def n_rows(self) -> int:
