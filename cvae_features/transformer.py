@@ -90,7 +90,8 @@ class VAEFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     is scaled by (x - min) / (max - min) (0 when max = min), clipped to [0, 1]
     and quantised to 8 bits: one scale for all pixels, so relative brightness is
     kept; values beyond the fitted range become black or white. NaN, infinity,
-    complex, sparse and non-numeric X raise ValueError (TypeError for sparse).
+    complex and non-numeric X raise ValueError; sparse X, and object X holding
+    things that are no numbers (a dict), raise TypeError.
     """
 
     def __init__(self, latent_dim=32, *, beta=1.0, epochs=10, batch_size=128, lr=2e-3, image_size=None,

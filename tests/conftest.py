@@ -1,9 +1,16 @@
 """Shared fixtures: real image files written into pytest's tmp_path (see tests/_images.py)."""
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# The tests' models are tiny (8x8 images): one thread runs them fastest, and keeps them fast on a busy
+# machine. With two threads competing with other processes for two cores, a fit measured 0.04 s on one
+# thread took 0.5 to 2 s (OpenMP workers waiting on each other); whole test files took 5 s or 50 s from
+# one run to the next. Set before torch is imported, so subprocesses (the `cvae` CLI) inherit it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can `import _images`
 
@@ -29,3 +36,12 @@ def fake_fashion_dir(tmp_path):
     """(folder, written arrays) of a tiny Fashion-MNIST-format IDX set: 20 train, 10 test, gzipped."""
     folder = tmp_path / "fmnist"
     return folder, write_fake_mnist(folder)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    """OMP_NUM_THREADS also when torch was imported before this file (a plugin, python -c)."""
+    import torch
+
+    if os.environ["OMP_NUM_THREADS"].isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
