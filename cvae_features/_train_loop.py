@@ -57,7 +57,9 @@ class Loop:
         train_labels = _labels_for(train_images, train_labels)
         val_labels = _labels_for(val_images, val_labels)
         cuda = device.type == "cuda"
-        if cuda and train_images.numel() <= _MAX_DEVICE_BYTES:
+        if not isinstance(train_images, torch.Tensor):
+            pass  # rows of the memory-mapped image cache: read batch by batch, never all at once
+        elif cuda and train_images.numel() <= _MAX_DEVICE_BYTES:
             train_images, train_labels = train_images.to(device), train_labels.to(device)
         elif cuda:
             train_images = train_images.pin_memory()

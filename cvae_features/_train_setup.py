@@ -1,6 +1,7 @@
 """Everything :func:`cvae_features.training.train` settles before the first step (private).
 
-The data (decoded once into memory, with the files that were skipped), the
+The data (files decoded once into a memory-mapped cache, in-memory data sets and arrays as they
+are; with the files that were skipped), the
 model config that follows it, the checks on resume, the claim on a run
 directory, the device and the seeds.
 """
@@ -23,7 +24,7 @@ from .model import VAEConfig
 
 @dataclass
 class Data:
-    images: torch.Tensor  # uint8 (n, C, S, S) on the CPU
+    images: object  # uint8 (n, C, S, S) on the CPU: a tensor, or MappedImages over the cache
     model_config: VAEConfig
     preprocess: object  # Preprocess or None for in-memory arrays
     description: str
@@ -31,9 +32,14 @@ class Data:
     fingerprint: str
     spec: Optional[str] = None  # what open_source reopens; None for in-memory arrays
     labels: Optional[torch.Tensor] = None  # int64 (n,) of the images' rows, -1 = unknown (all -1 for arrays)
+    cache_dir: Optional[Path] = None  # the image cache the images are read from (file sources)
 
 
-def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress, config_class=VAEConfig) -> Data:
+def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress, config_class=VAEConfig,
+              cache_dir=None) -> Data:
+    """The training data. Files are decoded once into the image cache at ``cache_dir`` (built, finished or
+    reused; see :mod:`cvae_features.data.cache`) and read from it batch by batch; in-memory sources
+    (built-in data sets, arrays) stay in memory."""
     size_hint, channels_hint = overrides.get("image_size"), overrides.get("channels")
     if isinstance(source, (torch.Tensor, np.ndarray)):
         images = _as_image_tensor(source)
@@ -60,8 +66,17 @@ def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress, con
         if tcfg.max_images is not None and tcfg.max_images < len(src):
             rows = _subset_rows(len(src), tcfg).numpy()
             src = src.subset(rows)
-        images, kept, bad = load_images(src, preprocess, workers=tcfg.workers, progress=progress)
-        images = torch.as_tensor(images)
+        from .data import ArraySource
+
+        digest = None
+        if isinstance(src, ArraySource) or cache_dir is None:
+            images, kept, bad = load_images(src, preprocess, workers=tcfg.workers, progress=progress)
+            images = torch.as_tensor(images)
+        else:
+            from .data.cache import build_cache
+
+            cache = build_cache(src, preprocess, cache_dir, workers=tcfg.workers, progress=progress)
+            images, kept, bad, digest = cache.images, cache.kept, cache.skipped, cache.fingerprint
         # kept: the row of src (after the subset) of each decoded image, so labels line up with images
         known = np.asarray(src.labels, dtype=np.int64)
         if known.shape != (len(src),):  # a source that gives no per-row labels: all unknown
@@ -77,8 +92,10 @@ def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress, con
         mcfg = config_class.from_dict({**overrides, "image_size": int(size), "channels": int(channels)})
     except ConfigError as err:
         raise ConfigError(f"{err} (image_size {size} and channels {channels} come from the data)") from None
-    digest = hashlib.blake2b(np.ascontiguousarray(images.numpy()).data, digest_size=8).hexdigest()
-    return Data(images.contiguous(), mcfg, pre, description, skipped, digest, spec, labels)
+    if isinstance(images, torch.Tensor):
+        digest = hashlib.blake2b(np.ascontiguousarray(images.numpy()).data, digest_size=8).hexdigest()
+        return Data(images.contiguous(), mcfg, pre, description, skipped, digest, spec, labels)
+    return Data(images, mcfg, pre, description, skipped, digest, spec, labels, cache_dir=Path(cache_dir))
 
 
 def _as_image_tensor(array) -> torch.Tensor:
@@ -125,7 +142,7 @@ def agree(kind: str, saved, given, config_class=VAEConfig):
     if kind == "model" and not isinstance(given, dict):
         given_d = model_overrides(given, config_class)
     saved_d = saved.to_dict()
-    free = {"device", "amp", "amp_dtype", "workers"} if kind == "train" else set()
+    free = {"device", "amp", "amp_dtype", "workers", "cache_dir", "keep_cache"} if kind == "train" else set()
     changes = {k: v for k, v in given_d.items() if k in free and v != saved_d.get(k)}
     conflicts = [f"{k}={v!r} (checkpoint: {saved_d.get(k)!r})" for k, v in given_d.items()
                  if k not in free and v != saved_d.get(k)]

@@ -31,7 +31,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 from .autotrain import AutoTrainPlan, auto_run_dir, plan_auto_training
-from .data.sources import FileSource
+from .data.sources import FileSource, file_identity
 from .errors import ConfigError, DataError, ModelError, StoreError, StoreNoSpaceError
 from .featurizers import fit_pca, get_featurizer
 from .model import resolve_device
@@ -541,24 +541,6 @@ def _check_same_source(store_path: Path, old: dict, src) -> None:
     if recorded and given and recorded != given:
         raise StoreError(f"{store_path} was extracted from {recorded}, not {given}: --resume and --update "
                          "continue a store with its own source (use another -o for other images, or --overwrite)")
-
-
-def file_identity(src, rows=None) -> Tuple[np.ndarray, np.ndarray]:
-    """(sizes, mtimes in ns) of the files of ``src``'s rows (default all), int64; -1 where unknown.
-
-    In-memory sources have no files: all -1. A file that cannot be stat'ed is -1 too.
-    """
-    rows = np.arange(len(src), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-    sizes = np.full(len(rows), -1, np.int64)
-    mtimes = np.full(len(rows), -1, np.int64)
-    if isinstance(src, FileSource):
-        for j, i in enumerate(rows.tolist()):
-            try:
-                st = os.stat(src.paths[i])
-            except OSError:
-                continue
-            sizes[j], mtimes[j] = st.st_size, st.st_mtime_ns
-    return sizes, mtimes
 
 
 def _file_exists(src, key: str) -> bool:

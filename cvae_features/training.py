@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,14 @@ class TrainConfig:
         Train on a seeded random subset of this many images; None uses all.
     workers : int or None, default=None
         Decoding processes for file sources (None: the data layer's default).
+    cache_dir : str or None, default=None
+        Where file sources are decoded once into a memory-mapped uint8 cache that training reads
+        batch by batch (memory does not grow with the number of images; see
+        :mod:`cvae_features.data.cache`). None: ``<run_dir>/cache``. A cache built for other files
+        or another preprocessing is rebuilt; an interrupted build is finished by the next run.
+    keep_cache : bool, default=False
+        Keep the cache when training finishes (it is removed otherwise; an interrupted run keeps it
+        for ``resume``).
     """
 
     epochs: int = 20
@@ -95,6 +104,8 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     max_images: Optional[int] = None
     workers: Optional[int] = None
+    cache_dir: Optional[str] = None
+    keep_cache: bool = False
 
     def __post_init__(self):
         def bad(name, expected):
@@ -139,6 +150,12 @@ class TrainConfig:
         real("grad_clip", 0, lo_open=True, optional=True)
         integer("max_images", 1, 2**40, optional=True)
         integer("workers", 0, 1024, optional=True)
+        if self.cache_dir is not None:
+            if not isinstance(self.cache_dir, (str, os.PathLike)) or not str(self.cache_dir).strip():
+                bad("cache_dir", "None or a folder path")
+            object.__setattr__(self, "cache_dir", str(self.cache_dir))
+        if not isinstance(self.keep_cache, bool):
+            bad("keep_cache", "True or False")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -301,7 +318,8 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
         tcfg = _as_train_config(train_config)
         overrides = model_overrides(model_config, config_class)
 
-    data = load_data(source, tcfg, overrides, preprocess, data_dir, progress, config_class)
+    cache_dir = Path(tcfg.cache_dir) if tcfg.cache_dir is not None else run_dir / "cache"
+    data = load_data(source, tcfg, overrides, preprocess, data_dir, progress, config_class, cache_dir=cache_dir)
     mcfg = data.model_config
     if state is not None and (state["data_fingerprint"] != data.fingerprint):
         raise ConfigError(f"cannot resume: the data differ from the checkpoint's ({len(data.images)} images, "
@@ -332,6 +350,7 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
     })
 
     if state is not None and state.get("finished"):
+        _drop_cache(data, tcfg)
         return _result(run_dir, state, n - n_val, n_val, data.skipped)
 
     state_extra = {"arch": arch, "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(),
@@ -347,7 +366,16 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
             raise ConfigError(f"cannot resume from {ckpt_path}: its saved state does not fit this run ({first}); "
                               "start again with overwrite") from None
     state = loop.run(run_dir, state_extra)
+    _drop_cache(data, tcfg)
     return _result(run_dir, state, n - n_val, n_val, data.skipped)
+
+
+def _drop_cache(data, tcfg) -> None:
+    """A finished run needs its image cache no more (unless asked to keep it)."""
+    if data.cache_dir is not None and not tcfg.keep_cache:
+        from .data.cache import remove_cache
+
+        remove_cache(data.cache_dir)
 
 
 def _result(run_dir: Path, state: dict, n_train: int, n_val: int, skipped: list) -> TrainResult:

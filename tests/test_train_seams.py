@@ -53,7 +53,7 @@ class _Recorder(TrainHook):
 
     def on_train_end(self, loop, state):
         self.ended.append(state["epoch"])
-        self.val_images, self.val_labels = loop.val_images.clone(), loop.val_labels.clone()
+        self.val_images, self.val_labels = loop.val_images[:].clone(), loop.val_labels.clone()  # [:]: a tensor of a cache too
 
 
 def test_a_hook_gets_every_epoch_with_its_row_state_and_the_files_already_written(tmp_path, digits):

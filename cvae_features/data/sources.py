@@ -61,7 +61,7 @@ from ._arrays import as_image_array, preprocess_array
 from ._walk import _FolderWalk, _not_read_text, _raise_if_bad_link, _special_fs
 from .preprocess import _GRAY_MODES, IMAGE_EXTENSIONS, Preprocess, decode_image, open_regular_file
 
-__all__ = ["ImageSource", "FileSource", "FolderSource", "ManifestSource", "ArraySource",
+__all__ = ["ImageSource", "FileSource", "FolderSource", "ManifestSource", "ArraySource", "file_identity",
            "infer_preprocess"]
 
 
@@ -417,6 +417,24 @@ class ArraySource(ImageSource):
                           name=self.spec, description=f"{len(idx)} of {self.description}")
         sub.native_size, sub.native_channels = self.native_size, self.native_channels
         return sub
+
+
+def file_identity(src, rows=None) -> "tuple[np.ndarray, np.ndarray]":
+    """(sizes, mtimes in ns) of the files of ``src``'s rows (default all), int64; -1 where unknown.
+
+    In-memory sources have no files: all -1. A file that cannot be stat'ed is -1 too.
+    """
+    rows = np.arange(len(src), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    sizes = np.full(len(rows), -1, np.int64)
+    mtimes = np.full(len(rows), -1, np.int64)
+    if isinstance(src, FileSource):
+        for j, i in enumerate(rows.tolist()):
+            try:
+                st = os.stat(src.paths[i])
+            except OSError:
+                continue
+            sizes[j], mtimes[j] = st.st_size, st.st_mtime_ns
+    return sizes, mtimes
 
 
 def infer_preprocess(source: ImageSource, image_size=None, channels=None, resize: str = "crop",
