@@ -58,7 +58,7 @@ class Loop:
         val_labels = _labels_for(val_images, val_labels)
         cuda = device.type == "cuda"
         if not isinstance(train_images, torch.Tensor):
-            pass  # rows of the memory-mapped image cache: read batch by batch, never all at once
+            pass  # rows of the on-disk image cache: read batch by batch, never all at once
         elif cuda and train_images.numel() <= _MAX_DEVICE_BYTES:
             train_images, train_labels = train_images.to(device), train_labels.to(device)
         elif cuda:

@@ -1,6 +1,6 @@
 """Everything :func:`cvae_features.training.train` settles before the first step (private).
 
-The data (files decoded once into a memory-mapped cache, in-memory data sets and arrays as they
+The data (files decoded once into an on-disk image cache, in-memory data sets and arrays as they
 are; with the files that were skipped), the
 model config that follows it, the checks on resume, the claim on a run
 directory, the device and the seeds.
@@ -24,7 +24,7 @@ from .model import VAEConfig
 
 @dataclass
 class Data:
-    images: object  # uint8 (n, C, S, S) on the CPU: a tensor, or MappedImages over the cache
+    images: object  # uint8 (n, C, S, S) on the CPU: a tensor, or CachedImages over the cache
     model_config: VAEConfig
     preprocess: object  # Preprocess or None for in-memory arrays
     description: str

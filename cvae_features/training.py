@@ -80,7 +80,7 @@ class TrainConfig:
     workers : int or None, default=None
         Decoding processes for file sources (None: the data layer's default).
     cache_dir : str or None, default=None
-        Where file sources are decoded once into a memory-mapped uint8 cache that training reads
+        Where file sources are decoded once into an on-disk uint8 cache that training reads
         batch by batch (memory does not grow with the number of images; see
         :mod:`cvae_features.data.cache`). None: ``<run_dir>/cache``. A cache built for other files
         or another preprocessing is rebuilt; an interrupted build is finished by the next run.

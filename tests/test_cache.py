@@ -11,7 +11,7 @@ from PIL import Image
 
 from cvae_features.data import Preprocess, load_images, open_source
 from cvae_features.data import cache as cache_module
-from cvae_features.data.cache import MappedImages, build_cache, open_cache
+from cvae_features.data.cache import CachedImages, build_cache, open_cache
 from cvae_features.errors import DataError
 from cvae_features.training import train
 
@@ -45,7 +45,7 @@ def test_the_cache_holds_what_decoding_into_memory_gives(tmp_path, folder):
     order = torch.tensor([5, 0, 39, 5, 17])
     np.testing.assert_array_equal(cache.images.index_select(0, order).numpy(), np.asarray(images)[order.numpy()])
     view = cache.images[torch.tensor([3, 1, 2])]
-    assert isinstance(view, MappedImages) and len(view) == 3
+    assert isinstance(view, CachedImages) and len(view) == 3
     np.testing.assert_array_equal(view[1:3].numpy(), np.asarray(images)[[1, 2]])
 
 

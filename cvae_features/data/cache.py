@@ -1,4 +1,4 @@
-"""A preprocessed uint8 cache of a source's model inputs on disk, memory-mapped: training without holding
+"""A preprocessed uint8 cache of a source's model inputs on disk, read row by row: training without holding
 the decoded images in memory.
 
 A cache is a folder:
@@ -13,8 +13,13 @@ A cache is a folder:
 - ``skipped.jsonl``: one ``[row, reason]`` per skipped row.
 
 :func:`build_cache` builds or finishes one (decoding in parallel, resumable); a cache built for
-another identity is rebuilt, never mixed. :class:`MappedImages` is the read side: random access to
+another identity is rebuilt, never mixed. :class:`CachedImages` is the read side: random access to
 rows through ``index_select`` and slicing, so the training loop shuffles without loading everything.
+
+Rows are read and written with ``pread``/``pwrite`` at their offsets rather than through a memory
+map: mapped file pages count in a process's resident memory as they are touched, so an epoch over a
+mapped cache would grow it to the cache's size; positioned reads keep the process's memory at one
+batch while the operating system's page cache keeps the hot rows.
 """
 
 from __future__ import annotations
@@ -53,37 +58,51 @@ def cache_identity(source, pre) -> str:
     return h.hexdigest()[:16]
 
 
-class MappedImages:
-    """Rows of a memory-mapped uint8 image array, as much of a tensor as the training loop needs.
+class CachedImages:
+    """Rows of a cache's image file, as much of a uint8 tensor (n, C, S, S) as the training loop needs.
 
-    ``index_select(0, rows)`` and ``[rows]`` (a tensor, array or slice of positions) read only those
-    images; ``[positions]`` with a tensor or array gives another view (no copy), so a train/validation
-    split costs nothing.
+    ``index_select(0, positions)`` and ``[slice]`` read only those images (positioned reads, in file
+    order, handed back in the asked order); ``[positions]`` with a tensor or array gives another view
+    (no copy, no read), so a train/validation split costs nothing.
     """
 
-    def __init__(self, array: np.ndarray, rows: Optional[np.ndarray] = None):
-        self._array = array
-        self._rows = np.arange(len(array), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-        self.shape = torch.Size((len(self._rows), *array.shape[1:]))
+    def __init__(self, path, shape, rows: Optional[np.ndarray] = None):
+        self.path, self._full_shape = Path(path), tuple(shape)
+        self._row_bytes = int(np.prod(self._full_shape[1:]))
+        self._rows = np.arange(self._full_shape[0], dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        self.shape = torch.Size((len(self._rows), *self._full_shape[1:]))
         self.dtype = torch.uint8
         self.device = torch.device("cpu")
+        self._fd = None
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def numel(self) -> int:
         return int(np.prod(self.shape))
 
     def _read(self, positions: np.ndarray) -> torch.Tensor:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
         rows = self._rows[positions]
-        order = np.argsort(rows, kind="stable")  # read in file order, hand back in the asked order
-        out = np.empty((len(rows), *self._array.shape[1:]), dtype=np.uint8)
-        out[order] = self._array[rows[order]]
-        return torch.from_numpy(out)
+        out = np.empty((len(rows), self._row_bytes), dtype=np.uint8)
+        for i in np.argsort(rows, kind="stable").tolist():  # file order: the disk reads ahead
+            data = os.pread(self._fd, self._row_bytes, int(rows[i]) * self._row_bytes)
+            if len(data) != self._row_bytes:
+                raise DataError(f"image cache {self.path} is shorter than its rows (damaged or being rebuilt)")
+            out[i] = np.frombuffer(data, dtype=np.uint8)
+        return torch.from_numpy(out.reshape(len(rows), *self._full_shape[1:]))
 
     def index_select(self, dim: int, positions) -> torch.Tensor:
         if dim != 0:
-            raise ValueError("MappedImages selects rows (dim 0) only")
+            raise ValueError("CachedImages selects rows (dim 0) only")
         return self._read(np.asarray(torch.as_tensor(positions).cpu(), dtype=np.int64))
 
     def __getitem__(self, key):
@@ -91,13 +110,13 @@ class MappedImages:
             return self._read(np.arange(len(self))[key])
         if isinstance(key, (torch.Tensor, np.ndarray, list)):
             positions = np.asarray(torch.as_tensor(key).cpu(), dtype=np.int64)
-            return MappedImages(self._array, self._rows[positions])
-        raise TypeError(f"MappedImages takes a slice or an index array, not {type(key).__name__}")
+            return CachedImages(self.path, self._full_shape, self._rows[positions])
+        raise TypeError(f"CachedImages takes a slice or an index array, not {type(key).__name__}")
 
-    def cpu(self) -> "MappedImages":
+    def cpu(self) -> "CachedImages":
         return self
 
-    def contiguous(self) -> "MappedImages":
+    def contiguous(self) -> "CachedImages":
         return self
 
     def fingerprint(self) -> str:
@@ -109,12 +128,12 @@ class MappedImages:
 
 
 class ImageCache:
-    """An open cache folder (see the module notes). ``images``: :class:`MappedImages` of the decoded rows."""
+    """An open cache folder (see the module notes). ``images``: :class:`CachedImages` of the decoded rows."""
 
-    def __init__(self, folder: Path, meta: dict, array: np.ndarray, status: np.ndarray, skipped: List[tuple]):
-        self.folder, self.meta, self._array, self.status, self.skipped = folder, meta, array, status, skipped
+    def __init__(self, folder: Path, meta: dict, status: np.ndarray, skipped: List[tuple]):
+        self.folder, self.meta, self.status, self.skipped = folder, meta, status, skipped
         self.kept = np.flatnonzero(status == DECODED)
-        self.images = MappedImages(array, self.kept)
+        self.images = CachedImages(folder / "images.u8", meta["shape"], self.kept)
 
     @property
     def fingerprint(self) -> str:
@@ -149,34 +168,44 @@ def build_cache(source, pre, folder, *, workers=None, batch_size: int = 256, pro
             fh.truncate(len(source))
         (folder / "skipped.jsonl").write_text("")
         _write_meta(folder, meta)
-    array = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r+", shape=shape)
-    status = np.memmap(folder / "status.i1", dtype=np.int8, mode="r+", shape=(len(source),))
+    status = np.fromfile(folder / "status.i1", dtype=np.int8)
+    if len(status) != len(source):
+        raise DataError(f"image cache {folder} is damaged (status of {len(status)} rows for {len(source)}); "
+                        "delete it and run again")
     pending = np.flatnonzero(status == PENDING)
+    row_bytes = int(np.prod(shape[1:]))
     if len(pending):
-        with tqdm(total=len(source), initial=len(source) - len(pending), disable=not progress, unit="img",
-                  desc="caching images", leave=False) as bar, open(folder / "skipped.jsonl", "a") as skips:
-            for batch in iter_batches(source, pre, batch_size=batch_size, workers=workers, indices=pending):
-                rows = np.asarray(batch.indices, dtype=np.int64)
-                if len(rows):
-                    array[rows] = batch.images.numpy()
-                    array.flush()  # the images first, then their status: a cut leaves them pending
-                for row, reason in batch.skipped:
-                    skips.write(json.dumps([int(row), str(reason)]) + "\n")
-                skips.flush()
-                status[rows] = DECODED
-                status[[int(r) for r, _ in batch.skipped]] = SKIPPED
-                status.flush()
-                bar.update(len(rows) + len(batch.skipped))
+        fd_images = os.open(folder / "images.u8", os.O_WRONLY)
+        fd_status = os.open(folder / "status.i1", os.O_WRONLY)
+        try:
+            with tqdm(total=len(source), initial=len(source) - len(pending), disable=not progress, unit="img",
+                      desc="caching images", leave=False) as bar, open(folder / "skipped.jsonl", "a") as skips:
+                for batch in iter_batches(source, pre, batch_size=batch_size, workers=workers, indices=pending):
+                    rows = np.asarray(batch.indices, dtype=np.int64)
+                    pixels = batch.images.numpy().reshape(len(rows), row_bytes)
+                    for j, row in enumerate(rows.tolist()):
+                        os.pwrite(fd_images, pixels[j].tobytes(), row * row_bytes)
+                    os.fsync(fd_images)  # the images first, then their status: a cut leaves them pending
+                    for row, reason in batch.skipped:
+                        skips.write(json.dumps([int(row), str(reason)]) + "\n")
+                    skips.flush()
+                    marks = [(int(r), DECODED) for r in rows] + [(int(r), SKIPPED) for r, _ in batch.skipped]
+                    for row, code in marks:
+                        os.pwrite(fd_status, bytes([code]), row)
+                        status[row] = code
+                    bar.update(len(marks))
+        finally:
+            os.close(fd_images)
+            os.close(fd_status)
     skipped = _read_skips(folder, status)
     kept = np.flatnonzero(status == DECODED)
     if len(kept) == 0:
         raise DataError(f"no image of {getattr(source, 'description', 'the source')} could be decoded "
                         f"({len(skipped)} skipped)")
     if not meta.get("complete"):
-        meta["content_fingerprint"] = MappedImages(array, kept).fingerprint()
+        meta["content_fingerprint"] = CachedImages(folder / "images.u8", shape, kept).fingerprint()
         meta["complete"] = True
         _write_meta(folder, meta)
-    del array, status
     return open_cache(folder)
 
 
@@ -186,10 +215,10 @@ def open_cache(folder) -> ImageCache:
     meta = _read_meta(folder)
     if meta is None or not meta.get("complete"):
         raise DataError(f"{folder} holds no complete image cache")
-    shape = tuple(meta["shape"])
-    array = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=shape)
-    status = np.array(np.memmap(folder / "status.i1", dtype=np.int8, mode="r", shape=(shape[0],)))
-    return ImageCache(folder, meta, array, status, _read_skips(folder, status))
+    status = np.fromfile(folder / "status.i1", dtype=np.int8)
+    if len(status) != meta["shape"][0]:
+        raise DataError(f"image cache {folder} is damaged (status of {len(status)} rows for {meta['shape'][0]})")
+    return ImageCache(folder, meta, status, _read_skips(folder, status))
 
 
 def remove_cache(folder) -> None:
@@ -241,5 +270,5 @@ def _clear(folder: Path) -> None:
             shutil.rmtree(folder / name)
 
 
-__all__ = ["build_cache", "open_cache", "remove_cache", "cache_identity", "ImageCache", "MappedImages",
+__all__ = ["build_cache", "open_cache", "remove_cache", "cache_identity", "ImageCache", "CachedImages",
            "CACHE_FORMAT", "CACHE_VERSION"]
