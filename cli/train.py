@@ -15,7 +15,8 @@ _MODEL_OPTIONS = {"latent_dim": "latent_dim", "beta": "beta", "likelihood": "lik
                   "image_size": "image_size", "channels": "channels"}
 _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device",
                   "val_fraction": "val_fraction", "patience": "patience", "schedule": "schedule",
-                  "beta_warmup": "beta_warmup_epochs", "max_images": "max_images", "workers": "workers"}
+                  "beta_warmup": "beta_warmup_epochs", "max_images": "max_images", "workers": "workers",
+                  "cache_dir": "cache_dir", "keep_cache": "keep_cache"}
 
 
 @click.command("train")
@@ -42,6 +43,10 @@ _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "s
               help="Stop after this many epochs without a better validation loss (default: off).")
 @click.option("--max-images", type=int, default=None, help="Train on a seeded random subset of this size.")
 @click.option("--workers", type=int, default=None, help="Decoding processes for image files.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Where image files are decoded once for training (default RUN_DIR/cache; removed when the "
+                   "run finishes).")
+@click.option("--keep-cache", is_flag=True, default=None, help="Keep the image cache when the run finishes.")
 @click.option("--data-dir", type=click.Path(), default=None, help="Where built-in data sets are looked for.")
 @click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in RUN_DIR.")

@@ -122,3 +122,18 @@ def test_an_interrupted_run_keeps_its_cache_and_resume_reuses_it(tmp_path, folde
     whole = train(folder, tmp_path / "whole", train_config=config, progress=False)
     assert resumed.model.fingerprint() == whole.model.fingerprint()
     assert not (tmp_path / "run" / "cache").exists()  # removed once the run finished
+
+
+def test_cli_train_cache_options(tmp_path, folder):
+    from click.testing import CliRunner
+
+    from cvae_cli.main import cli
+
+    args = ["train", str(folder), "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-progress"]
+    result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "a"), "--cache-dir", str(tmp_path / "c"),
+                                      "--keep-cache"])
+    assert result.exit_code == 0, result.output
+    assert open_cache(tmp_path / "c").kept.size == 40 and not (tmp_path / "a" / "cache").exists()
+    result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "b" / "cache").exists()  # the default cache went with the finished run
