@@ -1,0 +1,158 @@
+"""Training from the on-disk image cache: memory that does not grow with the data, and its speed.
+
+    python benchmarks/bench_stream.py [--small 10000] [--large 100000] [--epochs 2]
+
+Writes PNG folders of 64x64 grayscale images (Fashion-MNIST test images, enlarged, repeated with a
+one-pixel shift per copy so no two files are equal) and measures, each in its own process:
+
+1. peak resident memory of the training process (``ru_maxrss``; decoding workers are separate
+   processes, bounded by a batch) for ``cvae_features.training.train`` on the small and the large
+   folder: the cache keeps it flat (target: within 15 %);
+2. training throughput (images/s of the epochs, the loop's own figure) from the cache versus the
+   same images decoded into memory (an in-memory uint8 array), alternated in one run (target ≥ 0.95).
+
+The model is small (latent 16, widths 16-32-32-32) so the loop's data path, not the encoder, is what
+is timed; the cache build (decoding every file once) is reported separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import header_lines, md_table, record_header, say, write_results  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SIZE = 64
+MODEL = {"latent_dim": 16, "widths": [16, 32, 32, 32], "image_size": SIZE, "channels": 1}
+
+
+def write_folder(root: Path, n: int) -> Path:
+    """``n`` distinct 64x64 PNGs under ``root`` (10 class folders); reused when already there."""
+    from PIL import Image
+
+    from cvae_features.data import open_source
+
+    done = root / f".complete-{n}"
+    if done.exists():
+        return root
+    src = open_source("fashion-mnist:test")
+    base = src.images[:, 0]  # uint8 (10000, 28, 28)
+    big = np.asarray([np.asarray(Image.fromarray(im).resize((SIZE, SIZE), Image.BILINEAR)) for im in base])
+    labels = np.asarray(src.labels)
+    for c in range(10):
+        (root / str(c)).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        k, copy = i % len(big), i // len(big)
+        image = np.roll(big[k], copy, axis=1)
+        Image.fromarray(image).save(root / str(labels[k]) / f"{i:06d}.png", optimize=False, compress_level=1)
+    done.touch()
+    return root
+
+
+_CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+from cvae_features.training import train
+mode, folder, run, model, tcfg = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), json.loads(sys.argv[5])
+if mode == "memory":
+    from cvae_features.data import Preprocess, load_images, open_source
+    images, _, _ = load_images(open_source(folder), Preprocess(model["image_size"], 1), workers=tcfg.get("workers"))
+    source = np.asarray(images)
+else:
+    source = folder
+t0 = time.perf_counter()
+result = train(source, run, model_config=model, train_config=tcfg, progress=False, overwrite=True)
+seconds = time.perf_counter() - t0
+rates = [row["images_per_s"] for row in result.history]
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "images_per_s": rates, "seconds": seconds, "n": result.n_train + result.n_val}))
+"""
+
+
+def child(mode: str, folder: Path, run: Path, tcfg: dict) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    out = subprocess.run([sys.executable, "-c", _CHILD, mode, str(folder), str(run), json.dumps(MODEL),
+                          json.dumps(tcfg)], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{mode} run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--small", type=int, default=10_000)
+    p.add_argument("--large", type=int, default=100_000)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2, help="alternated cache/memory throughput rounds")
+    p.add_argument("--work", type=Path, default=None, help="where the image folders go (default: a temp dir)")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "stream_train")
+    args = p.parse_args(argv)
+    t_start = time.perf_counter()
+    rec = record_header("stream_train", "benchmarks/bench_stream.py", argv if argv is not None else sys.argv[1:])
+    work = args.work or Path(tempfile.mkdtemp(prefix="cvae-stream-"))
+    base = {"epochs": args.epochs, "batch_size": 256, "val_fraction": 0.05, "workers": 2, "schedule": "constant"}
+
+    memory = {}
+    for n in (args.small, args.large):
+        say(f"writing {n:,} PNG files of {SIZE}x{SIZE}...")
+        folder = write_folder(work / f"png{n}", n)
+        say(f"training from the cache on {n:,} files (one epoch)...")
+        t0 = time.perf_counter()
+        r = child("cache", folder, work / f"run{n}", {**base, "epochs": 1, "keep_cache": True})
+        memory[n] = {**r, "wall_s": time.perf_counter() - t0}
+        say(f"  peak RSS {r['peak_rss_mb']:.0f} MB, {r['images_per_s']} img/s")
+
+    say("throughput: cache vs in memory, alternated...")
+    folder = work / f"png{args.small}"
+    speed = {"cache": [], "memory": []}
+    for _ in range(args.rounds):
+        for mode in ("cache", "memory"):
+            r = child(mode, folder, work / f"speed-{mode}", {**base, "cache_dir": str(work / f"run{args.small}/cache"),
+                                                             "keep_cache": True})
+            speed[mode].append(float(np.median(r["images_per_s"])))
+            say(f"  {mode}: {speed[mode][-1]:.0f} img/s (peak RSS {r['peak_rss_mb']:.0f} MB)")
+            if mode == "memory":
+                memory.setdefault("memory_path_peak_rss_mb", r["peak_rss_mb"])
+
+    small, large = memory[args.small]["peak_rss_mb"], memory[args.large]["peak_rss_mb"]
+    ratio_mem = large / small
+    ratio_speed = float(np.median(speed["cache"]) / np.median(speed["memory"]))
+    rec.update({"size": SIZE, "model": MODEL, "train_config": base,
+                "peak_rss_mb": {str(k): v["peak_rss_mb"] for k, v in memory.items() if isinstance(k, int)},
+                "memory_path_peak_rss_mb_small": memory.get("memory_path_peak_rss_mb"),
+                "large_over_small_memory": ratio_mem, "memory_target": 1.15,
+                "images_per_s": speed, "cache_over_memory_speed": ratio_speed, "speed_target": 0.95,
+                "runs": {str(k): v for k, v in memory.items() if isinstance(k, int)},
+                "wall_s": time.perf_counter() - t_start})
+    met = lambda ok: "met" if ok else "missed"  # noqa: E731
+    lines = ["# Training from the on-disk image cache", "", *header_lines(rec), "",
+             f"{SIZE}x{SIZE} grayscale PNG files (Fashion-MNIST test images enlarged, shifted copies), a small model "
+             f"(latent {MODEL['latent_dim']}, widths {MODEL['widths']}), batch 256, 2 decoding "
+             f"workers; one epoch for the memory runs, {args.epochs} per throughput round; each run in its own process. Peak memory is the training process's `ru_maxrss` "
+             "(decoding workers are separate processes bounded by a batch).", "",
+             *md_table(["files", "peak RSS of training (MB)", "epoch images/s"],
+                       [[f"{n:,}", f"{memory[n]['peak_rss_mb']:.0f}",
+                         ", ".join(f"{x:,.0f}" for x in memory[n]["images_per_s"])] for n in (args.small, args.large)]),
+             "",
+             f"- Peak memory, {args.large:,} vs {args.small:,} files: **×{ratio_mem:.3f}** (target within 15 %: "
+             f"{met(ratio_mem <= 1.15)}). The same {args.small:,} images decoded into memory first peak at "
+             f"{memory.get('memory_path_peak_rss_mb', float('nan')):.0f} MB.",
+             f"- Throughput from the cache vs from memory ({args.small:,} images, median of {args.rounds} alternated "
+             f"rounds): {np.median(speed['cache']):,.0f} vs {np.median(speed['memory']):,.0f} images/s, "
+             f"**{ratio_speed:.3f}×** (target ≥ 0.95: {met(ratio_speed >= 0.95)}).", ""]
+    json_path, md_path = write_results(args.out, rec, "\n".join(lines))
+    say(f"wrote {md_path} and {json_path}")
+
+
+if __name__ == "__main__":
+    main()
