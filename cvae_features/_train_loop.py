@@ -149,8 +149,11 @@ class Loop:
         order = torch.randperm(self.n_train, generator=shuffle)
         if images.device != order.device:
             order = order.to(images.device)
-        # Seeds the reparameterisation noise on every device: an epoch depends only on (seed, epoch).
-        torch.manual_seed(derive_seed(tcfg.seed, "noise", epoch))
+        # The reparameterisation noise of an image depends on (seed, epoch, its row) only (batch["noise_key"]);
+        # the global generator is seeded too, for models that draw their own.
+        noise_seed = derive_seed(tcfg.seed, "noise", epoch)
+        torch.manual_seed(noise_seed)
+        noise_key = torch.tensor(noise_seed, dtype=torch.int64)
         sums, names = None, None  # per batch: loss and the model's terms, named at the first batch
         sizes = torch.tensor([min(bs, self.n_train - b * bs) for b in range(n_batches)], dtype=torch.float64)
         warm = tcfg.beta_warmup_epochs
@@ -160,7 +163,8 @@ class Loop:
         checked, t0 = 0, time.perf_counter()
         for b in range(n_batches):
             rows = order[b * bs:(b + 1) * bs]
-            batch = {"images": images.index_select(0, rows), "labels": labels.index_select(0, rows), "index": rows}
+            batch = {"images": images.index_select(0, rows), "labels": labels.index_select(0, rows), "index": rows,
+                     "noise_key": noise_key}
             if images.device != device:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             beta = self.beta if warm == 0 else self.beta * min(1.0, (epoch - 1 + (b + 1) / n_batches) / warm)

@@ -24,6 +24,7 @@ from .modelfile import (MODEL_FILE_FORMAT, MODEL_FILE_VERSION, MODEL_FILENAME, c
                         first_non_finite, read_torch_file)
 from .modelfile import fingerprint_state as _fingerprint_state
 from .modelfile import model_fingerprint, model_from_state, save_model
+from .noise import keyed_normal
 from .priors import StandardNormal
 
 Likelihood = Literal["bernoulli", "gaussian"]
@@ -286,22 +287,28 @@ class ConvVAE(nn.Module):
         ----------
         batch : dict
             ``{"images": (n, C, H, W) uint8 or float in [0, 1], "labels": int64 (n,) with -1 for
-            unknown, "index": int64 (n,)}``, as the training loop builds it; the VAE reads only
-            ``images``.
+            unknown, "index": int64 (n,), "noise_key": 0-d int64 (optional)}``, as the training loop
+            builds it. With ``noise_key`` the reparameterisation noise of each image is
+            :func:`~cvae_features.noise.keyed_normal` of (noise_key, index): the same whatever batch
+            or process the image is in; without it, ``torch.randn``.
         beta : float or None
             KL weight for this step (β warm-up); ``None`` uses ``config.beta``.
         """
-        return self._elbo(batch["images"], beta)
+        key = batch.get("noise_key")
+        noise = None if key is None or not self.training else \
+            keyed_normal(key, batch["index"], self.config.latent_dim)
+        return self._elbo(batch["images"], beta, noise)
 
     def forward(self, x: torch.Tensor, beta: Optional[float] = None) -> VAEOutput:
         """:meth:`loss` of the images ``x`` alone (a tensor of shape (n, C, H, W)): the same output."""
         return self._elbo(x, beta)
 
-    def _elbo(self, x: torch.Tensor, beta: Optional[float]) -> VAEOutput:
+    def _elbo(self, x: torch.Tensor, beta: Optional[float], noise: Optional[torch.Tensor] = None) -> VAEOutput:
         x = to_unit_float(x)
         mu, logvar = self.encode(x)
         if self.training:
-            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+            eps = torch.randn_like(mu) if noise is None else noise.to(mu.dtype)
+            z = mu + eps * (0.5 * logvar).exp()
         else:
             z = mu
         out = self.decode(z)

@@ -112,7 +112,7 @@ def test_batches_carry_the_sources_labels_of_their_rows(tmp_path, max_images):
         assert result.n_train + result.n_val == 27
     level_of_row = {}
     for _, _, _, batch in hook.batches:
-        assert set(batch) == {"images", "labels", "index"}
+        assert set(batch) == {"images", "labels", "index", "noise_key"}
         assert (batch["images"].dtype, batch["labels"].dtype, batch["index"].dtype) == (
             torch.uint8, torch.int64, torch.int64)
         assert batch["images"].shape[1:] == (1, 8, 8) and len(batch["labels"]) == len(batch["index"])
@@ -179,7 +179,7 @@ def test_the_models_loss_gets_train_and_validation_batches_with_their_rows(tmp_p
     evaluation = [b for t, b in seen if not t]
     assert len(training) == 2 * 4 and len(evaluation) == 2  # 50 training images in batches of 16, 2 epochs
     for batch in training:
-        assert set(batch) == {"images", "labels", "index"}
+        assert set(batch) == {"images", "labels", "index", "noise_key"}
         assert torch.equal(batch["images"], train_x[batch["index"]])
         assert torch.equal(batch["labels"], train_y[batch["index"]])
     for epoch in range(2):
