@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import click
@@ -24,6 +25,8 @@ def library_errors(func=None, *, interrupted: str = "interrupted: stopped before
         try:
             return func(*args, **kwargs)
         except CvaeError as err:
+            if os.environ.get("RANK", "0") != "0":  # one process of a data-parallel run: rank 0 says it
+                sys.exit(1)
             raise click.ClickException(str(err)) from None
         except KeyboardInterrupt:
             click.echo(interrupted, err=True)

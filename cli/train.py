@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -51,10 +52,21 @@ _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "s
 @click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in RUN_DIR.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+@click.option("--nproc", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Train with N processes on this machine (DistributedDataParallel, the same as "
+                   "torchrun --nproc-per-node N): gloo on CPU, NCCL on CUDA; results do not depend on N.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @library_errors
-def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data_dir, **options):
+def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data_dir, nproc, **options):
     """Train a convolutional VAE on SOURCE (a folder, a .csv manifest or a data set name such as digits)."""
+    if nproc is not None and nproc > 1 and "RANK" not in os.environ:
+        from cvae_features.training import TrainConfig
+
+        batch = options.get("batch_size") or TrainConfig.batch_size
+        if nproc > batch:
+            raise click.BadParameter(f"--nproc {nproc} is more processes than a batch of {batch} image(s) can feed "
+                                     "(each needs at least one image per step)", param_hint="--nproc")
+        sys.exit(_launch(nproc))
     from cvae_features.training import train
 
     given = {k: v for k, v in options.items() if v is not None}
@@ -69,6 +81,8 @@ def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data
 
         click.echo(interrupted_advice(Path(run_dir)), err=True)
         sys.exit(130)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # one process of a data-parallel run: the main one reports
     summary = result.to_dict()
     if as_json:
         echo_json(summary)
@@ -82,3 +96,32 @@ def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data
     if summary["n_skipped"]:
         click.echo(f"{summary['n_skipped']} files skipped: see {result.run_dir / 'skipped.csv'}")
     click.echo(f"model: {result.run_dir / 'model.pt'}")
+
+
+def _launch(nproc: int) -> int:
+    """Run this same command in ``nproc`` processes through torch's launcher (what torchrun runs); the exit
+    status of the first process that failed, else 0. The launcher's own log lines are silenced: a failing
+    process has already said why in one line (rank 0)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    rest, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "cvae_cli.main",
+                                         *rest])
+    try:
+        run(args)
+    except ChildFailedError as err:
+        codes = [f.exitcode for _, f in sorted(err.failures.items())]
+        return next((c for c in codes if c), 1) if codes else 1
+    return 0

@@ -28,6 +28,7 @@ from ._train_hooks import CallbackHook, RunDirWriter
 from ._train_setup import derive_seed
 from ._version import __version__
 from .errors import TrainingError
+from ._distributed import Dist, LossModule
 from .model import ConvVAE
 
 # Checking the loss forces a GPU sync, so on CUDA it happens once per this many batches.
@@ -44,15 +45,31 @@ class Loop:
     ``callback`` and the run-dir writer, and only when ``is_main_process``: a loop that is not the
     main process trains the same way and writes nothing. ``model_class`` builds the model from
     ``mcfg``.
+
+    With ``dist`` (:class:`~cvae_features._distributed.Dist`) of several processes, the model is
+    wrapped in DistributedDataParallel: every process walks the same seeded permutation, takes its
+    share of each global batch of ``batch_size`` images, and weights its mean loss by its share, so
+    the averaged gradient is the global batch's; losses, validation sums and the NaN guard are summed
+    across processes, so every process takes the same decisions (early stopping, errors). Only the
+    main process (rank 0) runs hooks and writes.
     """
 
     def __init__(self, mcfg, tcfg, device, amp_dtype, train_images, val_images, progress, callback=None, *,
-                 train_labels=None, val_labels=None, hooks=(), is_main_process=True, model_class=ConvVAE):
+                 train_labels=None, val_labels=None, hooks=(), is_main_process=True, model_class=ConvVAE,
+                 dist=None):
         self.tcfg, self.device, self.amp_dtype = tcfg, device, amp_dtype
-        self.progress, self.is_main_process = progress, bool(is_main_process)
+        self.dist = dist if dist is not None else Dist()
+        self.is_main_process = bool(is_main_process) and self.dist.main
+        self.progress = progress and self.dist.main
         self.hooks = ([CallbackHook(callback)] if callback is not None else []) + list(hooks)
         torch.manual_seed(derive_seed(tcfg.seed, "init"))
         self.model = model_class(mcfg).to(device)
+        self.ddp = None
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(LossModule(self.model),
+                                               device_ids=[device.index] if device.type == "cuda" else None)
         self.beta = mcfg.beta
         train_labels = _labels_for(train_images, train_labels)
         val_labels = _labels_for(val_images, val_labels)
@@ -163,21 +180,27 @@ class Loop:
         checked, t0 = 0, time.perf_counter()
         for b in range(n_batches):
             rows = order[b * bs:(b + 1) * bs]
+            n_global, share = len(rows), 1.0
+            if self.dist.active:  # this process's part of the global batch (at least one row, maybe weighted 0)
+                mine = rows.tensor_split(self.dist.world)[self.dist.rank]
+                share = len(mine) * self.dist.world / n_global
+                rows = mine if len(mine) else rows[:1]
             batch = {"images": images.index_select(0, rows), "labels": labels.index_select(0, rows), "index": rows,
                      "noise_key": noise_key}
             if images.device != device:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             beta = self.beta if warm == 0 else self.beta * min(1.0, (epoch - 1 + (b + 1) / n_batches) / warm)
             with autocast:
-                out = model.loss(batch, beta=beta)
+                out = model.loss(batch, beta=beta) if self.ddp is None else self.ddp(batch, beta)
             opt.zero_grad(set_to_none=True)
+            loss = out.loss if self.ddp is None else out.loss * share  # DDP averages: the global mean
             if scaler is None:
-                out.loss.backward()
+                loss.backward()
                 if tcfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
                 opt.step()
             else:
-                scaler.scale(out.loss).backward()
+                scaler.scale(loss).backward()
                 if tcfg.grad_clip is not None:
                     scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
@@ -189,7 +212,10 @@ class Loop:
             if sums is None:
                 names = self.term_names = list(terms)
                 sums = torch.zeros(n_batches, 1 + len(names), device=device)
-            sums[b] = torch.stack((out.loss, *(terms[name] for name in names))).detach()
+            values = torch.stack((out.loss, *(terms[name] for name in names))).detach()
+            if self.dist.active:  # batch means over the global batch
+                values = self.dist.all_sum(values * (share * n_global / self.dist.world)) / n_global
+            sums[b] = values
             if hooks:
                 logs = {"loss": out.loss.detach(), "beta": beta, "lr": opt.param_groups[0]["lr"],
                         "n_batches": n_batches, "model": model, "batch": batch}
@@ -222,10 +248,14 @@ class Loop:
         model, device = self.model, self.device
         model.eval()
         sums, weights = None, None
+        n_images = len(images)
+        positions = torch.arange(n_images)
+        if self.dist.active:  # each process evaluates its part; the sums are added up below
+            positions = positions.tensor_split(self.dist.world)[self.dist.rank]
         autocast = (torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
-        for start in range(0, len(images), batch_size):
-            stop = min(start + batch_size, len(images))
+        for chunk in positions.split(batch_size):
+            start, stop = int(chunk[0]), int(chunk[-1]) + 1
             batch = {"images": images[start:stop], "labels": labels[start:stop], "index": torch.arange(start, stop)}
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast:
@@ -237,7 +267,17 @@ class Loop:
             for name, values in per_sample.items():
                 sums[name] += values.double().sum()
         model.train()
-        means = {name: float(total) / len(images) for name, total in sums.items()}
+        if self.dist.active:
+            if sums is None:  # more processes than validation images: this one had none
+                with torch.no_grad(), autocast:
+                    probe = model.eval().loss({"images": images[0:1], "labels": labels[0:1],
+                                               "index": torch.arange(1)}, beta=self.beta)
+                model.train()
+                sums = {name: torch.zeros((), device=device, dtype=torch.float64) for name in probe.per_sample_terms()}
+                weights = probe.term_weights()
+            totals = self.dist.all_sum(torch.stack([sums[name] for name in sums]))
+            sums = dict(zip(sums, totals))
+        means = {name: float(total) / n_images for name, total in sums.items()}
         return sum(weights[name] * mean for name, mean in means.items()), means
 
     def _state(self, extra: dict, finished: bool) -> dict:

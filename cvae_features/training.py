@@ -32,6 +32,7 @@ from ._train_hooks import TrainHook
 from ._train_loop import Loop
 from ._train_setup import agree, agree_preprocess, claim_run_dir, derive_seed, load_data, model_overrides
 from .errors import ConfigError, DataError
+from ._distributed import from_env, local_device
 from .families import DEFAULT_ARCH, model_class
 from .model import ConvVAE, VAEConfig, check_config_keys, load_model, resolve_device
 
@@ -314,18 +315,43 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
     else:
         arch = DEFAULT_ARCH if arch is None else arch
         config_class = model_class(arch).config_class  # ConfigError for a family nobody registered
-        claim_run_dir(run_dir, overwrite)
         tcfg = _as_train_config(train_config)
         overrides = model_overrides(model_config, config_class)
 
+    # several processes (torchrun): rank 0 claims the run dir, builds the image cache and writes files
+    device = resolve_device(tcfg.device)
+    dist = from_env(device)
+    try:
+        return _train_in(dist, local_device(device, dist), source, run_dir, tcfg, overrides, config_class, arch,
+                         state, preprocess, resume, overwrite, progress, data_dir, callback, hooks)
+    finally:
+        dist.close()
+
+
+def _train_in(dist, device, source, run_dir, tcfg, overrides, config_class, arch, state, preprocess, resume,
+              overwrite, progress, data_dir, callback, hooks) -> TrainResult:
+    ckpt_path = run_dir / rd.CHECKPOINT
+    if dist.active and dist.world > tcfg.batch_size:
+        raise ConfigError(f"{dist.world} processes for batches of {tcfg.batch_size} images: every process needs "
+                          "at least one image per batch (use fewer processes or a larger --batch-size)")
+    if not resume:
+        dist.on_main(lambda: claim_run_dir(run_dir, overwrite))
     cache_dir = Path(tcfg.cache_dir) if tcfg.cache_dir is not None else run_dir / "cache"
-    data = load_data(source, tcfg, overrides, preprocess, data_dir, progress, config_class, cache_dir=cache_dir)
+
+    def load():
+        return load_data(source, tcfg, overrides, preprocess, data_dir, progress and dist.main, config_class,
+                         cache_dir=cache_dir)
+
+    loaded = []
+    dist.on_main(lambda: loaded.append(load()))  # the main process builds the cache; the others open it
+    data = loaded[0] if loaded else load()
     mcfg = data.model_config
     if state is not None and (state["data_fingerprint"] != data.fingerprint):
         raise ConfigError(f"cannot resume: the data differ from the checkpoint's ({len(data.images)} images, "
                           f"fingerprint {data.fingerprint} vs {state['data_fingerprint']}); pass the same source")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rd.write_skipped(run_dir, data.skipped)
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rd.write_skipped(run_dir, data.skipped)
 
     n = len(data.images)
     n_val = 0 if tcfg.val_fraction == 0 else min(max(1, round(n * tcfg.val_fraction)), n - 1)
@@ -335,29 +361,30 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
     val_images, train_images = data.images[perm[:n_val]], data.images[perm[n_val:]]
     val_labels, train_labels = data.labels[perm[:n_val]], data.labels[perm[n_val:]]
 
-    device = resolve_device(tcfg.device)
     amp_dtype = None
     if tcfg.amp if tcfg.amp is not None else device.type == "cuda":
         amp_dtype = getattr(torch, tcfg.amp_dtype)
 
-    rd.write_json(run_dir / rd.CONFIG, {
-        "tool_version": __version__, "torch_version": torch.__version__,
-        "arch": arch, "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(),
-        "preprocess": data.preprocess.to_dict() if data.preprocess is not None else None,
-        "source": {"description": data.description, "spec": data.spec, "n_images": n, "n_train": n - n_val, "n_val": n_val,
-                   "n_skipped": len(data.skipped), "data_fingerprint": data.fingerprint},
-        "device": str(device), "amp": tcfg.amp_dtype if amp_dtype is not None else None,
-    })
+    if dist.main:
+        rd.write_json(run_dir / rd.CONFIG, {
+            "tool_version": __version__, "torch_version": torch.__version__,
+            "arch": arch, "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(),
+            "preprocess": data.preprocess.to_dict() if data.preprocess is not None else None,
+            "source": {"description": data.description, "spec": data.spec, "n_images": n, "n_train": n - n_val,
+                       "n_val": n_val, "n_skipped": len(data.skipped), "data_fingerprint": data.fingerprint},
+            "device": str(device), "amp": tcfg.amp_dtype if amp_dtype is not None else None,
+            "processes": dist.world,
+        })
 
     if state is not None and state.get("finished"):
-        _drop_cache(data, tcfg)
-        return _result(run_dir, state, n - n_val, n_val, data.skipped)
+        return _finish(dist, data, tcfg, run_dir, state, n - n_val, n_val)
 
     state_extra = {"arch": arch, "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(),
                    "preprocess": data.preprocess.to_dict() if data.preprocess is not None else None,
                    "source": data.description, "data_fingerprint": data.fingerprint}
     loop = Loop(mcfg, tcfg, device, amp_dtype, train_images, val_images, progress, callback,
-                train_labels=train_labels, val_labels=val_labels, hooks=hooks, model_class=model_class(arch))
+                train_labels=train_labels, val_labels=val_labels, hooks=hooks, model_class=model_class(arch),
+                dist=dist)
     if state is not None:
         try:
             loop.restore(state)
@@ -366,8 +393,14 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
             raise ConfigError(f"cannot resume from {ckpt_path}: its saved state does not fit this run ({first}); "
                               "start again with overwrite") from None
     state = loop.run(run_dir, state_extra)
-    _drop_cache(data, tcfg)
-    return _result(run_dir, state, n - n_val, n_val, data.skipped)
+    return _finish(dist, data, tcfg, run_dir, state, n - n_val, n_val)
+
+
+def _finish(dist, data, tcfg, run_dir, state, n_train, n_val) -> TrainResult:
+    dist.barrier()  # model.pt is written (by the main process) before anyone reads it
+    if dist.main:
+        _drop_cache(data, tcfg)
+    return _result(run_dir, state, n_train, n_val, data.skipped)
 
 
 def _drop_cache(data, tcfg) -> None:

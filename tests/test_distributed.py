@@ -1,6 +1,7 @@
 """Training that does not depend on batching: keyed noise; data-parallel training with two real processes."""
 
 import numpy as np
+import pytest
 import torch
 
 from cvae_features.model import ConvVAE
@@ -32,3 +33,91 @@ def test_a_batch_split_in_two_gives_the_same_per_image_terms():
         torch.testing.assert_close(joined, whole.per_sample_terms()[name])
     other = model.loss({"images": images, "index": index, "noise_key": torch.tensor(6)})
     assert not torch.allclose(other.per_sample_terms()["recon"], whole.per_sample_terms()["recon"])
+
+
+# -- two real processes (gloo on CPU), through `cvae train --nproc 2` -------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from cvae_features.resolve import load_model  # noqa: E402
+
+TRAIN = ["train", "digits:train", "--max-images", "400", "--batch-size", "32", "--latent-dim", "4",
+         "--no-progress", "--workers", "0"]
+
+
+def _cvae(*args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "cvae_cli.main", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=300, **kw)
+
+
+def _weights_close(a, b, atol=1e-5):
+    sa, sb = load_model(a).state_dict(), load_model(b).state_dict()
+    assert sa.keys() == sb.keys()
+    worst = max(float((sa[k] - sb[k]).abs().max()) for k in sa)
+    assert worst < atol, worst
+
+
+EPOCHS = 6
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """An uninterrupted one-process run: what every two-process run must reproduce."""
+    run = tmp_path_factory.mktemp("one") / "run"
+    out = _cvae(*TRAIN, "--epochs", EPOCHS, "-o", run)
+    assert out.returncode == 0, out.stderr
+    return run
+
+
+def test_two_processes_train_what_one_process_trains(tmp_path, one_process):
+    two = _cvae(*TRAIN, "--epochs", EPOCHS, "-o", tmp_path / "two", "--nproc", "2", "--json")
+    assert two.returncode == 0, two.stderr
+    summary = json.loads(two.stdout)  # one JSON document: only rank 0 reports
+    assert summary["n_train"] + summary["n_val"] == 400
+    h1 = json.loads((one_process / "history.json").read_text())
+    h2 = json.loads((tmp_path / "two" / "history.json").read_text())
+    assert len(h1) == len(h2) == EPOCHS
+    for r1, r2 in zip(h1, h2):
+        for key in ("train_loss", "train_recon", "train_kl", "val_loss", "val_recon", "val_kl"):
+            assert abs(r1[key] - r2[key]) <= 1e-5 * abs(r1[key]), (key, r1[key], r2[key])
+    _weights_close(one_process, tmp_path / "two")
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["processes"] == 2
+
+
+def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path, one_process):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "cvae_cli.main", *TRAIN, "--epochs", str(EPOCHS), "-o", str(run), "--nproc", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if len(json.loads((run / "history.json").read_text())) >= 1:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both training processes
+        proc.wait()
+    done = len(json.loads((run / "history.json").read_text()))
+    assert 1 <= done < EPOCHS, done  # killed part-way
+    resumed = _cvae(*TRAIN, "--epochs", EPOCHS, "-o", run, "--nproc", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    _weights_close(run, one_process)
+    assert len(json.loads((run / "history.json").read_text())) == EPOCHS
+
+
+def test_more_processes_than_a_batch_holds_is_one_line(tmp_path):
+    out = _cvae(*TRAIN, "--epochs", "1", "--batch-size", "1", "-o", tmp_path / "run", "--nproc", "2")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--nproc 2 is more processes than a batch of 1 image(s) can feed" in out.stderr
+    assert not (tmp_path / "run").exists()
