@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .probes._common import (PREPROCESSINGS, DataTooSmall, check_choices, check_features, check_fraction,
-                             check_positive_ints, small_data_single_thread)
+                             small_data_single_thread)
 from .probes.anomaly import AnomalyScorer, _check_extra
 
 RATE = 0.01
@@ -85,9 +85,9 @@ class OutliersResult:
 
 
 def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return check_positive_ints(name, value, minimum)[0]
+    return int(value)
 
 
 @small_data_single_thread
