@@ -65,3 +65,18 @@ def report_sheets(sheets) -> None:
     if sheets.missing:
         click.echo(f"warning: {len(sheets.missing)} image(s) could not be read back and are blank "
                    f"(e.g. {next(iter(sheets.missing))}: {next(iter(sheets.missing.values()))})", err=True)
+
+
+def sheet_options(what: str):
+    """``--sheets DIR`` (contact sheets of ``what``), ``--source`` (where moved images are now) and ``--data-dir``."""
+    def decorate(func):
+        for option in reversed((
+            click.option("--sheets", "sheets", default=None, type=click.Path(file_okay=False), metavar="DIR",
+                         help=f"Write PNG contact sheets of {what} and index.html here (created)."),
+            click.option("--source", default=None,
+                         help="With --sheets: where the store's images are now, if they moved since the extraction."),
+            click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+                         help="Where built-in data sets (fashion-mnist, mnist, cifar10) are stored."))):
+            func = option(func)
+        return func
+    return decorate

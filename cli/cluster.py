@@ -2,7 +2,7 @@
 
 import click
 
-from ._common import echo_json, library_errors, output_file, report_sheets, write_csv
+from ._common import echo_json, library_errors, output_file, report_sheets, sheet_options, write_csv
 
 
 @click.command("cluster")
@@ -18,12 +18,7 @@ from ._common import echo_json, library_errors, output_file, report_sheets, writ
 @click.option("--preprocessing", default="l2", show_default=True, type=click.Choice(["l2", "standardize", "none"]),
               help="l2: centre and scale rows to unit norm (cosine geometry, as the cluster probe); a group "
                    "sitting at the data's centre can scatter under it, then try none.")
-@click.option("--sheets", "sheets", default=None, type=click.Path(file_okay=False), metavar="DIR",
-              help="Write a PNG contact sheet per group (exemplars first) and index.html here (created).")
-@click.option("--source", default=None,
-              help="With --sheets: where the store's images are now, if they moved since the extraction.")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
-              help="Where built-in data sets (fashion-mnist, mnist, cifar10) are stored.")
+@sheet_options("each group (exemplars first)")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Seeds the clustering, the sample the silhouette is computed on and the sheets' samples.")
 @click.option("--json", "as_json", is_flag=True, help="Print the groups, sizes, exemplars and criterion as JSON.")

@@ -2,7 +2,7 @@
 
 import click
 
-from ._common import echo_json, library_errors, output_file, report_sheets, write_csv
+from ._common import echo_json, library_errors, output_file, report_sheets, sheet_options, write_csv
 
 
 @click.command("outliers")
@@ -17,12 +17,7 @@ from ._common import echo_json, library_errors, output_file, report_sheets, writ
               help="Neighbours of the leave-one-out k-NN distance.")
 @click.option("--neighbours", default=6, show_default=True, type=int,
               help="Nearest normal images shown beside each of the --top.")
-@click.option("--sheets", "sheets", default=None, type=click.Path(file_okay=False), metavar="DIR",
-              help="Write PNG contact sheets of the --top images and index.html here (created).")
-@click.option("--source", default=None,
-              help="With --sheets: where the store's images are now, if they moved since the extraction.")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
-              help="Where built-in data sets (fashion-mnist, mnist, cifar10) are stored.")
+@sheet_options("the --top images beside their nearest normal images")
 @click.option("--json", "as_json", is_flag=True, help="Print the settings and the --top images as JSON.")
 @library_errors
 def outliers(store, out, top, rate, k, neighbours, sheets, source, data_dir, as_json):
