@@ -41,3 +41,45 @@ def echo_json(obj) -> None:
     from cvae_features._json import dumps
 
     click.echo(dumps(obj, indent=2))
+
+
+def output_file(path):
+    """``path`` for a file to write after the work, refused at once (one line) when its folder is missing."""
+    from pathlib import Path
+
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise click.ClickException(f"cannot write {path}: folder {path.parent} does not exist (create it first)")
+    if path.is_dir():
+        raise click.ClickException(f"cannot write {path}: it is a folder; expected a file name such as out.csv")
+    return path
+
+
+def write_csv(frame, path) -> None:
+    """A result table as CSV (keys that are not valid UTF-8 are written escaped, never refused)."""
+    frame.to_csv(path, index=False, errors="backslashreplace")
+
+
+def report_sheets(sheets) -> None:
+    """Say what ``write_sheets`` wrote, and warn (stderr) about images that could not be read back."""
+    click.echo(f"wrote {len(sheets.files)} contact sheet(s) and {sheets.index.name} to {sheets.out_dir}/")
+    if sheets.missing:
+        click.echo(f"warning: {len(sheets.missing)} image(s) could not be read back and are blank "
+                   f"(e.g. {next(iter(sheets.missing))}: {next(iter(sheets.missing.values()))})", err=True)
+
+
+def sheet_options(what: str):
+    """``--sheets DIR`` (contact sheets of ``what``), ``--source`` (where moved images are now) and ``--data-dir``."""
+    def decorate(func):
+        for option in reversed((
+            click.option("--sheets", "sheets", default=None, type=click.Path(file_okay=False), metavar="DIR",
+                         help=f"Write PNG contact sheets of {what} and index.html here (created)."),
+            click.option("--source", default=None,
+                         help="With --sheets: where the store's images are now, if they moved since the extraction."),
+            click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+                         help="Where built-in data sets (fashion-mnist, mnist, cifar10) are stored."))):
+            func = option(func)
+        return func
+    return decorate

@@ -4,8 +4,10 @@ import click
 
 from cvae_features._version import __version__
 
+from .cluster import cluster
 from .demo import demo
 from .extract import extract_command, info_command
+from .outliers import outliers
 from .probe import probe
 from .show import show
 from .train import train_command
@@ -21,7 +23,7 @@ def cli():
     """
 
 
-for _command in (train_command, extract_command, info_command, probe, show, demo):
+for _command in (train_command, extract_command, info_command, probe, cluster, outliers, show, demo):
     cli.add_command(_command)
 
 

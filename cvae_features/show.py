@@ -12,10 +12,9 @@ import dataclasses
 import html
 import math
 import numbers
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ from ._version import __version__
 from .errors import ConfigError, CvaeError, DataError
 from .model import ConvVAE, count_parameters
 from .resolve import resolve_model
+from .sheets import PAGE_CSS, find_key, pad_row, recorded_specs, save_grid
 
 MAP_POINTS = 2000
 INTERP_STEPS = 9
@@ -310,9 +310,9 @@ def _resolve_model(model_or_path) -> Tuple[torch.nn.Module, dict]:
     origin = {"label": resolved.label}
     if resolved.origin == "object":
         return model, origin
-    origin["sources"] = _recorded_specs(resolved.meta)
+    origin["sources"] = recorded_specs(resolved.meta)
     if resolved.origin != "store":
-        origin["preprocess_dict"] = _find_key(resolved.meta, ("preprocess",))
+        origin["preprocess_dict"] = find_key(resolved.meta, ("preprocess",))
         return model, origin
     from .data import Preprocess
     from .store import FeatureStore
@@ -325,50 +325,6 @@ def _resolve_model(model_or_path) -> Tuple[torch.nn.Module, dict]:
             origin["store_map"] = (np.asarray(store.features, dtype=np.float32),
                                    np.asarray(store.labels, dtype=np.int64), list(store.label_names))
     return model, origin
-
-
-def _find_key(meta, names: Sequence[str]):
-    """First value under one of ``names`` in a nested dict (breadth first), or None."""
-    queue = [meta]
-    while queue:
-        d = queue.pop(0)
-        if not isinstance(d, dict):
-            continue
-        for name in names:
-            if d.get(name) not in (None, "", {}):
-                return d[name]
-        queue.extend(v for v in d.values() if isinstance(v, dict))
-    return None
-
-
-def _recorded_specs(meta: dict) -> List[str]:
-    """Specs to try, best first, for the source recorded in a run's config.json or a store's attributes.
-
-    A recorded ``spec`` is exact; a human description such as ``"folder /data/x (1,204 images, 3 classes)"``
-    or ``"digits:all (1,797 images ...)"`` still names the path or data set, so it is parsed as a fallback.
-    """
-    found = []
-    for value in (_find_key(meta, ("source_spec", "spec")), _find_key(meta, ("source",)),
-                  _find_key(meta, ("source_description", "description"))):
-        if isinstance(value, dict):
-            value = _find_key(value, ("spec", "path", "description"))
-        if isinstance(value, str) and value.strip():
-            found.append(value.strip())
-    from .data import BUILTIN_DATASETS
-
-    specs = []
-    for text in found:
-        match = _DESCRIBED_PATH.match(text)
-        if match:
-            specs.append(match.group(1))
-        first = text.split(" ", 1)[0]
-        if first.split(":", 1)[0].lower() in BUILTIN_DATASETS:
-            specs.append(first)
-        specs.append(text)
-    return list(dict.fromkeys(specs))  # unique, order kept
-
-
-_DESCRIBED_PATH = re.compile(r"^(?:\d[\d,]* of )?(?:folder|manifest)\s+(.+?)\s+\(")
 
 
 def _images_to_show(source, origin, cfg, rng, *, n, max_points, data_dir):
@@ -482,10 +438,10 @@ def _save_reconstructions(model, shown, out_dir, scale):
     cols = min(len(shown), 8)
     rows, labels = [], []
     for start in range(0, len(shown), cols):
-        rows.append(_pad_row(shown[start:start + cols], cols))
-        rows.append(_pad_row(recon[start:start + cols], cols))
+        rows.append(pad_row(shown[start:start + cols], cols))
+        rows.append(pad_row(recon[start:start + cols], cols))
         labels += ["original", "reconstruction"]
-    return _save_grid(rows, labels, out_dir / "reconstructions.png", scale)
+    return save_grid(rows, labels, out_dir / "reconstructions.png", scale)
 
 
 def _save_samples(model, k, seed, out_dir, scale):
@@ -493,8 +449,8 @@ def _save_samples(model, k, seed, out_dir, scale):
     z = model.prior.sample(k, generator=gen)
     imgs = _decode(model, z)
     cols = 8
-    rows = [_pad_row(imgs[s:s + cols], cols) for s in range(0, k, cols)]
-    return _save_grid(rows, [""] * len(rows), out_dir / "samples.png", scale)
+    rows = [pad_row(imgs[s:s + cols], cols) for s in range(0, k, cols)]
+    return save_grid(rows, [""] * len(rows), out_dir / "samples.png", scale)
 
 
 def _save_interpolations(model, images, mu, labels, out_dir, scale):
@@ -508,7 +464,7 @@ def _save_interpolations(model, images, mu, labels, out_dir, scale):
         used.add(b)
         z = (1 - t) * mu[a] + t * mu[b]
         rows.append([images[a]] + list(_decode(model, z)) + [images[b]])
-    return _save_grid(rows, [f"pair {p + 1}" for p in range(pairs)], out_dir / "interpolations.png", scale)
+    return save_grid(rows, [f"pair {p + 1}" for p in range(pairs)], out_dir / "interpolations.png", scale)
 
 
 def _traversal_codes(prior, base: torch.Tensor, d: int) -> torch.Tensor:
@@ -523,7 +479,7 @@ def _save_traversals(model, base, dims, out_dir, scale):
     rows = []
     for d in dims:
         rows.append(list(_decode(model, _traversal_codes(model.prior, base, d))))
-    return _save_grid(rows, [f"z[{d}]" for d in dims], out_dir / "traversals.png", scale)
+    return save_grid(rows, [f"z[{d}]" for d in dims], out_dir / "traversals.png", scale)
 
 
 def _save_inpainting(model, shown, mask, steps, out_dir, scale):
@@ -532,8 +488,8 @@ def _save_inpainting(model, shown, mask, steps, out_dir, scale):
     filled = inpaint(model, shown, known, steps=steps)
     masked = torch.where(known.expand_as(shown), shown, torch.full_like(shown, 128))
     cols = len(shown)
-    rows = [_pad_row(masked, cols), _pad_row(filled, cols), _pad_row(shown, cols)]
-    return _save_grid(rows, ["masked", "filled", "original"], out_dir / "inpainting.png", scale)
+    rows = [pad_row(masked, cols), pad_row(filled, cols), pad_row(shown, cols)]
+    return save_grid(rows, ["masked", "filled", "original"], out_dir / "inpainting.png", scale)
 
 
 def _save_map(feats, labels, label_names, out_dir):
@@ -582,55 +538,7 @@ def _colormap(k):
     return colormaps["tab10" if k <= 10 else "tab20" if k <= 20 else "turbo"].resampled(max(k, 2))
 
 
-# ----------------------------------------------------------------------------- grids
-
-def _pad_row(imgs, cols) -> list:
-    return list(imgs) + [None] * (cols - len(imgs))
-
-
-def _save_grid(rows, row_labels, path: Path, scale: int, pad: int = 2) -> Path:
-    """Write a grid of uint8 (C, S, S) images (None = blank) upscaled by nearest neighbour, labels on the left."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    first = next(img for row in rows for img in row if img is not None)
-    channels, size = first.shape[0], first.shape[-1]
-    cell = size * scale
-    ncols = max(len(r) for r in rows)
-    font = ImageFont.load_default()
-    label_w = 0
-    if any(row_labels):
-        probe = ImageDraw.Draw(Image.new("L", (1, 1)))
-        label_w = max(probe.textbbox((0, 0), s, font=font)[2] for s in row_labels) + 2 * pad
-    width = label_w + pad + ncols * (cell + pad)
-    height = pad + len(rows) * (cell + pad)
-    mode = "L" if channels == 1 else "RGB"
-    canvas = np.full((height, width, channels), 255, dtype=np.uint8)
-    for r, row in enumerate(rows):
-        y = pad + r * (cell + pad)
-        for c, img in enumerate(row):
-            if img is None:
-                continue
-            x = label_w + pad + c * (cell + pad)
-            arr = np.asarray(img).transpose(1, 2, 0)
-            canvas[y:y + cell, x:x + cell] = arr.repeat(scale, axis=0).repeat(scale, axis=1)
-    image = Image.fromarray(canvas[:, :, 0] if channels == 1 else canvas, mode=mode)
-    if label_w:
-        draw = ImageDraw.Draw(image)
-        for r, text in enumerate(row_labels):
-            top = pad + r * (cell + pad) + cell // 2 - 6
-            draw.text((pad, top), text, fill=0 if channels == 1 else (0, 0, 0), font=font)
-    image.save(path, format="PNG")
-    return path
-
-
 # ----------------------------------------------------------------------------- index.html
-
-_CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em}p.caption{color:#555;margin:.3em 0 .8em}
-img{image-rendering:pixelated;max-width:100%;border:1px solid #ddd}
-table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left}
-code{background:#f4f4f4;padding:0 .2em}"""
-
 
 def _write_index(result: ShowResult, model: ConvVAE, label: str) -> Path:
     esc = html.escape
@@ -646,7 +554,7 @@ def _write_index(result: ShowResult, model: ConvVAE, label: str) -> Path:
     }
     parts = [
         "<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
-        f"<title>cvae show: {esc(label)}</title>", f"<style>{_CSS}</style></head><body>",
+        f"<title>cvae show: {esc(label)}</title>", f"<style>{PAGE_CSS}</style></head><body>",
         f"<h1>Inside the model {esc(label)}</h1>",
         f"<p>Fingerprint <code>{esc(result.fingerprint)}</code>, {count_parameters(model):,} parameters, "
         f"images from <code>{esc(str(result.source))}</code>. Written by cvae-features {esc(__version__)}.</p>",

@@ -59,6 +59,7 @@ class AnomalyScorer:
         self.prep_ = FeaturePrep(self.preprocessing).fit(X)
         Z = self.prep_.transform(X)
         self.n_features_in_ = X.shape[1]
+        self.fit_rows_ = Z  # the k-NN index holds the same array: no copy
         if "knn" in self.scores:
             self.nn_ = NearestNeighbors(n_neighbors=self.k, algorithm="brute").fit(Z)
         if "mahalanobis" in self.scores:
@@ -76,9 +77,25 @@ class AnomalyScorer:
         if X.shape[1] != self.n_features_in_:
             raise ConfigError(f"X: expected {self.n_features_in_} features like the normal rows, got {X.shape[1]}")
         Z = self.prep_.transform(X)
+        return self._scores(Z, lambda: self.nn_.kneighbors(Z)[0])
+
+    def score_fitted_rows(self) -> dict:
+        """``{score_name: ndarray of shape (n_fit,)}`` for the rows ``fit`` saw, each left out of its own k-NN score.
+
+        'knn' is the mean distance to the ``k`` nearest *other* rows (a row is never its own
+        neighbour; an exact copy of it is, at distance 0), so it needs ``k`` + 1 rows. The other
+        scores are those of :meth:`score`: fitted on every row, the scored one included.
+        """
+        Z = self.fit_rows_
+        if "knn" in self.scores and Z.shape[0] <= self.k:
+            raise ConfigError(f"k: expected at most {Z.shape[0] - 1} (the fitted rows less the one scored), "
+                              f"got {self.k}")
+        return self._scores(Z, lambda: self.nn_.kneighbors()[0])  # no query: each row's neighbours exclude it
+
+    def _scores(self, Z, knn_distances) -> dict:
         out = {}
         if "knn" in self.scores:
-            out["knn"] = self.nn_.kneighbors(Z)[0].mean(axis=1)
+            out["knn"] = knn_distances().mean(axis=1)
         if "mahalanobis" in self.scores:
             out["mahalanobis"] = self.cov_.mahalanobis(Z)
         if "gmm" in self.scores:

@@ -46,6 +46,25 @@ def cluster_accuracy(y_true, y_pred) -> float:
     return float(counts[rows, cols].sum() / y_true.size)
 
 
+def fit_clusters(Xp: np.ndarray, n_clusters: int, method: str = "kmeans", *, n_init: int = 10, seed: int = 0):
+    """The probe's clusterer fitted on preprocessed rows ``Xp`` of shape (n_samples, n_features).
+
+    'kmeans': ``KMeans`` with ``n_init`` seeded restarts (centres in ``cluster_centers_``);
+    'gmm': a diagonal-covariance ``GaussianMixture`` (``reg_covar`` 1e-4, one start from
+    k-means; centres in ``means_``). Both have ``predict``. Convergence warnings are silenced:
+    on tiny data they say nothing useful.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.mixture import GaussianMixture
+
+    check_choices("method", (method,), METHODS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if method == "kmeans":
+            return KMeans(n_clusters, n_init=n_init, random_state=seed).fit(Xp)
+        return GaussianMixture(n_clusters, covariance_type="diag", reg_covar=1e-4, random_state=seed).fit(Xp)
+
+
 @dataclass
 class ClusterProbeResult(ResultRecord):
     """Outcome of :func:`cluster_probe`.
@@ -108,9 +127,7 @@ def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=METHODS, 
     -------
     ClusterProbeResult
     """
-    from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
-    from sklearn.mixture import GaussianMixture
 
     methods = check_choices("methods", methods, METHODS)
     check_choices("preprocessing", (preprocessing,), PREPROCESSINGS)
@@ -143,13 +160,7 @@ def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=METHODS, 
     results, assignments = {}, {}
     for name in methods:
         with timed(timings, f"{name}_s"):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # convergence warnings on tiny data say nothing useful here
-                if name == "kmeans":
-                    pred = KMeans(n_clusters, n_init=n_init, random_state=seed).fit_predict(Xp)
-                else:
-                    pred = GaussianMixture(n_clusters, covariance_type="diag", reg_covar=1e-4,
-                                           random_state=seed).fit(Xp).predict(Xp)
+            pred = fit_clusters(Xp, n_clusters, name, n_init=n_init, seed=seed).predict(Xp)
         sizes = np.bincount(pred, minlength=n_clusters)
         entry = {"cluster_sizes": sizes.tolist(), "n_empty": int((sizes == 0).sum()),
                  # the silhouette is defined for 2 .. n-1 distinct clusters among the rows it is computed on

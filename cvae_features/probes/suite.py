@@ -63,7 +63,12 @@ def parse_tasks(spec) -> tuple:
     return tuple(t for t in tasks if t in items)
 
 
-def _read_store(path, role: str):
+def read_store_rows(path, role: str) -> dict:
+    """The rows of a complete, non-empty store as arrays: X, y, keys, extras (recon_error, neg_elbo) and facts.
+
+    ``role`` names the store in messages (``"TRAIN"``, ``"store"``). StoreError when the store is
+    incomplete (finish it with ``--resume``) or holds no rows.
+    """
     from ..store import FeatureStore
 
     with FeatureStore(path) as store:
@@ -153,7 +158,7 @@ def load_probe_data(train_path, test_path=None, *, test_fraction: float = 0.2, s
     if test_path is not None and _same_file(train_path, test_path):
         raise StoreError(f"TEST {test_path} is the TRAIN store itself, so the scores would measure memorisation; "
                          "give a separate test store or leave --test out to split TRAIN")
-    train = _read_store(train_path, "TRAIN")
+    train = read_store_rows(train_path, "TRAIN")
     if test_path is None:
         if not 0 < test_fraction < 1:
             raise ConfigError(f"test_fraction: expected a number in (0, 1), got {test_fraction}")
@@ -168,7 +173,7 @@ def load_probe_data(train_path, test_path=None, *, test_fraction: float = 0.2, s
                          extras_train={n: a[fit] for n, a in train["extras"].items()},
                          extras_test={n: a[held] for n, a in train["extras"].items()},
                          split=split, sources={"train": str(train_path), "test": None})
-    test = _read_store(test_path, "TEST")
+    test = read_store_rows(test_path, "TEST")
     for what in ("kind", "dim", "fingerprint"):
         if train[what] != test[what]:
             label = {"kind": "feature kind", "dim": "feature width", "fingerprint": "model fingerprint"}[what]
