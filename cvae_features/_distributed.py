@@ -50,22 +50,36 @@ class Dist:
         return work.to(device)
 
     def on_main(self, fn: Callable):
-        """Run ``fn`` on the main process only; every process then returns its result or raises its error
-        (the same one-line error on every process, so none is left waiting)."""
+        """Run ``fn`` on the main process only and return its result there (None elsewhere); an error it
+        raises is raised on every process (the same one line, so none is left waiting)."""
         if not self.active:
             return fn()
-        box = [None, None]
+        box, result = [None], None
         if self.main:
             try:
-                box[0] = fn()
+                result = fn()
             except CvaeError as err:
-                box[1] = (type(err).__name__, str(err))
+                box[0] = (type(err).__name__, str(err))
         torch.distributed.broadcast_object_list(box, src=0)
-        if box[1] is not None:
+        if box[0] is not None:
             from . import errors
 
-            raise getattr(errors, box[1][0], ConfigError)(box[1][1])
-        return box[0]
+            raise getattr(errors, box[0][0], ConfigError)(box[0][1])
+        return result
+
+    def check_same(self, what: str, value: dict) -> None:
+        """ConfigError on every process unless every process holds the same ``value`` (a JSON-able dict)."""
+        if not self.active:
+            return
+        values = [None] * self.world
+        torch.distributed.all_gather_object(values, value)
+        for rank, other in enumerate(values):
+            if other != values[0]:
+                keys = sorted(k for k in set(other) | set(values[0]) if other.get(k) != values[0].get(k))
+                raise ConfigError(f"the {self.world} processes disagree on the {what}: process {rank} has "
+                                  f"{', '.join(f'{k}={other.get(k)!r}' for k in keys[:3])}, process 0 "
+                                  f"{', '.join(f'{k}={values[0].get(k)!r}' for k in keys[:3])}; start them with the "
+                                  "same command")
 
     def close(self) -> None:
         if self.owned and torch.distributed.is_initialized():

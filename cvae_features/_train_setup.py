@@ -184,6 +184,30 @@ def existing_run(run_dir: Path):
     return None, "no checkpoint"
 
 
+def lock_run_dir(run_dir: Path):
+    """Hold ``run_dir/.lock`` (an exclusive, non-blocking ``flock``) for as long as the returned file is open:
+    a second training in the same directory is refused in one line instead of mixing two runs' files."""
+    import fcntl
+    import os
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        pid = fh.read().strip()
+        fh.close()
+        raise ConfigError(f"run_dir {run_dir} is in use by another training process"
+                          f"{f' (pid {pid})' if pid.isdigit() else ''}: wait for it to finish or use another "
+                          "directory") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
 def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
     present = [name for name in rd.RUN_FILES if (run_dir / name).exists()]
     kind, what = existing_run(run_dir)

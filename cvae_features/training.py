@@ -30,7 +30,8 @@ from . import _rundir as rd
 from ._version import __version__
 from ._train_hooks import TrainHook
 from ._train_loop import Loop
-from ._train_setup import agree, agree_preprocess, claim_run_dir, derive_seed, load_data, model_overrides
+from ._train_setup import (agree, agree_preprocess, claim_run_dir, derive_seed, load_data, lock_run_dir,
+                           model_overrides)
 from .errors import ConfigError, DataError
 from ._distributed import from_env, local_device
 from .families import DEFAULT_ARCH, model_class
@@ -330,10 +331,21 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
 
 def _train_in(dist, device, source, run_dir, tcfg, overrides, config_class, arch, state, preprocess, resume,
               overwrite, progress, data_dir, callback, hooks) -> TrainResult:
-    ckpt_path = run_dir / rd.CHECKPOINT
     if dist.active and dist.world > tcfg.batch_size:
         raise ConfigError(f"{dist.world} processes for batches of {tcfg.batch_size} images: every process needs "
                           "at least one image per batch (use fewer processes or a larger --batch-size)")
+    lock = dist.on_main(lambda: lock_run_dir(run_dir))  # held by the main process until training ends
+    try:
+        return _train_locked(dist, device, source, run_dir, tcfg, overrides, config_class, arch, state, preprocess,
+                             resume, overwrite, progress, data_dir, callback, hooks)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train_locked(dist, device, source, run_dir, tcfg, overrides, config_class, arch, state, preprocess, resume,
+                  overwrite, progress, data_dir, callback, hooks) -> TrainResult:
+    ckpt_path = run_dir / rd.CHECKPOINT
     if not resume:
         dist.on_main(lambda: claim_run_dir(run_dir, overwrite))
     cache_dir = Path(tcfg.cache_dir) if tcfg.cache_dir is not None else run_dir / "cache"
@@ -346,6 +358,8 @@ def _train_in(dist, device, source, run_dir, tcfg, overrides, config_class, arch
     dist.on_main(lambda: loaded.append(load()))  # the main process builds the cache; the others open it
     data = loaded[0] if loaded else load()
     mcfg = data.model_config
+    dist.check_same("run", {"arch": arch, "model_config": mcfg.to_dict(), "data": data.fingerprint,
+                            **{k: v for k, v in tcfg.to_dict().items() if k not in ("workers", "device")}})
     if state is not None and (state["data_fingerprint"] != data.fingerprint):
         raise ConfigError(f"cannot resume: the data differ from the checkpoint's ({len(data.images)} images, "
                           f"fingerprint {data.fingerprint} vs {state['data_fingerprint']}); pass the same source")

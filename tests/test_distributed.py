@@ -121,3 +121,43 @@ def test_more_processes_than_a_batch_holds_is_one_line(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "--nproc 2 is more processes than a batch of 1 image(s) can feed" in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_dir_in_use_by_another_training_is_refused(tmp_path):
+    from cvae_features._train_setup import lock_run_dir
+    from cvae_features.errors import ConfigError
+    from cvae_features.training import train
+
+    held = lock_run_dir(tmp_path / "run")
+    try:
+        with pytest.raises(ConfigError, match=rf"run_dir {tmp_path / 'run'} is in use by another training process "
+                                              rf"\(pid {os.getpid()}\)"):
+            train("digits:train", tmp_path / "run", train_config={"epochs": 1, "max_images": 50}, progress=False)
+    finally:
+        held.close()
+    result = train("digits:train", tmp_path / "run", train_config={"epochs": 1, "max_images": 50}, progress=False,
+                   model_config={"latent_dim": 2})
+    assert result.epochs_run == 1  # free again once the holder is gone
+
+
+def test_processes_that_disagree_on_the_config_stop_with_one_line(tmp_path):
+    script = tmp_path / "disagree.py"
+    script.write_text(
+        "import os, sys\n"
+        "from cvae_features.errors import ConfigError\n"
+        "from cvae_features.training import train\n"
+        "lr = 1e-3 if os.environ['RANK'] == '0' else 2e-3\n"
+        "try:\n"
+        f"    train('digits:train', {str(tmp_path / 'run')!r}, progress=False, model_config={{'latent_dim': 2}},\n"
+        "          train_config={'epochs': 1, 'max_images': 64, 'batch_size': 16, 'lr': lr})\n"
+        "except ConfigError as err:\n"
+        "    print(f'rank {os.environ[\"RANK\"]}: {err}')\n"
+        "    sys.exit(3)\n")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          str(script)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode != 0
+    lines = sorted(line for line in out.stdout.splitlines() if line.startswith("rank "))
+    assert len(lines) == 2 and all("the 2 processes disagree on the run: process 1 has lr=0.002, process 0 lr=0.001"
+                                   in line for line in lines), out.stdout + out.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
