@@ -6,6 +6,7 @@ from cvae_features._version import __version__
 
 from .demo import demo
 from .extract import extract_command, info_command
+from .neighbors import duplicates_command, neighbors_command
 from .probe import probe
 from .show import show
 from .train import train_command
@@ -21,7 +22,8 @@ def cli():
     """
 
 
-for _command in (train_command, extract_command, info_command, probe, show, demo):
+for _command in (train_command, extract_command, info_command, probe, neighbors_command, duplicates_command, show,
+                 demo):
     cli.add_command(_command)
 
 
