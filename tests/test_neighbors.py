@@ -9,16 +9,16 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from cvae_cli.main import cli
 from cvae_features.extraction import extract
-from cvae_features.model import ConvVAE
 from cvae_features.neighbors import (DEFAULT_THRESHOLD, _Components, find_duplicates, nearest_neighbors,
                                      store_neighbors)
 from cvae_features.store import StoreWriter
+
+from _stores import save_tiny_model
 
 SIZE = 16
 PRE = {"size": 4, "channels": 1, "resize": "crop"}
@@ -45,10 +45,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    run = tmp_path_factory.mktemp("run")
-    ConvVAE(image_size=SIZE, channels=1, latent_dim=6, widths=(8, 8)).save(run)
-    return run
+    return save_tiny_model(tmp_path_factory.mktemp("run"), SIZE, 6)
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +148,7 @@ def test_weightless_vae_store_needs_the_model_for_an_image(stores, folder, model
     assert run("neighbors", stores["bare"], "img_07.png").exit_code == 0  # a key needs no model
     ok = store_neighbors(stores["bare"], [str(folder / "img_07.png")], 2, model=model_path)
     assert ok.table["key"].iloc[0] == "img_07.png" and ok.table["distance"].iloc[0] < 1e-4
-    torch.manual_seed(1)
-    ConvVAE(image_size=SIZE, channels=1, latent_dim=6, widths=(8, 8)).save(tmp_path / "other")
+    save_tiny_model(tmp_path / "other", SIZE, 6, seed=1)
     result = run("neighbors", stores["bare"], folder / "img_07.png", "--model", tmp_path / "other")
     assert result.exit_code == 1 and "not comparable" in result.output and result.output.count("\n") == 1
 
