@@ -388,7 +388,7 @@ def _resolve_queries(store, queries: Sequence, model) -> tuple:
         raise ConfigError("no query: give keys of the store or image files")
     position = {key: i for i, key in enumerate(store.keys)}
     records, rows, files = [], [], []
-    for q in map(str, queries):
+    for q in dict.fromkeys(map(str, queries)):  # each query once, in the order given
         if q in position:
             records.append({"query": q, "kind": "key"})
             rows.append(position[q])

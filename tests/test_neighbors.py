@@ -230,3 +230,12 @@ def test_bad_threshold_and_csv_path(stores, tmp_path):
     one_line_error(run("duplicates", stores["raw"], "-o", tmp_path / "missing" / "d.csv"), "cannot write")
     with pytest.raises(ValueError, match="threshold"):
         find_duplicates(np.ones((3, 2)), threshold=-1)
+
+
+def test_help_states_the_library_defaults():
+    from cvae_features.index import DEFAULT_NPROBE
+    from cvae_features.neighbors import EXACT_MAX_ROWS
+
+    text = " ".join(run("duplicates", "--help").output.split())
+    assert f"exact up to {EXACT_MAX_ROWS:,} rows" in text and f"Default: {DEFAULT_NPROBE}." in text
+    assert f"Default: {DEFAULT_THRESHOLD:g} " in text
