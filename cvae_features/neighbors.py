@@ -348,10 +348,7 @@ def _query_featurizer(store, model):
 
     cls = get_featurizer(store.feature_kind)
     if model is None:
-        try:
-            return cls.from_store(store)
-        except ModelError as err:
-            raise StoreError(str(err)) from None
+        return cls.from_store(store)
     feat = cls.from_reference(model, None, types.SimpleNamespace(dim=None))
     if (feat.fingerprint or "") != (store.model_fingerprint or ""):
         raise ModelError(f"model {model} has fingerprint {feat.fingerprint}, but {store.path} was written by "
