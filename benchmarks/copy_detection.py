@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 import time
 from pathlib import Path
@@ -218,6 +219,8 @@ def run(args, argv) -> dict:
             run_dir, trained = work / f"run_e{args.epochs}{'_quick' if args.quick else ''}", True
             bc.train_run(train_src, run_dir, {}, {"epochs": args.epochs}, reuse=True, progress=args.progress)
         model = load_model(run_dir)
+        history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else []
+        training = {"epochs": len(history), "seconds": round(sum(row.get("seconds", 0) for row in history), 1)}
     pre = Preprocess(28, 1, "crop")
     with stages("fit PCA"):
         pca = PCAFeaturizer(pre, **fit_pca(train_src, pre, model.config.latent_dim))
@@ -265,7 +268,7 @@ def run(args, argv) -> dict:
     rec.update(
         arguments={"quick": args.quick, "epochs": args.epochs, "run_dir": str(run_dir), "trained_here": trained,
                    "n_originals": n_orig, "n_dup": args.n_dup, "n_index": args.n_index, "seed": args.seed},
-        model_config=model.config.to_dict(), model_fingerprint=model.fingerprint(),
+        model_config=model.config.to_dict(), model_fingerprint=model.fingerprint(), training=training,
         alterations=ALTERATIONS, recall=recall, default_threshold=DEFAULT_THRESHOLD, min_precision=MIN_PRECISION,
         suggested_threshold=suggested, calibration_sweep=sweep, duplicates_at_default=at_default,
         exact_duplicates_at_cutoff=exact_cut, exact_max_rows=EXACT_MAX_ROWS, default_nprobe=DEFAULT_NPROBE,
@@ -279,9 +282,10 @@ def _f(value, digits=3):
 
 def markdown(rec: dict) -> str:
     a, dim = rec["arguments"], rec["model_config"]["latent_dim"]
-    trained = (f"trained here for {a['epochs']} epochs on the 60,000 training images without labels "
-               f"({rec['stage_seconds']['train VAE'] / 60:.0f} min)" if a["trained_here"]
-               else f"reused from `{a['run_dir']}`")
+    tr = rec["training"]
+    trained = (f"trained for {tr['epochs']} epochs on the 60,000 training images without labels in "
+               f"{tr['seconds'] / 60:.0f} min " + ("by this run" if a["trained_here"] else
+                                                   f"(reused from `{a['run_dir']}`, trained by an earlier run)"))
     lines = [f"# Copy detection and near-duplicate search{' (quick)' if a['quick'] else ''}", ""]
     lines += bc.header_lines(rec) + [""]
     lines += [f"VAE: package defaults (latent {dim}, β {rec['model_config']['beta']}), {trained}; PCA ({dim}) fitted "
