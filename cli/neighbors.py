@@ -8,7 +8,7 @@ from .extract import _one_line
 _SEARCH = click.Choice(["auto", "exact", "approximate"])
 _SEARCH_HELP = ("exact (blocked matrix products) or approximate (a faiss index kept beside the store as "
                 "STORE.index, built on first use; needs cvae-features[index]); auto: exact up to 50,000 rows.")
-_NPROBE_HELP = "Lists the approximate index probes per query (more: slower, closer to exact). Default: 32."
+_NPROBE_HELP = "Lists the approximate index probes per query (more: slower, closer to exact). Default: 16."
 _REBUILD_HELP = "Refuse an index that no longer matches the store instead of rebuilding it."
 
 

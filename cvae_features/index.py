@@ -27,7 +27,7 @@ from .errors import ConfigError, IndexMismatchError, MissingExtraError, StoreErr
 INDEX_FORMAT = "cvae-features-index"
 INDEX_VERSION = 1
 #: Probed inverted lists per query unless told otherwise (recall and speed: benchmarks/results/copy_detection.md).
-DEFAULT_NPROBE = 32
+DEFAULT_NPROBE = 16
 #: Rows added to (and read from the store for) the index per step: bounds the memory of a build.
 BUILD_BATCH_ROWS = 65536
 #: Training rows per inverted list for the k-means of the coarse quantizer (faiss asks for at least 39).
