@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DecodeError, MissingExtraError, ModelError, StoreError
-from .index import normalize_rows
+from .index import normalize_rows, open_index, require_faiss
 
 METRIC = "cosine distance (1 - cos) between feature rows"
 #: Default duplicate threshold on the cosine distance (chosen in benchmarks/results/copy_detection.md).
@@ -326,8 +326,6 @@ def _search_method(store, search: str, notes: List[str]) -> str:
     method = choose_search(search, store.n_rows)
     if method == "approximate" and search == "auto":
         try:
-            from .index import require_faiss
-
             require_faiss()
         except MissingExtraError:
             notes.append(f"{store.n_rows} rows would use the approximate index, but faiss is not installed "
@@ -337,8 +335,6 @@ def _search_method(store, search: str, notes: List[str]) -> str:
 
 
 def _index(store, rebuild: bool, notes: List[str]):
-    from .index import open_index
-
     idx = open_index(store, rebuild=rebuild, note=notes.append)
     return idx, dict(idx.info, path=str(idx.path), built_now=idx.built)
 
@@ -481,29 +477,23 @@ def store_duplicates(store_path, threshold: float = DEFAULT_THRESHOLD, *, search
     with _open(store_path) as store:
         n, keys = store.n_rows, store.keys
         method = _search_method(store, search, notes)
-        comps = _Components(n)
-        index_info = None
         if method == "exact":
-            Xn = normalize_rows(store.features)
-            for r, c in _exact_pairs(Xn, 1.0 - t - ROUNDING):
-                comps.add(r, c)
+            return DuplicatesResult(str(store_path), find_duplicates(store.features, keys, t), t, n, method, notes)
+        idx, index_info = _index(store, rebuild, notes)
+        comps = _Components(n)
+        for start, block in store.iter_rows(QUERY_BLOCK):
+            lims, _, found = idx.range_search(normalize_rows(block), 1.0 - t - ROUNDING, nprobe)
+            query = np.repeat(np.arange(start, start + len(block)), np.diff(lims.astype(np.int64)))
+            keep = found != query  # the probed lists may find a pair one way only
+            comps.add(query[keep], found[keep])
 
-            def fetch(rows):
-                return Xn[rows]
-        else:
-            idx, index_info = _index(store, rebuild, notes)
-            for start, block in store.iter_rows(QUERY_BLOCK):
-                lims, sims, found = idx.range_search(normalize_rows(block), 1.0 - t - ROUNDING, nprobe)
-                query = np.repeat(np.arange(start, start + len(block)), np.diff(lims.astype(np.int64)))
-                keep = found != query  # the probed lists may find a pair one way only
-                comps.add(query[keep], found[keep])
+        def fetch(rows):
+            out = np.zeros((len(rows), store.dim), dtype=np.float32)
+            for start, block in store.iter_rows(_rows_per_block(1, store.dim)):
+                inside = (rows >= start) & (rows < start + len(block))
+                out[inside] = normalize_rows(block[rows[inside] - start])
+            return out
 
-            def fetch(rows):
-                out = np.zeros((len(rows), store.dim), dtype=np.float32)
-                for start, block in store.iter_rows(_rows_per_block(1, store.dim)):
-                    inside = (rows >= start) & (rows < start + len(block))
-                    out[inside] = normalize_rows(block[rows[inside] - start])
-                return out
         groups = comps.groups()
         table = _groups_table(groups, keys, _first_member_distances(groups, fetch))
     return DuplicatesResult(str(store_path), table, t, n, method, notes, index_info)
