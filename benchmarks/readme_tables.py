@@ -188,7 +188,31 @@ def demo() -> str:
     return "\n".join(out)
 
 
+def copy_detection() -> str:
+    rec = _load("copy_detection")
+    a, dim, r = rec["arguments"], rec["model_config"]["latent_dim"], rec["recall"]
+    d, ix = rec["duplicates_at_default"], rec["index"]
+    probe = next(row for row in ix["nprobe"] if row["nprobe"] == rec["default_nprobe"])
+    tr = rec["training"]
+    training = "" if a["trained_here"] else f" plus {tr['seconds'] / 60:.0f} min of training in an earlier run"
+    out = [f"{a['n_originals']:,} `fashion-mnist:test` originals, one altered copy each per alteration; a VAE "
+           f"(latent {dim}) trained for {tr['epochs']} epochs without labels; wall time {rec['wall_s'] / 60:.0f} min"
+           f"{training}; commit `{(rec.get('commit') or '?')[:7]}`.", "",
+           f"| copy detection, recall@1 / @10 (%) | VAE μ ({dim}) | PCA ({dim}) | raw pixels |", "|---|---|---|---|"]
+    for alt in list(rec["alterations"]) + ["all"]:
+        out.append(f"| {alt if alt != 'all' else 'all five'} | " + " | ".join(
+            f"{bc.pct(r[k][alt]['recall@1'])} / {bc.pct(r[k][alt]['recall@10'])}" for k in ("vae", "pca", "raw")) + " |")
+    out.append(f"| `duplicates` at {rec['default_threshold']}: pairwise precision / recall | " + " | ".join(
+        f"{bc.pct(d[k]['precision'])} / {bc.pct(d[k]['recall'])}" for k in ("vae", "pca", "raw")) + " |")
+    out += ["", f"Approximate index on {ix['n_vectors']:,} vectors of width {ix['dim']} (tiled μ plus noise): built in "
+            f"{ix['build_s']:.0f} s, {ix['index_bytes'] / 2**20:,.0f} MiB; at the default nprobe {rec['default_nprobe']} "
+            f"recall@10 against exact search {probe['recall@10']:.3f} at {probe['queries_per_s']:,.0f} queries/s "
+            f"(exact: {ix['exact_queries_per_s']:,.0f} queries/s)."]
+    return "\n".join(out)
+
+
 TABLES = {
+    "copy_detection": copy_detection,
     "demo": demo,
     "fashion_mnist": fashion_mnist,
     "fashion_mnist_tuning": fashion_mnist_tuning,

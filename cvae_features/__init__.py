@@ -11,8 +11,8 @@ stays fast; torch and scikit-learn load only when a name that needs them is used
 import importlib
 
 from ._version import __version__
-from .errors import (CvaeError, ConfigError, DataError, DecodeError, ModelError, SourceNotFoundError,
-                     StoreError, StoreNoSpaceError, TrainingError)
+from .errors import (CvaeError, ConfigError, DataError, DecodeError, IndexMismatchError, MissingExtraError,
+                     ModelError, SourceNotFoundError, StoreError, StoreNoSpaceError, TrainingError)
 
 _LAZY = {
     ".data": ("Preprocess", "open_source"),
@@ -23,14 +23,16 @@ _LAZY = {
     ".training": ("TrainConfig", "TrainResult", "train"),
     ".extraction": ("extract", "ExtractOptions", "ExtractResult"),
     ".store": ("FeatureStore",),
+    ".neighbors": ("nearest_neighbors", "find_duplicates", "store_neighbors", "store_duplicates"),
     ".transformer": ("VAEFeatureExtractor",),
     ".probes": ("linear_probe", "knn_probe", "cluster_probe", "fewshot_curve", "anomaly_probe",
                 "one_class_protocol", "probe_stores", "register_probe", "register_fewshot_method"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
-__all__ = ["__version__", "CvaeError", "ConfigError", "DataError", "DecodeError", "ModelError",
-           "SourceNotFoundError", "StoreError", "StoreNoSpaceError", "TrainingError", *_WHERE]
+__all__ = ["__version__", "CvaeError", "ConfigError", "DataError", "DecodeError", "IndexMismatchError",
+           "MissingExtraError", "ModelError", "SourceNotFoundError", "StoreError", "StoreNoSpaceError",
+           "TrainingError", *_WHERE]
 
 
 def __getattr__(name):

@@ -41,3 +41,11 @@ class ModelError(CvaeError, ValueError):
 
 class TrainingError(CvaeError, RuntimeError):
     """Training cannot go on (for example the loss became NaN or infinite)."""
+
+
+class IndexMismatchError(StoreError):
+    """A search index kept beside a store no longer matches it (the store changed since it was built)."""
+
+
+class MissingExtraError(CvaeError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""

@@ -14,3 +14,14 @@ def pca_fields(pca, preprocess) -> dict:
     if pca is None:
         return {}
     return {"fingerprint": pca_fingerprint(pca["mean"], pca["components"], preprocess), "state": pca}
+
+
+def save_tiny_model(run_dir, image_size, latent_dim, seed=0):
+    """A small ConvVAE with seeded random weights saved as a run directory (enough to compare paths exactly)."""
+    import torch
+
+    from cvae_features.model import ConvVAE
+
+    torch.manual_seed(seed)
+    ConvVAE(image_size=image_size, channels=1, latent_dim=latent_dim, widths=(8, 8)).save(run_dir)
+    return run_dir
