@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 
 import click
 
@@ -26,7 +27,8 @@ def library_errors(func=None, *, interrupted: str = "interrupted: stopped before
             return func(*args, **kwargs)
         except CvaeError as err:
             if os.environ.get("RANK", "0") != "0":  # one process of a data-parallel run: rank 0 says it
-                sys.exit(1)
+                time.sleep(2.0)  # every process meets the same error at once; the launcher stops the others
+                sys.exit(1)      # when the first one exits, so give rank 0 the time to print it
             raise click.ClickException(str(err)) from None
         except KeyboardInterrupt:
             click.echo(interrupted, err=True)

@@ -157,7 +157,8 @@ def test_processes_that_disagree_on_the_config_stop_with_one_line(tmp_path):
                           str(script)], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode != 0
+    # the launcher stops the other process when the first exits: one or both may have printed
     lines = sorted(line for line in out.stdout.splitlines() if line.startswith("rank "))
-    assert len(lines) == 2 and all("the 2 processes disagree on the run: process 1 has lr=0.002, process 0 lr=0.001"
+    assert 1 <= len(lines) <= 2 and all("the 2 processes disagree on the run: process 1 has lr=0.002, process 0 lr=0.001"
                                    in line for line in lines), out.stdout + out.stderr
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
