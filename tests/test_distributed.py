@@ -114,6 +114,10 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path,
     assert resumed.returncode == 0, resumed.stderr
     _weights_close(run, one_process)
     assert len(json.loads((run / "history.json").read_text())) == EPOCHS
+    again = _cvae(*TRAIN, "--epochs", EPOCHS, "-o", run, "--nproc", "2")  # a library error under the launcher
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert [line for line in again.stderr.splitlines() if line.strip()] == [
+        f"Error: run_dir {run} already holds a finished run: resume it (--resume) or replace it (--overwrite)"]
 
 
 def test_more_processes_than_a_batch_holds_is_one_line(tmp_path):
