@@ -105,6 +105,9 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=2, help="alternated cache/memory throughput rounds")
     p.add_argument("--work", type=Path, default=None, help="where the image folders go (default: a temp dir)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "stream_train")
+    p.add_argument("--reuse-memory-from", type=Path, default=None,
+                   help="take the peak-memory runs from an earlier results JSON (they take longest) and measure "
+                        "only the throughputs")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
     rec = record_header("stream_train", "benchmarks/bench_stream.py", argv if argv is not None else sys.argv[1:])
@@ -112,7 +115,12 @@ def main(argv=None) -> None:
     base = {"epochs": args.epochs, "batch_size": 256, "val_fraction": 0.05, "workers": 2, "schedule": "constant"}
 
     memory = {}
-    for n in (args.small, args.large):
+    if args.reuse_memory_from is not None:
+        earlier = json.loads(args.reuse_memory_from.read_text())
+        memory = {int(k): v for k, v in earlier["runs"].items()}
+        rec["memory_runs_from"] = {"commit": earlier.get("commit"), "date": earlier.get("date")}
+        write_folder(work / f"png{args.small}", args.small)
+    for n in (args.small, args.large) if not memory else ():
         say(f"writing {n:,} PNG files of {SIZE}x{SIZE}...")
         folder = write_folder(work / f"png{n}", n)
         say(f"training from the cache on {n:,} files (one epoch)...")

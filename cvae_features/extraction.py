@@ -31,7 +31,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 from .autotrain import AutoTrainPlan, auto_run_dir, plan_auto_training
-from .data.sources import FileSource, file_identity
+from .data.sources import FileSource, file_identity, shard_rows
 from .errors import ConfigError, DataError, ModelError, StoreError, StoreNoSpaceError
 from .featurizers import fit_pca, get_featurizer
 from .model import resolve_device
@@ -106,6 +106,11 @@ class ExtractOptions:
         (what was committed stays, ``resume=True`` finishes it).
     on_training : callable(AutoTrainPlan), optional
         Called before a model is trained (so a CLI can say what and how long).
+    shard : "I/N", (I, N) or None
+        Extract only the keys of shard I (0-based) of N: a key's shard is a hash of the key
+        (:func:`~cvae_features.data.sources.shard_of_key`), so shards are disjoint, cover the source
+        and are stable when the folder is listed again. Needs ``model`` (every shard must use the
+        same model); a shard store resumes and updates as its own shard.
     """
 
     features: Optional[str] = None
@@ -127,6 +132,7 @@ class ExtractOptions:
     progress: bool = True
     callback: Optional[Callable[[ExtractProgress], None]] = None
     on_training: Optional[Callable[[AutoTrainPlan], None]] = None
+    shard: object = None
 
     def __post_init__(self):
         if self.features is not None:
@@ -143,6 +149,7 @@ class ExtractOptions:
         if len(chosen) > 1:
             raise ConfigError(f"{' and '.join(chosen)} exclude each other: pick one")
         self.compression = normalize_compression(self.compression)
+        self.shard = _parse_shard(self.shard)
 
     @property
     def extras(self) -> List[str]:
@@ -240,6 +247,15 @@ def extract(source, store_path, *, model=None, options: Optional[ExtractOptions]
     old = _read_existing(store_path) if appending else None
     if old is not None:
         _check_same_source(store_path, old, src)
+        opts = _same_shard(store_path, old, opts)
+    if opts.shard is not None:
+        if model is None and old is None:
+            raise ConfigError(f"--shard {opts.shard[0]}/{opts.shard[1]} needs --model: every shard must use the same "
+                              "model (train one first: cvae train SOURCE -o RUN_DIR, then --model RUN_DIR)")
+        rows = shard_rows(src.keys, *opts.shard)
+        if len(rows) == 0:
+            raise DataError(f"shard {opts.shard[0]}/{opts.shard[1]} of {src.description} holds no images")
+        src = src.subset(rows)
 
     # 1. the featurizer (may train a model: a separate step, before anything is written)
     feat = resolve_featurizer(src, store_path, old, model=model, options=opts)
@@ -359,7 +375,7 @@ def _open_writer(store_path: Path, src, feat, old: Optional[dict], opts: Extract
     return StoreWriter.create(store_path, **feat.store_fields(carry_weights=carry), source=src.description,
                               source_spec=getattr(src, "spec", "") or "", plan_keys=src.keys,
                               label_names=src.label_names, extras=opts.extras, compression=opts.compression,
-                              plan_identity=file_identity(src))
+                              plan_identity=file_identity(src), shard=opts.shard)
 
 
 @dataclass
@@ -532,7 +548,36 @@ def _write_batches(writer, src, feat, work: _Work, encode, *, in_workers, batch_
 def _read_existing(path: Path) -> dict:
     with FeatureStore(path) as s:
         return {"kind": s.feature_kind, "fingerprint": s.model_fingerprint, "has_model": s.has_model,
-                "preprocess": s.preprocess_dict, "dim": s.dim, "source_spec": s.source_spec, "source": s.source}
+                "preprocess": s.preprocess_dict, "dim": s.dim, "source_spec": s.source_spec, "source": s.source,
+                "shard": s.shard}
+
+
+def _parse_shard(shard):
+    """None, or (index, n) from "I/N" or a pair, with 0 <= I < N; ConfigError otherwise."""
+    if shard is None:
+        return None
+    try:
+        i, n = (int(v) for v in (shard.split("/") if isinstance(shard, str) else shard))
+        if isinstance(shard, str) and shard.count("/") != 1:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid shard={shard!r}: expected I/N, e.g. 0/4 (shards are numbered from 0)") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"invalid shard={shard!r}: I must be from 0 to N-1 (shards are numbered from 0), "
+                          f"here 0 to {max(n - 1, 0)}")
+    return i, n
+
+
+def _same_shard(store_path: Path, old: dict, opts: ExtractOptions) -> ExtractOptions:
+    """A shard store goes on as its own shard (taken from the store when not given); a whole store stays whole."""
+    recorded = old["shard"]
+    if opts.shard is None:
+        return dataclasses.replace(opts, shard=recorded) if recorded else opts
+    if recorded != opts.shard:
+        held = f"shard {recorded[0]}/{recorded[1]}" if recorded else "the whole source"
+        raise StoreError(f"{store_path} holds {held}, not shard {opts.shard[0]}/{opts.shard[1]}: --resume and "
+                         "--update continue a store with its own shard")
+    return opts
 
 
 def _check_same_source(store_path: Path, old: dict, src) -> None:

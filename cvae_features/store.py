@@ -338,6 +338,18 @@ class _Described:
         """What ``open_source`` reopens (absolute path or ``name:split``); "" when unknown or in memory."""
         return _as_str(self._f.attrs.get("source_spec")) or ""
 
+    @property
+    def shard(self) -> Optional[Tuple[int, int]]:
+        """(index, number of shards) when the store holds one shard of its source, else None."""
+        text = _as_str(self._f.attrs.get("shard")) or ""
+        if not text:
+            return None
+        try:
+            i, n = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise _damaged(self.path, f"shard attribute {text!r} is not 'I/N'") from None
+        return i, n
+
 
 class FeatureStore(_Described):
     """Read a feature store written by ``cvae extract`` (read-only).
@@ -625,7 +637,7 @@ class StoreWriter(_Described):
                label_names: Sequence[str] = (), extras: Sequence[str] = (), compression=None,
                fingerprint: str = "", model_config: Optional[Mapping] = None, model_arch: str = "",
                state: Optional[Mapping[str, np.ndarray]] = None, chunk_rows: Optional[int] = None,
-               source_spec: str = "",
+               source_spec: str = "", shard: Optional[Tuple[int, int]] = None,
                plan_identity: Optional[Tuple[Sequence[int], Sequence[int]]] = None) -> "StoreWriter":
         """Write an empty store (all plan entries pending) and return a writer on it.
 
@@ -660,6 +672,8 @@ class StoreWriter(_Described):
             Rows per chunk; None picks about 256 KiB per feature chunk.
         source_spec : str
             What ``open_source`` reopens (absolute path or ``name:split``); "" when unknown.
+        shard : (index, n_shards) or None
+            The store holds only the keys of this shard of the source (recorded as ``"I/N"``).
         plan_identity : (sizes, mtimes) or None
             Per plan key: the file's size in bytes and modification time in ns (-1 unknown),
             so that ``--update`` can tell changed files; None: all unknown.
@@ -704,6 +718,7 @@ class StoreWriter(_Described):
             f.attrs.update({
                 "format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": __version__,
                 "created": now, "updated": now, "source": str(source), "source_spec": str(source_spec or ""),
+                "shard": f"{shard[0]}/{shard[1]}" if shard else "",
                 "feature_kind": feature_kind,
                 "dim": dim, "preprocess": json.dumps(pre, sort_keys=True), "model_config": config_json,
                 "model_fingerprint": str(fingerprint or ""), "model_arch": str(model_arch or ""),

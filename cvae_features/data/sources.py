@@ -62,6 +62,7 @@ from ._walk import _FolderWalk, _not_read_text, _raise_if_bad_link, _special_fs
 from .preprocess import _GRAY_MODES, IMAGE_EXTENSIONS, Preprocess, decode_image, open_regular_file
 
 __all__ = ["ImageSource", "FileSource", "FolderSource", "ManifestSource", "ArraySource", "file_identity",
+           "shard_of_key", "shard_rows",
            "infer_preprocess"]
 
 
@@ -417,6 +418,21 @@ class ArraySource(ImageSource):
                           name=self.spec, description=f"{len(idx)} of {self.description}")
         sub.native_size, sub.native_channels = self.native_size, self.native_channels
         return sub
+
+
+def shard_of_key(key: str, n_shards: int) -> int:
+    """The shard (0..n_shards-1) a key belongs to: the first 8 bytes of the SHA-256 of its UTF-8 bytes, modulo
+    ``n_shards``. It depends on the key alone, so listing the folder again (new files, another machine)
+    never moves a file to another shard."""
+    import hashlib
+
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % n_shards
+
+
+def shard_rows(keys, index: int, n_shards: int) -> np.ndarray:
+    """Rows (int64, in order) whose key falls in shard ``index`` of ``n_shards`` (see :func:`shard_of_key`)."""
+    return np.asarray([i for i, key in enumerate(keys) if shard_of_key(key, n_shards) == index], dtype=np.int64)
 
 
 def file_identity(src, rows=None) -> "tuple[np.ndarray, np.ndarray]":
