@@ -1,0 +1,289 @@
+"""Mutation testing of the core (issue #15, item 2): do the tests catch the bugs that matter?
+
+    python benchmarks/mutation.py                    # every group below (about an hour on 2 cores)
+    python benchmarks/mutation.py --module store     # one group; the others keep their last results
+    python benchmarks/mutation.py --only unchecked   # go on with the mutants an interrupted run left
+    python benchmarks/mutation.py --only survivors   # rerun only the mutants that survived last time
+    python benchmarks/mutation.py --report           # rewrite the result files from the last runs
+
+mutmut (configured in setup.cfg, section ``[mutmut]``) copies ``cvae_features`` into ``mutants/``
+(git-ignored) with every mutant of the modules named there, finds which tests call each function,
+and runs, for each mutant, those tests (``-x``) with the mutant switched on: a failing test kills
+it. This script runs mutmut on the functions listed in ``GROUPS`` (the store's commit protocol
+and readers, extraction planning and resume, the probes' selection, draws and scores, the model's
+loss and prior), then writes ``benchmarks/results/mutation.{md,json}``: per module the mutants
+generated, killed, survived (including "no tests": no selected test calls the function),
+timed out, crashed (the test run died: caught), skipped, and those judged equivalent (they change
+nothing observable: the reasons are in ``benchmarks/mutation_equivalent.json``), and the score
+``(killed + timeout + crashed) / (generated - equivalent - skipped)``.
+
+Notes: the tests run from ``mutants/`` with ``PYTHONPATH=mutants`` so that tests which start
+Python subprocesses (the kill tests) run the mutant too; the disk-full test (a real tmpfs, two
+CLI runs: 10 s or more per mutant that reaches it) is deselected (``PYTEST_ADDOPTS``), in-process
+tests of a failing disk stand in for it; mutmut leaves out functions
+with decorators other than classmethod/staticmethod (properties, the probes' entry points wrapped
+by ``small_data_single_thread``) and ``raise`` statements (setup.cfg: their mutants change error
+words only). Tests write only into pytest's temporary folders, never into the source tree.
+Target: at least 95 % of the non-equivalent mutants killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as bc  # noqa: E402
+
+TARGET = 0.95
+
+# group -> {source file: [mangled function names as mutmut writes them]}
+C = "\u01c1"  # mutmut's class separator: xǁClassǁmethod
+GROUPS = {
+    "store": {"cvae_features/store.py": [
+        f"x{C}StoreWriter{C}write_batch", f"x{C}StoreWriter{C}replace_rows", f"x{C}StoreWriter{C}add_plan",
+        f"x{C}StoreWriter{C}_reconcile", f"x{C}StoreWriter{C}_cut_back", f"x{C}StoreWriter{C}append_to",
+        f"x{C}StoreWriter{C}__init__", f"x{C}StoreWriter{C}pending", f"x{C}StoreWriter{C}identity",
+        f"x{C}StoreWriter{C}_ensure_identity", f"x{C}StoreWriter{C}_check_space", f"x{C}StoreWriter{C}close",
+        f"x{C}StoreWriter{C}merge_label_names", "x__validate", "x__plan_length", "x__finish_replacements",
+        "x__replace_strings", f"x{C}FeatureStore{C}__init__", f"x{C}FeatureStore{C}read_rows",
+        f"x{C}FeatureStore{C}iter_rows"]},
+    "extraction": {"cvae_features/extraction.py": [
+        "x__pending_work", "x__rewrite_changed", "x__write_batches", "x_resolve_featurizer",
+        "x__check_same_source", "x_file_identity", "x__read_existing", "x__open_writer"]},
+    "probes": {
+        "cvae_features/probes/_common.py": ["x_selection_splits", "x_stratified_split", "x_stratified_subsample",
+                                            "x_supervised_inputs", "x__balanced_accuracy"],
+        "cvae_features/probes/fewshot.py": ["x_draw_labelled"],
+        "cvae_features/probes/cluster.py": ["x_cluster_accuracy"],
+        "cvae_features/probes/anomaly.py": [f"x{C}AnomalyScorer{C}__init__", f"x{C}AnomalyScorer{C}fit",
+                                            f"x{C}AnomalyScorer{C}score", "x__roc_points", "x_min_normal_rows"],
+        "cvae_features/probes/linear.py": ["x__fit_logistic"],
+        "cvae_features/probes/knn.py": ["x_vote", "x_nearest_neighbours"]},
+    "model": {
+        "cvae_features/model.py": [f"x{C}ConvVAE{C}_elbo", f"x{C}ConvVAE{C}loss", f"x{C}ConvVAE{C}forward",
+                                   f"x{C}ConvVAE{C}reconstruction_nll", f"x{C}ConvVAE{C}encode",
+                                   f"x{C}VAEOutput{C}terms", f"x{C}VAEOutput{C}per_sample_terms",
+                                   f"x{C}VAEOutput{C}term_weights"],
+        "cvae_features/priors.py": [f"x{C}StandardNormal{C}kl", f"x{C}StandardNormal{C}kl_per_dim",
+                                    f"x{C}StandardNormal{C}log_prob", f"x{C}StandardNormal{C}sample"]},
+}
+
+# Surviving mutants that change nothing observable: mutant name -> why (one line).
+EQUIVALENT: dict = {}
+_EQ_FILE = Path(__file__).resolve().with_name("mutation_equivalent.json")
+if _EQ_FILE.exists():
+    EQUIVALENT.update(json.loads(_EQ_FILE.read_text()))
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
+# any other exit code of the test run (a crash: HDF5 aborting on a damaged file, a segfault) is "crashed":
+# the tests did not pass, so the mutant is caught; counted with the killed ones and shown apart
+MUTANTS = bc.ROOT / "mutants"
+STEM = bc.RESULTS / "mutation"
+
+
+def module_of(path: str) -> str:
+    return path[: -len(".py")].replace("/", ".")
+
+
+def patterns(group: str) -> list:
+    return [f"{module_of(path)}.{fn}__mutmut_*" for path, fns in GROUPS[group].items() for fn in fns]
+
+
+def load_meta(path: str) -> dict:
+    meta = MUTANTS / (path + ".meta")
+    return json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+
+
+def group_mutants(group: str) -> dict:
+    """mutant name -> status, for the functions of ``group``."""
+    out = {}
+    for path, fns in GROUPS[group].items():
+        prefix = module_of(path) + "."
+        wanted = {prefix + fn for fn in fns}
+        for name, code in load_meta(path).items():
+            if name.rsplit("__mutmut_", 1)[0] in wanted:
+                out[name] = STATUS.get(code, "crashed")
+    return out
+
+
+DESELECT = ["tests/test_store_hostile.py::test_disk_full_is_one_line_and_resume_finishes_after_space_is_freed"]
+
+
+def env() -> dict:
+    e = dict(os.environ, PYTHONPATH=str(MUTANTS), MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONHASHSEED="0",
+             PYTEST_ADDOPTS=" ".join(f"--deselect {t}" for t in DESELECT))
+    e.pop("MUTANT_UNDER_TEST", None)
+    return e
+
+
+def run_mutmut(names: list, max_children: int, log: Path) -> float:
+    """``mutmut run`` on the mutants matching ``names``; returns the wall time."""
+    MUTANTS.mkdir(exist_ok=True)
+    link = MUTANTS / "cvae_cli"  # the CLI package as the tests import it (setup.cfg maps cvae_cli to cli/)
+    if not link.exists():
+        link.symlink_to("cli")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "a") as fh:
+        fh.write(f"\n=== mutmut run {len(names)} pattern(s)\n")
+        fh.flush()
+        subprocess.run(["mutmut", "run", "--max-children", str(max_children), *names], cwd=bc.ROOT, env=env(),
+                       stdout=fh, stderr=subprocess.STDOUT, check=False)
+    return time.perf_counter() - start
+
+
+def describe(name: str) -> str:
+    """The mutant's change as ``old`` → ``new`` (the first differing line of each side)."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    cwd = os.getcwd()
+    os.chdir(bc.ROOT)
+    try:
+        diff = get_diff_for_mutant(name)
+    except Exception as err:  # noqa: BLE001 - a description only
+        return f"(no diff: {err})"
+    finally:
+        os.chdir(cwd)
+    minus = [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---")]
+    plus = [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+    return f"`{' '.join(minus)[:110]}` → `{' '.join(plus)[:110]}`"
+
+
+def summarize(group: str, statuses: dict, previous: dict) -> dict:
+    counts = Counter(statuses.values())
+    survivors = sorted((n for n, s in statuses.items() if s in ("survived", "no tests")),
+                       key=lambda n: (n.rsplit("__mutmut_", 1)[0], int(n.rsplit("_", 1)[1])))
+    equivalent = [n for n in survivors if n in EQUIVALENT]
+    alive = [n for n in survivors if n not in EQUIVALENT]
+    generated = len(statuses)
+    killed = counts["killed"] + counts["timeout"] + counts["crashed"]
+    denom = generated - len(equivalent) - counts["skipped"] - counts["not checked"]
+    old_killed = set(previous.get("killed_by_new_tests", []))
+    per_file = {}
+    for path in GROUPS[group]:
+        sub = {n: s for n, s in statuses.items() if n.startswith(module_of(path) + ".")}
+        c = Counter(sub.values())
+        eq = sum(1 for n in sub if n in EQUIVALENT and sub[n] in ("survived", "no tests"))
+        per_file[path] = {"generated": len(sub), "killed": c["killed"], "timeout": c["timeout"],
+                          "crashed": c["crashed"], "survived": c["survived"], "no_tests": c["no tests"],
+                          "skipped": c["skipped"], "not_checked": c["not checked"], "equivalent": eq}
+    return {
+        "functions": {p: fns for p, fns in GROUPS[group].items()},
+        "generated": generated, "killed": counts["killed"], "timeout": counts["timeout"], "crashed": counts["crashed"],
+        "survived": counts["survived"], "no_tests": counts["no tests"],
+        "skipped": counts["skipped"], "not_checked": counts["not checked"], "equivalent": len(equivalent),
+        "score": killed / denom if denom else None, "per_file": per_file,
+        "survivors": [{"mutant": n, "status": statuses[n], "change": describe(n)} for n in alive],
+        "equivalents": [{"mutant": n, "change": describe(n), "reason": EQUIVALENT[n]} for n in equivalent],
+        "killed_by_new_tests": sorted(old_killed | (set(previous.get("survivor_names", [])) & {
+            n for n, s in statuses.items() if s in ("killed", "timeout")})),
+        "survivor_names": sorted(set(previous.get("survivor_names", [])) | set(survivors)),
+        "wall_s": previous.get("wall_s", 0.0),
+    }
+
+
+def markdown(rec: dict) -> str:
+    lines = ["# Mutation testing of the core (mutmut)", ""] + bc.header_lines(rec) + [""]
+    lines += [
+        f"Tool: mutmut {rec['mutmut_version']}, configured in `setup.cfg` (`[mutmut]`: the mutated modules, the "
+        "test files selected, `raise` lines left alone); run by `benchmarks/mutation.py` with "
+        f"{rec['max_children']} worker(s). Each mutant runs the selected tests that call its function, "
+        "stopping at the first failure. Only the functions listed per group in `benchmarks/mutation.py` are "
+        "counted (commit protocol and readers of the store, extraction planning and resume, probe selection, "
+        "draws and scores, the model's loss and prior). Survived includes \"no tests\" (no selected test "
+        "calls the function); crashed: the test run died (an HDF5 abort on the damaged file the mutant made), "
+        "which fails the suite, so it counts as caught. "
+        "Score = (killed + timeout + crashed) / (generated − equivalent − skipped − not run).", ""]
+    rows, tot = [], Counter()
+    for group, g in rec["groups"].items():
+        for path, c in g["per_file"].items():
+            k = c["killed"] + c["timeout"] + c["crashed"]
+            d = c["generated"] - c["equivalent"] - c["skipped"] - c["not_checked"]
+            rows.append([f"{group}: `{path}`", c["generated"], c["killed"], c["timeout"], c["crashed"],
+                         c["survived"] + c["no_tests"] - c["equivalent"], c["equivalent"], c["skipped"],
+                         c["not_checked"], bc.pct(k / d if d else None)])
+            for key in ("generated", "killed", "timeout", "crashed", "survived", "no_tests", "equivalent", "skipped",
+                        "not_checked"):
+                tot[key] += c[key]
+    d = tot["generated"] - tot["equivalent"] - tot["skipped"] - tot["not_checked"]
+    score = (tot["killed"] + tot["timeout"] + tot["crashed"]) / d if d else None
+    rows.append(["**all**", tot["generated"], tot["killed"], tot["timeout"], tot["crashed"],
+                 tot["survived"] + tot["no_tests"] - tot["equivalent"], tot["equivalent"], tot["skipped"],
+                 tot["not_checked"], f"**{bc.pct(score)}**"])
+    lines += bc.md_table(["module", "generated", "killed", "timeout", "crashed", "survived (not equivalent)", "equivalent",
+                          "skipped", "not run", "score %"], rows)
+    met = score is not None and score >= TARGET and tot["not_checked"] == 0
+    lines += ["", f"Target: at least {TARGET:.0%} of the non-equivalent mutants killed: "
+                  f"**{'met' if met else 'not met'}** ({bc.pct(score)} %).", ""]
+    wall = ", ".join(f"{g} {v['wall_s']:.0f} s" for g, v in rec["groups"].items())
+    lines += [f"Wall time of the mutmut runs per group (all runs, reruns of survivors included): {wall}.", ""]
+    surv = [(g, s) for g, v in rec["groups"].items() for s in v["survivors"]]
+    lines += ["## Survivors (not equivalent)", ""]
+    if surv:
+        lines += bc.md_table(["group", "mutant", "status", "change"],
+                             [[g, f"`{s['mutant']}`", s["status"], s["change"]] for g, s in surv])
+    else:
+        lines += ["None."]
+    lines += ["", "## Equivalent mutants", "",
+              "Survivors that change nothing observable (reason per mutant; listed in "
+              "`benchmarks/mutation_equivalent.json`).", ""]
+    eq = [(g, s) for g, v in rec["groups"].items() for s in v["equivalents"]]
+    lines += bc.md_table(["group", "mutant", "change", "why equivalent"],
+                         [[g, f"`{s['mutant']}`", s["change"], s["reason"]] for g, s in eq]) if eq else ["None."]
+    killed_new = [(g, n) for g, v in rec["groups"].items() for n in v["killed_by_new_tests"]]
+    lines += ["", "## Survivors of the first run killed by tests added since", ""]
+    lines += [f"{len(killed_new)} mutants; the tests are in `tests/test_mutation_survivors.py` and the module "
+              "test files." if killed_new else "None.", ""]
+    if killed_new:
+        lines += ["<details><summary>mutants</summary>", ""] + [f"- {g}: `{n}`" for g, n in killed_new]
+        lines += ["", "</details>", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--module", action="append", choices=list(GROUPS), help="group(s) to run (default: all)")
+    p.add_argument("--only", choices=("all", "unchecked", "survivors"), default="all",
+                   help="all mutants (default), those not run yet, or those that survived last time")
+    p.add_argument("--report", action="store_true", help="do not run mutmut; rewrite the results from mutants/")
+    p.add_argument("--max-children", type=int, default=2, help="parallel mutants (default 2)")
+    args = p.parse_args(argv)
+    import mutmut
+
+    groups = args.module or list(GROUPS)
+    old = json.loads(STEM.with_suffix(".json").read_text()) if STEM.with_suffix(".json").exists() else {}
+    rec = bc.record_header("mutation", __file__, argv)
+    rec.update(mutmut_version=mutmut.__version__ if hasattr(mutmut, "__version__") else "3",
+               max_children=args.max_children, target=TARGET, groups=dict(old.get("groups", {})))
+    for group in groups:
+        previous = rec["groups"].get(group, {}) if args.only != "all" or args.report else {}
+        if not args.report:
+            names = patterns(group)
+            wanted = {"unchecked": ("not checked",), "survivors": ("survived", "no tests")}
+            if args.only != "all":
+                names = [n for n, s in group_mutants(group).items() if s in wanted[args.only]]
+            if names:
+                bc.say(f"{group}: mutmut run on {len(names)} pattern(s)/mutant(s)")
+                wall = run_mutmut(names, args.max_children, bc.WORK / f"mutation-{group}.log")
+                previous = dict(previous, wall_s=previous.get("wall_s", 0.0) + wall)
+        statuses = group_mutants(group)
+        rec["groups"][group] = summarize(group, statuses, previous)
+        g = rec["groups"][group]
+        bc.say(f"{group}: {g['generated']} generated, {g['killed']} killed, {g['timeout']} timeout, "
+               f"{g['survived']} survived, {g['no_tests']} no tests, {g['equivalent']} equivalent, "
+               f"score {bc.pct(g['score'])} %")
+        rec["wall_s"] = sum(v.get("wall_s", 0.0) for v in rec["groups"].values())
+        bc.write_results(STEM, rec, markdown(rec))
+    print(STEM.with_suffix(".md"))
+
+
+if __name__ == "__main__":
+    main()

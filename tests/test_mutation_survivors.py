@@ -1,0 +1,365 @@
+"""Tests written for mutants that survived the mutation run (benchmarks/mutation.py, issue #15).
+
+Each test names the behaviour it pins down; tiny generated data, fast.
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from cvae_features.errors import StoreError, StoreNoSpaceError
+from cvae_features.store import FeatureStore, StoreWriter
+
+PRE = {"size": 8, "channels": 1, "resize": "crop"}
+
+
+def _store(path, n_plan=12, n_first=6, extras=(), skipped=()):
+    """A raw store of width 2: plan k/000.. k/<n_plan>, the first ``n_first`` rows written, ``skipped`` skipped."""
+    keys = [f"k/{i:03d}.png" for i in range(n_plan)]
+    feats = np.arange(n_plan * 2, dtype=np.float32).reshape(n_plan, 2)
+    with StoreWriter.create(path, feature_kind="raw", dim=2, preprocess=PRE, source="x", plan_keys=keys,
+                            extras=extras, label_names=["a", "b", "c"]) as w:
+        ext = {e: np.full((n_first, 2) if e == "logvar" else n_first, 0.5, np.float32) for e in extras}
+        w.write_batch(np.arange(n_first), feats[:n_first], np.arange(n_first) % 3, ext,
+                      skipped_index=np.asarray(skipped, dtype=np.int64), reasons=["bad"] * len(skipped))
+    return keys, feats
+
+
+def _fail_writes_to(monkeypatch, dataset_name, errno_text="errno = 5, error message = 'Input/output error'"):
+    """Make writing into the HDF5 dataset ``dataset_name`` raise OSError (as a failing disk would)."""
+    real = h5py.Dataset.__setitem__
+
+    def setitem(ds, index, value):
+        if ds.name == dataset_name:
+            raise OSError(f"Can't write data ({errno_text})")
+        return real(ds, index, value)
+
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", setitem)
+
+
+# -- store: readers ------------------------------------------------------------------------------
+
+def test_iter_rows_by_one_and_by_the_default_65536(tmp_path):
+    path = tmp_path / "s.h5"
+    _, feats = _store(path, n_plan=5, n_first=5)
+    with FeatureStore(path) as s:
+        got = list(s.iter_rows(batch_size=1))
+        assert [start for start, _ in got] == [0, 1, 2, 3, 4]
+        np.testing.assert_array_equal(np.concatenate([rows for _, rows in got]), feats)
+        with pytest.raises(Exception, match="batch_size=0"):
+            list(s.iter_rows(batch_size=0))
+    big = tmp_path / "big.h5"
+    n = 65536 + 3
+    with StoreWriter.create(big, feature_kind="raw", dim=1, preprocess=PRE, source="x",
+                            plan_keys=[str(i) for i in range(n)]) as w:
+        w.write_batch(np.arange(n), np.arange(n, dtype=np.float32)[:, None], np.full(n, -1))
+    with FeatureStore(big) as s:
+        assert [(start, len(rows)) for start, rows in s.iter_rows()] == [(0, 65536), (65536, 3)]
+
+
+# -- store: a failed write cuts the datasets back and refuses further writes ------------------------
+
+def test_a_batch_failing_at_its_last_dataset_is_cut_back_to_the_committed_counts(tmp_path, monkeypatch):
+    path = tmp_path / "s.h5"
+    _store(path, n_plan=12, n_first=4, extras=("recon_error",), skipped=(4,))
+    w = StoreWriter.append_to(path)
+    _fail_writes_to(monkeypatch, "/skipped/reasons")
+    with pytest.raises(StoreError, match=r"writing .* failed: Input/output error \(4 rows are committed and kept\)"):
+        w.write_batch(np.arange(5, 9), np.ones((4, 2), np.float32), np.zeros(4), {"recon_error": np.ones(4)},
+                      skipped_index=np.array([9, 10]), reasons=["x", "y"])
+    f = w._f
+    assert [f[n].shape[0] for n in ("features", "keys", "labels", "recon_error")] == [4, 4, 4, 4]
+    assert f["skipped/keys"].shape == (1,) and f["skipped/reasons"].shape == (1,)
+    assert (int(f.attrs["n_rows"]), int(f.attrs["n_skipped"])) == (4, 1)
+    monkeypatch.undo()
+    with pytest.raises(StoreError, match="an earlier write failed"):
+        w.write_batch(np.arange(5, 6), np.ones((1, 2), np.float32), np.zeros(1), {"recon_error": np.ones(1)})
+    w.close()
+    with h5py.File(path, "r") as f:
+        assert int(f.attrs["open_for_writing"]) == 1  # not marked clean: the next writer repairs it
+
+
+def test_a_full_disk_during_a_batch_is_store_no_space_error(tmp_path, monkeypatch):
+    path = tmp_path / "s.h5"
+    _store(path)
+    w = StoreWriter.append_to(path)
+    _fail_writes_to(monkeypatch, "/labels", "errno = 28, error message = 'No space left on device'")
+    with pytest.raises(StoreNoSpaceError, match=r"no space left on the device of .* \(6 rows are committed"):
+        w.write_batch(np.arange(6, 8), np.ones((2, 2), np.float32), np.zeros(2))
+    assert w._f["features"].shape[0] == 6 and w._f["keys"].shape[0] == 6
+    monkeypatch.undo()
+    w.close()
+
+
+# -- store: replacing rows ---------------------------------------------------------------------------
+
+def test_replace_rows_of_several_entries_given_out_of_order_with_extras_and_identity(tmp_path):
+    path = tmp_path / "s.h5"
+    keys, feats = _store(path, n_plan=8, n_first=6, extras=("recon_error", "logvar"))
+    with StoreWriter.append_to(path) as w:
+        w.replace_rows([4, 1, 3], np.array([[40, 41], [10, 11], [30, 31]], np.float64), [2, 0, 1],
+                       {"recon_error": [4.0, 1.0, 3.0], "logvar": np.full((3, 2), 7.0)},
+                       identity=([400, 100, 300], [4000, 1000, 3000]))
+        sizes, mtimes = w.identity()
+    np.testing.assert_array_equal(sizes, [-1, 100, -1, 300, 400, -1, -1, -1])
+    np.testing.assert_array_equal(mtimes, [-1, 1000, -1, 3000, 4000, -1, -1, -1])
+    with FeatureStore(path) as s:
+        expect = feats[:6].copy()
+        expect[[1, 3, 4]] = [[10, 11], [30, 31], [40, 41]]
+        np.testing.assert_array_equal(s.features, expect)
+        np.testing.assert_array_equal(s.labels, [0, 0, 2, 1, 2, 2])
+        np.testing.assert_array_equal(s.extra("recon_error"), [0.5, 1, 0.5, 3, 4, 0.5])
+        np.testing.assert_array_equal(s.extra("logvar")[:, 0], [0.5, 7, 0.5, 7, 7, 0.5])
+        assert s.keys == keys[:6] and s.n_pending == 2
+
+
+def test_a_failed_replace_refuses_further_writes(tmp_path, monkeypatch):
+    path = tmp_path / "s.h5"
+    _store(path)
+    w = StoreWriter.append_to(path)
+    _fail_writes_to(monkeypatch, "/features")
+    with pytest.raises(StoreError, match="6 rows are committed and kept"):
+        w.replace_rows([2], np.ones((1, 2)), [0])
+    monkeypatch.undo()
+    with pytest.raises(StoreError, match="an earlier write failed"):
+        w.write_batch(np.arange(6, 7), np.ones((1, 2), np.float32), np.zeros(1))
+    w.close()
+
+
+# -- store: growing the plan and file identities -------------------------------------------------------
+
+def test_add_plan_records_the_given_identity_or_minus_one(tmp_path):
+    path = tmp_path / "s.h5"
+    _store(path, n_plan=3, n_first=3)
+    with StoreWriter.append_to(path) as w:
+        assert w.add_plan(["a", "b"], identity=([5, 6], [50, 60])).tolist() == [3, 4]
+        assert w.add_plan(["c"]).tolist() == [5]
+        sizes, mtimes = w.identity()
+        assert w.pending().tolist() == [3, 4, 5]
+        assert w.status.dtype == np.int8 and w.status.tolist() == [1, 1, 1, 0, 0, 0]
+        assert w.merge_label_names([]).dtype == np.int64
+    assert sizes.tolist() == [-1, -1, -1, 5, 6, -1] and mtimes.tolist() == [-1, -1, -1, 50, 60, -1]
+    assert sizes.dtype == np.int64
+
+
+def test_identity_of_a_store_written_before_identities_were_recorded_is_minus_one(tmp_path):
+    path = tmp_path / "s.h5"
+    _store(path, n_plan=4, n_first=2)
+    with h5py.File(path, "r+") as f:
+        for name in ("size", "mtime_ns"):
+            if name in f["plan"]:  # the per-entry file identity
+                del f["plan"][name]
+    with StoreWriter.append_to(path) as w:
+        sizes, mtimes = w.identity()
+        assert sizes.tolist() == [-1] * 4 and mtimes.tolist() == [-1] * 4
+        w.add_plan(["new"], identity=([7], [70]))
+        assert [a.tolist() for a in w.identity()] == [[-1, -1, -1, -1, 7], [-1, -1, -1, -1, 70]]
+    with h5py.File(path, "r") as f:  # the datasets added for the old store are tagged like new ones
+        for name in ("size", "mtime_ns"):
+            assert f["plan"][name].attrs["encoding-type"] == "array" and f["plan"][name].dtype == np.int64
+
+
+def test_read_rows_clips_to_the_committed_rows(tmp_path):
+    path = tmp_path / "s.h5"
+    _, feats = _store(path)
+    with FeatureStore(path) as s:
+        assert s.read_rows(0, 0).shape == (0, 2) and s.read_rows(-5, -1).shape == (0, 2)
+        np.testing.assert_array_equal(s.read_rows(4, 99), feats[4:6])
+
+
+def test_the_space_check_asks_for_the_batch_one_chunk_per_dataset_and_one_mib(tmp_path, monkeypatch):
+    import shutil
+
+    path = tmp_path / "s.h5"
+    with StoreWriter.create(path, feature_kind="raw", dim=2, preprocess=PRE, source="x",
+                            plan_keys=[str(i) for i in range(8)], chunk_rows=16) as w:
+        # rows: features 2 x 4 B + key 64 B + label 8 B; chunks: 16 x 2 x 4 B + 16 x 16 B (strings) + 16 x 8 B
+        need = 3 * (8 + 64 + 8) + 1 * 256 + (128 + 256 + 128) + (1 << 20)
+        real = shutil.disk_usage
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=need - 1))
+        with pytest.raises(StoreNoSpaceError):
+            w.write_batch(np.arange(3), np.ones((3, 2), np.float32), np.full(3, -1), skipped_index=[3],
+                          reasons=["bad"])
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=need))
+        w.write_batch(np.arange(3), np.ones((3, 2), np.float32), np.full(3, -1), skipped_index=[3], reasons=["bad"])
+        assert w.n_rows == 3 and w.n_skipped == 1
+
+
+# -- store: repairs on reopening ------------------------------------------------------------------------
+
+def test_replacements_cut_short_are_finished_or_dropped_in_every_group(tmp_path):
+    path = tmp_path / "s.h5"
+    keys, _ = _store(path, n_plan=6, n_first=3, skipped=(3,))
+    with h5py.File(path, "r+") as f:
+        for group, name in ((f["skipped"], "reasons"), (f["plan"], "keys"), (f, "label_names")):
+            values = group[name][()]
+            group.create_dataset(name + "~new", data=values, dtype=h5py.string_dtype())
+            for k, v in group[name].attrs.items():
+                group[name + "~new"].attrs[k] = v
+            if name != "keys":  # the old one was already unlinked: the new one is complete
+                del group[name]
+    with StoreWriter.append_to(path) as w:
+        assert w.plan_keys == keys and w.label_names == ["a", "b", "c"] and w.pending().tolist() == [4, 5]
+    with h5py.File(path, "r") as f:
+        assert not [n for g in (f, f["skipped"], f["plan"]) for n in g if n.endswith("~new")]
+        assert f["skipped/reasons"].asstr()[:].tolist() == ["bad"]
+
+
+def test_reopening_recomputes_a_lost_status_and_cuts_a_plan_extension_cut_short(tmp_path):
+    path = tmp_path / "s.h5"
+    _store(path, n_plan=8, n_first=4, skipped=(5,))
+    with h5py.File(path, "r+") as f:
+        plan = f["plan"]
+        plan["status"][:] = 0  # the status write of the last batch was lost
+        for name in ("status", "size", "mtime_ns", "keys"):  # add_plan resized, then stopped before n_plan moved
+            plan[name].resize(11, axis=0)
+    with StoreWriter.append_to(path) as w:
+        assert w.status.dtype == np.int8 and w.status.tolist() == [1, 1, 1, 1, 0, 2, 0, 0]
+        assert w.pending().tolist() == [4, 6, 7]
+    with h5py.File(path, "r") as f:
+        assert [f["plan"][n].shape[0] for n in ("status", "size", "mtime_ns", "keys")] == [8, 8, 8, 8]
+        assert f["plan/status"][:].tolist() == [1, 1, 1, 1, 0, 2, 0, 0] and int(f["plan"].attrs["n_plan"]) == 8
+
+
+def test_reopening_a_store_without_n_plan_records_it(tmp_path):
+    path = tmp_path / "s.h5"
+    _store(path, n_plan=5, n_first=2)
+    with h5py.File(path, "r+") as f:
+        del f["plan"].attrs["n_plan"]
+    StoreWriter.append_to(path).close()
+    with h5py.File(path, "r") as f:
+        assert int(f["plan"].attrs["n_plan"]) == 5
+
+
+@pytest.mark.parametrize("mark, rebuilt", [(0, False), (1, True), (None, True)])
+def test_a_store_not_closed_cleanly_gets_fresh_string_datasets(tmp_path, mark, rebuilt):
+    """open_for_writing 1, or missing (an older store: unknown), means its strings may be damaged."""
+    path = tmp_path / "s.h5"
+    _store(path, skipped=(7,))
+    with h5py.File(path, "r+") as f:
+        if mark is None:
+            del f.attrs["open_for_writing"]
+        else:
+            f.attrs["open_for_writing"] = mark
+        before = {n: h5py.h5o.get_info(f[n].id).addr for n in ("keys", "skipped/keys", "plan/keys")}
+    with StoreWriter.append_to(path) as w:
+        assert int(w._f.attrs["open_for_writing"]) == 1
+        after = {n: h5py.h5o.get_info(w._f[n].id).addr for n in before}
+    assert [before[n] != after[n] for n in before] == [rebuilt] * 3
+
+
+def test_reopening_a_damaged_store_names_the_file(tmp_path):
+    path = tmp_path / "s.h5"
+    _store(path)
+    with h5py.File(path, "r+") as f:
+        f["plan"].attrs["encoding-type"] = "something-else"
+    with pytest.raises(StoreError, match=str(path)):
+        StoreWriter.append_to(path)
+    with h5py.File(path, "r+") as f:
+        del f.attrs["n_rows"]
+    with pytest.raises(StoreError, match=str(path)):
+        StoreWriter.append_to(path)
+
+
+@pytest.mark.parametrize("where", ["commit", "status"])
+def test_a_batch_whose_commit_or_status_write_fails_refuses_further_writes(tmp_path, monkeypatch, where):
+    path = tmp_path / "s.h5"
+    _store(path)
+    w = StoreWriter.append_to(path)
+    if where == "commit":
+        real = h5py.AttributeManager.__setitem__
+
+        def setitem(attrs, name, value):
+            if name == "n_rows":
+                raise OSError("Can't write attribute (errno = 5, error message = 'Input/output error')")
+            return real(attrs, name, value)
+
+        monkeypatch.setattr(h5py.AttributeManager, "__setitem__", setitem)
+    else:
+        _fail_writes_to(monkeypatch, "/plan/status")
+    with pytest.raises(StoreError, match="Input/output error"):
+        w.write_batch(np.arange(6, 8), np.ones((2, 2), np.float32), np.zeros(2))
+    monkeypatch.undo()
+    assert w.n_rows == (6 if where == "commit" else 8)
+    with pytest.raises(StoreError, match="an earlier write failed"):
+        w.write_batch(np.arange(8, 9), np.ones((1, 2), np.float32), np.zeros(1))
+    w.close()
+    with h5py.File(path, "r") as f:
+        assert int(f.attrs["open_for_writing"]) == 1
+
+
+# -- store: validation on opening ------------------------------------------------------------------
+
+@pytest.mark.parametrize("attr, value, message", [
+    ("n_skipped", -3, "n_skipped is -3, expected an integer >= 0"),
+    ("feature_kind", "two words", "feature_kind is 'two words'"),
+    ("preprocess", '{"size": 0, "channels": 1}', "is not"),
+    ("preprocess", '{"size": 8.5, "channels": 1}', "is not"),
+    ("preprocess", '{"size": 8, "channels": 2}', "is not"),
+])
+def test_damaged_root_attributes_are_refused_naming_the_file(tmp_path, attr, value, message):
+    path = tmp_path / "s.h5"
+    _store(path)
+    with h5py.File(path, "r+") as f:
+        f.attrs[attr] = value
+    with pytest.raises(StoreError, match=message) as err:
+        FeatureStore(path)
+    assert str(err.value).startswith(str(path))
+
+
+def test_a_mislabelled_features_dataset_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "s.h5"
+    _store(path)
+    with h5py.File(path, "r+") as f:
+        f["features"].attrs["encoding-type"] = "string-array"
+    with pytest.raises(StoreError, match="encoding-type") as err:
+        FeatureStore(path)
+    assert str(err.value).startswith(str(path))
+
+
+def test_a_feature_kind_in_capitals_is_valid(tmp_path):
+    path = tmp_path / "s.h5"
+    with StoreWriter.create(path, feature_kind="My-Kind_2", dim=1, preprocess=PRE, source="x", plan_keys=["a"]) as w:
+        w.write_batch([0], np.ones((1, 1), np.float32), [-1])
+    with FeatureStore(path) as s:
+        assert s.feature_kind == "My-Kind_2" and s.n_rows == 1
+
+
+def test_closing_stamps_the_update_time(tmp_path):
+    path = tmp_path / "s.h5"
+    _store(path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["updated"] = "long ago"
+    StoreWriter.append_to(path).close()
+    with h5py.File(path, "r") as f:
+        assert f.attrs["updated"] != "long ago" and int(f.attrs["open_for_writing"]) == 0
+
+
+def test_closing_a_store_the_disk_refuses_to_finish_does_not_raise_but_a_plain_close_error_does(tmp_path,
+                                                                                                  monkeypatch):
+    path = tmp_path / "s.h5"
+    _store(path)
+    real_close, real_set = h5py.File.close, h5py.AttributeManager.__setitem__
+
+    def failing_close(f):
+        raise OSError("close failed")
+
+    def failing_set(attrs, name, value):
+        if name == "updated":
+            raise OSError("Can't write attribute (errno = 28, error message = 'No space left on device')")
+        return real_set(attrs, name, value)
+
+    w = StoreWriter.append_to(path)
+    monkeypatch.setattr(h5py.File, "close", failing_close)
+    monkeypatch.setattr(h5py.AttributeManager, "__setitem__", failing_set)
+    w.close()  # the stamp failed: the writer is failed, and a failing close is then expected, not raised
+    monkeypatch.undo()
+    real_close(w._f)
+    w = StoreWriter.append_to(path)
+    monkeypatch.setattr(h5py.File, "close", failing_close)
+    with pytest.raises(OSError, match="close failed"):
+        w.close()
+    monkeypatch.undo()
+    real_close(w._f)
