@@ -81,10 +81,49 @@ _EQ_FILE = Path(__file__).resolve().with_name("mutation_equivalent.json")
 if _EQ_FILE.exists():
     EQUIVALENT.update(json.loads(_EQ_FILE.read_text()))
 
+# The tests written for the survivors of each function (tests/test_mutation_survivors.py).
+NEW_TESTS = {
+    f"x{C}FeatureStore{C}iter_rows": ["test_iter_rows_by_one_and_by_the_default_65536"],
+    f"x{C}FeatureStore{C}read_rows": ["test_read_rows_clips_to_the_committed_rows"],
+    f"x{C}FeatureStore{C}__init__": ["test_damaged_root_attributes_are_refused_naming_the_file",
+                                      "test_a_mislabelled_features_dataset_is_refused_naming_the_file"],
+    f"x{C}StoreWriter{C}_cut_back": ["test_a_batch_failing_at_its_last_dataset_is_cut_back_to_the_committed_counts",
+                                     "test_a_full_disk_during_a_batch_is_store_no_space_error"],
+    f"x{C}StoreWriter{C}write_batch": ["test_a_batch_failing_at_its_last_dataset_is_cut_back_to_the_committed_counts",
+                                       "test_a_batch_whose_commit_or_status_write_fails_refuses_further_writes"],
+    f"x{C}StoreWriter{C}replace_rows": [
+        "test_replace_rows_of_several_entries_given_out_of_order_with_extras_and_identity",
+        "test_a_failed_replace_refuses_further_writes"],
+    f"x{C}StoreWriter{C}add_plan": ["test_add_plan_records_the_given_identity_or_minus_one"],
+    f"x{C}StoreWriter{C}identity": ["test_add_plan_records_the_given_identity_or_minus_one",
+                                    "test_identity_of_a_store_written_before_identities_were_recorded_is_minus_one"],
+    f"x{C}StoreWriter{C}_ensure_identity": [
+        "test_identity_of_a_store_written_before_identities_were_recorded_is_minus_one"],
+    f"x{C}StoreWriter{C}_check_space": [
+        "test_the_space_check_asks_for_the_batch_one_chunk_per_dataset_and_one_mib"],
+    f"x{C}StoreWriter{C}_reconcile": [
+        "test_reopening_recomputes_a_lost_status_and_cuts_a_plan_extension_cut_short",
+        "test_reopening_a_store_without_n_plan_records_it",
+        "test_identity_of_a_store_written_before_identities_were_recorded_is_minus_one"],
+    f"x{C}StoreWriter{C}append_to": ["test_a_store_not_closed_cleanly_gets_fresh_string_datasets",
+                                     "test_reopening_a_damaged_store_names_the_file"],
+    f"x{C}StoreWriter{C}close": [
+        "test_closing_stamps_the_update_time",
+        "test_closing_a_store_the_disk_refuses_to_finish_does_not_raise_but_a_plain_close_error_does"],
+    f"x{C}StoreWriter{C}merge_label_names": ["test_add_plan_records_the_given_identity_or_minus_one"],
+    "x__finish_replacements": ["test_replacements_cut_short_are_finished_or_dropped_in_every_group"],
+    "x__plan_length": ["test_a_first_plan_extension_cut_short_leaves_an_empty_plan"],
+    "x__validate": ["test_damaged_root_attributes_are_refused_naming_the_file",
+                    "test_datasets_shorter_than_their_count_or_of_another_width_are_refused",
+                    "test_more_rows_and_skips_than_planned_entries_are_refused",
+                    "test_the_smallest_valid_preprocess_size_is_one", "test_a_feature_kind_in_capitals_is_valid"],
+}
+
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
 # any other exit code of the test run (a crash: HDF5 aborting on a damaged file, a segfault) is "crashed":
 # the tests did not pass, so the mutant is caught; counted with the killed ones and shown apart
+CAUGHT = ("killed", "timeout", "crashed")
 MUTANTS = bc.ROOT / "mutants"
 STEM = bc.RESULTS / "mutation"
 
@@ -152,9 +191,12 @@ def describe(name: str) -> str:
         return f"(no diff: {err})"
     finally:
         os.chdir(cwd)
-    minus = [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---")]
-    plus = [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
-    return f"`{' '.join(minus)[:110]}` → `{' '.join(plus)[:110]}`"
+    def side(mark):
+        code = [ln[1:].split("  # ")[0].strip() for ln in diff.splitlines()
+                if ln.startswith(mark) and not ln.startswith(mark * 3)]
+        return " ".join(code)[:110].replace("|", "\\|")
+
+    return f"`{side('-')}` → `{side('+')}`"
 
 
 def summarize(group: str, statuses: dict, previous: dict) -> dict:
@@ -166,7 +208,7 @@ def summarize(group: str, statuses: dict, previous: dict) -> dict:
     generated = len(statuses)
     killed = counts["killed"] + counts["timeout"] + counts["crashed"]
     denom = generated - len(equivalent) - counts["skipped"] - counts["not checked"]
-    old_killed = set(previous.get("killed_by_new_tests", []))
+    old_killed = {k["mutant"] for k in previous.get("killed_by_new_tests", [])}
     per_file = {}
     for path in GROUPS[group]:
         sub = {n: s for n, s in statuses.items() if n.startswith(module_of(path) + ".")}
@@ -183,8 +225,8 @@ def summarize(group: str, statuses: dict, previous: dict) -> dict:
         "score": killed / denom if denom else None, "per_file": per_file,
         "survivors": [{"mutant": n, "status": statuses[n], "change": describe(n)} for n in alive],
         "equivalents": [{"mutant": n, "change": describe(n), "reason": EQUIVALENT[n]} for n in equivalent],
-        "killed_by_new_tests": sorted(old_killed | (set(previous.get("survivor_names", [])) & {
-            n for n, s in statuses.items() if s in ("killed", "timeout")})),
+        "killed_by_new_tests": [{"mutant": n, "change": describe(n)} for n in sorted(old_killed | (
+            set(previous.get("survivor_names", [])) & {n for n, s in statuses.items() if s in CAUGHT}))],
         "survivor_names": sorted(set(previous.get("survivor_names", [])) | set(survivors)),
         "wall_s": previous.get("wall_s", 0.0),
     }
@@ -238,12 +280,19 @@ def markdown(rec: dict) -> str:
     eq = [(g, s) for g, v in rec["groups"].items() for s in v["equivalents"]]
     lines += bc.md_table(["group", "mutant", "change", "why equivalent"],
                          [[g, f"`{s['mutant']}`", s["change"], s["reason"]] for g, s in eq]) if eq else ["None."]
-    killed_new = [(g, n) for g, v in rec["groups"].items() for n in v["killed_by_new_tests"]]
+    killed_new = [(g, k) for g, v in rec["groups"].items() for k in v["killed_by_new_tests"]]
     lines += ["", "## Survivors of the first run killed by tests added since", ""]
-    lines += [f"{len(killed_new)} mutants; the tests are in `tests/test_mutation_survivors.py` and the module "
-              "test files." if killed_new else "None.", ""]
+    lines += [f"{len(killed_new)} mutants, killed on rerunning them (`--only survivors`) by the tests in "
+              "`tests/test_mutation_survivors.py`; the test written for each function:", ""] if killed_new else [
+              "None.", ""]
     if killed_new:
-        lines += ["<details><summary>mutants</summary>", ""] + [f"- {g}: `{n}`" for g, n in killed_new]
+        funcs = sorted({k["mutant"].rsplit("__mutmut_", 1)[0] for _, k in killed_new})
+        lines += bc.md_table(["function", "tests added"],
+                             [[f"`{f}`", ", ".join(f"`{t}`" for t in NEW_TESTS.get(f.rsplit(".", 1)[1], ["-"]))]
+                              for f in funcs])
+        lines += ["", "<details><summary>the mutants</summary>", ""]
+        lines += bc.md_table(["group", "mutant", "change"], [[g, f"`{k['mutant']}`", k["change"]]
+                                                            for g, k in killed_new])
         lines += ["", "</details>", ""]
     return "\n".join(lines) + "\n"
 

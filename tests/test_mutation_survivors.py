@@ -5,6 +5,8 @@ Each test names the behaviour it pins down; tiny generated data, fast.
 
 from __future__ import annotations
 
+import re
+
 import h5py
 import numpy as np
 import pytest
@@ -298,6 +300,8 @@ def test_a_batch_whose_commit_or_status_write_fails_refuses_further_writes(tmp_p
     ("preprocess", '{"size": 0, "channels": 1}', "is not"),
     ("preprocess", '{"size": 8.5, "channels": 1}', "is not"),
     ("preprocess", '{"size": 8, "channels": 2}', "is not"),
+    ("model_config", "[1, 2]", "model_config attribute is not a JSON object"),
+    ("dim", 3, "/features is 2 wide but the dim attribute says 3"),
 ])
 def test_damaged_root_attributes_are_refused_naming_the_file(tmp_path, attr, value, message):
     path = tmp_path / "s.h5"
@@ -307,6 +311,36 @@ def test_damaged_root_attributes_are_refused_naming_the_file(tmp_path, attr, val
     with pytest.raises(StoreError, match=message) as err:
         FeatureStore(path)
     assert str(err.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("name, message", [
+    ("keys", "/keys holds 3 entries but the store counts 6 (n_rows)"),
+    ("recon_error", "/recon_error holds 3 entries but the store counts 6 (n_rows)"),
+    ("skipped/keys", "/skipped/keys holds 1 entries but the store counts 2 (n_skipped)"),
+    ("skipped/reasons", "/skipped/reasons holds 1 entries but the store counts 2 (n_skipped)"),
+    ("logvar", "/logvar is 3 wide, the features 2"),
+])
+def test_datasets_shorter_than_their_count_or_of_another_width_are_refused(tmp_path, name, message):
+    path = tmp_path / "s.h5"
+    _store(path, extras=("recon_error", "logvar"), skipped=(6, 7))
+    with h5py.File(path, "r+") as f:
+        if name == "logvar":
+            attrs = dict(f["logvar"].attrs)
+            del f["logvar"]
+            f.create_dataset("logvar", data=np.zeros((6, 3), np.float32)).attrs.update(attrs)
+        else:
+            f[name].resize(3 if name in ("keys", "recon_error") else 1, axis=0)
+    with pytest.raises(StoreError, match=re.escape(message)):
+        FeatureStore(path)
+
+
+def test_the_smallest_valid_preprocess_size_is_one(tmp_path):
+    path = tmp_path / "s.h5"
+    with StoreWriter.create(path, feature_kind="raw", dim=1, preprocess={"size": 1, "channels": 3}, source="x",
+                            plan_keys=["a"]):
+        pass
+    with FeatureStore(path) as s:
+        assert s.preprocess_dict["size"] == 1 and s.n_pending == 1
 
 
 def test_a_mislabelled_features_dataset_is_refused_naming_the_file(tmp_path):
@@ -363,3 +397,136 @@ def test_closing_a_store_the_disk_refuses_to_finish_does_not_raise_but_a_plain_c
         w.close()
     monkeypatch.undo()
     real_close(w._f)
+
+
+def test_more_rows_and_skips_than_planned_entries_are_refused(tmp_path):
+    path = tmp_path / "s.h5"
+    _store(path, n_plan=10, n_first=6, skipped=(6, 7))
+    with h5py.File(path, "r+") as f:
+        f["plan"].attrs["n_plan"] = 7
+    with pytest.raises(StoreError, match="6 rows and 2 skipped files but only 7 planned files"):
+        FeatureStore(path)
+
+
+def test_a_first_plan_extension_cut_short_leaves_an_empty_plan(tmp_path):
+    path = tmp_path / "s.h5"
+    StoreWriter.create(path, feature_kind="raw", dim=1, preprocess=PRE, source="x", plan_keys=[]).close()
+    with h5py.File(path, "r+") as f:  # add_plan resized and wrote, then stopped before n_plan moved from 0
+        for name in ("status", "size", "mtime_ns", "keys"):
+            f["plan"][name].resize(3, axis=0)
+        f["plan/keys"][:] = ["a", "b", "c"]
+    with FeatureStore(path) as s:
+        assert s.n_pending == 0
+    with StoreWriter.append_to(path) as w:
+        assert w.plan_keys == [] and w.pending().tolist() == []
+
+
+# -- extraction ----------------------------------------------------------------------------------------
+
+def test_resume_refuses_another_source_but_not_one_that_cannot_name_its_origin(tmp_path):
+    from types import SimpleNamespace
+
+    from cvae_features.extraction import _check_same_source
+
+    old = {"source_spec": "/data/a"}
+    _check_same_source(tmp_path / "s.h5", old, SimpleNamespace(spec=""))
+    _check_same_source(tmp_path / "s.h5", old, SimpleNamespace())
+    _check_same_source(tmp_path / "s.h5", old, SimpleNamespace(spec="/data/a"))
+    with pytest.raises(StoreError, match="was extracted from /data/a, not /data/b"):
+        _check_same_source(tmp_path / "s.h5", old, SimpleNamespace(spec="/data/b"))
+
+
+def test_a_store_records_its_source_and_carries_weights_as_asked(tmp_path):
+    import torch
+
+    from cvae_features.data import ArraySource
+    from cvae_features.extraction import extract
+    from cvae_features.model import ConvVAE
+
+    torch.manual_seed(0)
+    model = ConvVAE(image_size=8, channels=1, latent_dim=2, widths=(4,))
+    src = ArraySource(np.random.default_rng(0).integers(0, 255, (3, 8, 8), dtype=np.uint8), name="",
+                      keys=["a", "b", "c"], description="three arrays")
+    for carry in (True, False):
+        path = tmp_path / f"{carry}.h5"
+        extract(src, path, model=model, carry_weights=carry, workers=0, progress=False)
+        with FeatureStore(path) as s:
+            assert s.has_model is carry and s.source == "three arrays" and s.source_spec == ""
+
+
+def test_update_shows_the_rewrite_progress_only_when_asked(tmp_path, capsys):
+    import os
+
+    from PIL import Image
+
+    from cvae_features.extraction import extract
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8), "L").save(root / f"{i}.png")
+    store = tmp_path / "s.h5"
+    extract(root, store, features="raw", workers=0, progress=False)
+    for t, progress in ((2_000_000_000, False), (2_100_000_000, True)):
+        Image.fromarray(np.full((8, 8), t % 251, np.uint8), "L").save(root / "1.png")
+        os.utime(root / "1.png", ns=(t * 10**9, t * 10**9))
+        capsys.readouterr()
+        res = extract(root, store, features="raw", workers=0, progress=progress, update=True)
+        err = capsys.readouterr().err
+        assert res.n_changed == 1
+        if progress:
+            assert "re-extracting changed files: 100%" in err and "1/1" in err and "img/s" in err
+        else:
+            assert "re-extracting" not in err
+
+
+def _png(path, value):
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8), value, np.uint8), "L").save(path)
+
+
+def _raw(root, store, **kw):
+    from cvae_features.extraction import extract
+
+    return extract(root, store, features="raw", workers=0, progress=False, batch_size=2, **kw)
+
+
+def test_update_tells_changed_files_by_size_or_mtime_and_tracks_files_it_adds(tmp_path):
+    import os
+
+    root, store = tmp_path / "imgs", tmp_path / "s.h5"
+    root.mkdir()
+    for name, v in (("b", 10), ("c", 20), ("d", 30)):
+        _png(root / f"{name}.png", v)
+    _raw(root, store)
+    assert _raw(root, store, resume=True).n_removed == 0
+    st = os.stat(root / "c.png")
+    os.utime(root / "c.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same size and content, newer
+    _png(root / "a.png", 5)  # a new file that sorts first: source row 0
+    res = _raw(root, store, update=True)
+    assert (res.n_changed, res.n_new) == (1, 1)
+    _png(root / "a.png", 6)  # the file the update added changes: its identity was recorded
+    st = os.stat(root / "a.png")
+    os.utime(root / "a.png", ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
+    res = _raw(root, store, update=True)
+    assert (res.n_changed, res.n_new) == (1, 0)
+    with FeatureStore(store) as s:
+        assert float(s.features[s.keys.index("a.png")].mean()) == pytest.approx(6 / 255, abs=1e-6)
+    (root / "d.png").write_bytes(b"")  # a file truncated to nothing: changed, and now undecodable
+    res = _raw(root, store, update=True)
+    assert res.n_changed == 0 and any(k == "d.png" and "changed, and now" in r for k, r in res.skipped)
+
+
+def test_update_of_a_store_without_file_identities_rewrites_nothing(tmp_path):
+    root, store = tmp_path / "imgs", tmp_path / "s.h5"
+    root.mkdir()
+    for name, v in (("b", 10), ("c", 20)):
+        _png(root / f"{name}.png", v)
+    _raw(root, store)
+    with h5py.File(store, "r+") as f:  # a store written before identities were recorded
+        for name in ("size", "mtime_ns"):
+            del f["plan"][name]
+    _png(root / "c.png", 99)
+    res = _raw(root, store, update=True)
+    assert (res.n_changed, res.n_new) == (0, 0)
