@@ -466,7 +466,10 @@ def test_update_shows_the_rewrite_progress_only_when_asked(tmp_path, capsys):
     for i in range(3):
         Image.fromarray(np.full((8, 8), 40 * i, np.uint8), "L").save(root / f"{i}.png")
     store = tmp_path / "s.h5"
-    extract(root, store, features="raw", workers=0, progress=False)
+    capsys.readouterr()
+    extract(root, store, features="raw", workers=0, progress=True)
+    err = capsys.readouterr().err
+    assert "extracting raw: 100%" in err and "3/3" in err and "img/s" in err
     for t, progress in ((2_000_000_000, False), (2_100_000_000, True)):
         Image.fromarray(np.full((8, 8), t % 251, np.uint8), "L").save(root / "1.png")
         os.utime(root / "1.png", ns=(t * 10**9, t * 10**9))
@@ -477,7 +480,7 @@ def test_update_shows_the_rewrite_progress_only_when_asked(tmp_path, capsys):
         if progress:
             assert "re-extracting changed files: 100%" in err and "1/1" in err and "img/s" in err
         else:
-            assert "re-extracting" not in err
+            assert "re-extracting" not in err and "extracting raw" not in err
 
 
 def _png(path, value):
@@ -486,10 +489,17 @@ def _png(path, value):
     Image.fromarray(np.full((8, 8), value, np.uint8), "L").save(path)
 
 
-def _raw(root, store, **kw):
+def _raw(root, store, batch_size=2, progress=False, **kw):
     from cvae_features.extraction import extract
 
-    return extract(root, store, features="raw", workers=0, progress=False, batch_size=2, **kw)
+    return extract(root, store, features="raw", workers=0, progress=progress, batch_size=batch_size, **kw)
+
+
+def _identity_of(store, key):
+    with StoreWriter.append_to(store) as w:
+        sizes, mtimes = w.identity()
+        i = w.plan_keys.index(key)
+    return int(sizes[i]), int(mtimes[i])
 
 
 def test_update_tells_changed_files_by_size_or_mtime_and_tracks_files_it_adds(tmp_path):
@@ -506,6 +516,8 @@ def test_update_tells_changed_files_by_size_or_mtime_and_tracks_files_it_adds(tm
     _png(root / "a.png", 5)  # a new file that sorts first: source row 0
     res = _raw(root, store, update=True)
     assert (res.n_changed, res.n_new) == (1, 1)
+    st = os.stat(root / "c.png")
+    assert _identity_of(store, "c.png") == (st.st_size, st.st_mtime_ns)  # the rewrite records the file's identity
     _png(root / "a.png", 6)  # the file the update added changes: its identity was recorded
     st = os.stat(root / "a.png")
     os.utime(root / "a.png", ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
@@ -516,6 +528,15 @@ def test_update_tells_changed_files_by_size_or_mtime_and_tracks_files_it_adds(tm
     (root / "d.png").write_bytes(b"")  # a file truncated to nothing: changed, and now undecodable
     res = _raw(root, store, update=True)
     assert res.n_changed == 0 and any(k == "d.png" and "changed, and now" in r for k, r in res.skipped)
+    assert res.n_new_skipped == 1
+    for name, v in (("a", 1), ("b", 2), ("c", 3)):  # three changed files, in two batches of the rewrite
+        _png(root / f"{name}.png", v)
+        st = os.stat(root / f"{name}.png")
+        os.utime(root / f"{name}.png", ns=(st.st_atime_ns, st.st_mtime_ns + 3 * 10**9))
+    (root / "b.png").write_bytes(b"")
+    (root / "d.png").write_bytes(b"x")
+    res = _raw(root, store, update=True, batch_size=1)
+    assert (res.n_changed, res.n_new_skipped) == (2, 2)
 
 
 def test_update_of_a_store_without_file_identities_rewrites_nothing(tmp_path):
@@ -530,3 +551,77 @@ def test_update_of_a_store_without_file_identities_rewrites_nothing(tmp_path):
     _png(root / "c.png", 99)
     res = _raw(root, store, update=True)
     assert (res.n_changed, res.n_new) == (0, 0)
+    with h5py.File(store, "r+") as f:  # identities known again, one recorded as an empty file
+        for name in ("size", "mtime_ns"):
+            f["plan"].create_dataset(name, data=np.full(2, -1, np.int64), maxshape=(None,)).attrs.update(
+                {"encoding-type": "array", "encoding-version": "1"})
+        f["plan/size"][0] = 0
+    assert _raw(root, store, update=True).n_changed == 1
+
+
+def test_non_finite_features_of_a_changed_file_name_it(tmp_path, monkeypatch):
+    from cvae_features import featurizers
+    from cvae_features.errors import ModelError
+
+    root, store = tmp_path / "imgs", tmp_path / "s.h5"
+    root.mkdir()
+    for name, v in (("b", 10), ("c", 20)):
+        _png(root / f"{name}.png", v)
+    _raw(root, store)
+    _png(root / "c.png", 99)
+    monkeypatch.setattr(featurizers._RawBatch, "__call__", lambda self, images: (
+        np.full((len(images), 64), np.nan, np.float32), {}))
+    with pytest.raises(ModelError, match="non-finite features .* for c.png and 0 more"):
+        _raw(root, store, update=True)
+
+
+
+def test_resume_with_part_of_the_source_names_a_pending_file_it_lacks(tmp_path):
+    from cvae_features.data import ArraySource, open_source
+
+    class Stop(Exception):
+        pass
+
+    def stop(progress):
+        raise Stop
+
+    root, store = tmp_path / "imgs", tmp_path / "s.h5"
+    root.mkdir()
+    for i, name in enumerate("abcdef"):
+        _png(root / f"{name}.png", 10 * i)
+    with pytest.raises(Stop):
+        _raw(root, store, callback=stop)  # a, b written; c..f pending
+    src = open_source(root)
+    (root / "c.png").unlink()  # gone from the disk; d is still there
+    with pytest.raises(StoreError, match=r"2 images still pending .* \(e.g. d.png\)"):
+        _raw(src.subset([0, 1, 4, 5]), store, resume=True)
+    arrays = tmp_path / "arr.h5"
+    images = np.zeros((3, 8, 8), np.uint8)
+    with pytest.raises(Stop):
+        _raw(ArraySource(images, keys=["x", "y", "z"]), arrays, callback=stop)
+    with pytest.raises(StoreError, match=r"1 images still pending .* \(e.g. z\)"):
+        _raw(ArraySource(images[:2], keys=["x", "y"]), arrays, resume=True)
+
+
+def test_update_rewrites_the_scores_of_a_changed_file(tmp_path):
+    import os
+
+    import torch
+
+    from cvae_features.extraction import extract
+    from cvae_features.model import ConvVAE
+
+    torch.manual_seed(0)
+    model = ConvVAE(image_size=8, channels=1, latent_dim=2, widths=(4,))
+    root, store = tmp_path / "imgs", tmp_path / "s.h5"
+    root.mkdir()
+    for name, v in (("b", 10), ("c", 200)):
+        _png(root / f"{name}.png", v)
+    kw = dict(model=model, scores=True, workers=0, progress=False)
+    extract(root, store, **kw)
+    _png(root / "b.png", 200)
+    st = os.stat(root / "b.png")
+    os.utime(root / "b.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert extract(root, store, update=True, **kw).n_changed == 1
+    with FeatureStore(store) as s:
+        np.testing.assert_allclose(s.extra("recon_error")[0], s.extra("recon_error")[1], rtol=1e-5)
