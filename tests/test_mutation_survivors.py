@@ -452,6 +452,8 @@ def test_a_store_records_its_source_and_carries_weights_as_asked(tmp_path):
         extract(src, path, model=model, carry_weights=carry, workers=0, progress=False)
         with FeatureStore(path) as s:
             assert s.has_model is carry and s.source == "three arrays" and s.source_spec == ""
+        with StoreWriter.append_to(path) as w:  # images in memory have no file identity
+            assert [a.tolist() for a in w.identity()] == [[-1, -1, -1], [-1, -1, -1]]
 
 
 def test_update_shows_the_rewrite_progress_only_when_asked(tmp_path, capsys):
@@ -625,3 +627,56 @@ def test_update_rewrites_the_scores_of_a_changed_file(tmp_path):
     assert extract(root, store, update=True, **kw).n_changed == 1
     with FeatureStore(store) as s:
         np.testing.assert_allclose(s.extra("recon_error")[0], s.extra("recon_error")[1], rtol=1e-5)
+
+
+def test_more_files_removed_before_extraction_than_are_listed_are_all_counted(tmp_path):
+    from cvae_features.data import open_source
+
+    class Stop(Exception):
+        pass
+
+    def stop(progress):
+        raise Stop
+
+    root, store = tmp_path / "imgs", tmp_path / "s.h5"
+    root.mkdir()
+    for i in range(105):
+        _png(root / f"{i:03d}.png", i)
+    with pytest.raises(Stop):
+        _raw(root, store, callback=stop)  # 000, 001 written; 103 pending
+    src = open_source(root).subset([0, 1])
+    for i in range(2, 105):
+        (root / f"{i:03d}.png").unlink()
+    res = _raw(src, store, resume=True)
+    assert (res.n_new, res.n_new_skipped, len(res.skipped)) == (0, 103, 100)
+    with FeatureStore(store) as s:
+        assert s.is_complete and s.n_skipped == 103
+
+
+
+def test_max_bad_allows_that_many_undecodable_files_and_names_the_first_beyond(tmp_path):
+    from cvae_features.errors import DataError
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for name in "abcd":
+        _png(root / f"{name}.png", 9)
+    for name in ("x", "y"):
+        (root / f"{name}.png").write_bytes(b"junk")
+    res = _raw(root, tmp_path / "ok.h5", max_bad=2)
+    assert (res.n_rows, res.n_skipped) == (4, 2)
+    with pytest.raises(DataError, match=r"2 images could not be decoded, more than max_bad=1 \(first: x.png"):
+        _raw(root, tmp_path / "stop.h5", max_bad=1)
+    with pytest.raises(DataError, match=r"\(first: x.png"):
+        _raw(root, tmp_path / "stop0.h5", max_bad=0, batch_size=5)
+
+
+def test_the_progress_callback_gets_rows_skips_and_total(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for name in "abc":
+        _png(root / f"{name}.png", 9)
+    (root / "d.png").write_bytes(b"junk")
+    seen = []
+    _raw(root, tmp_path / "s.h5", callback=lambda p: seen.append((p.batch, p.n_done, p.n_skipped, p.n_total)))
+    assert seen == [(0, 2, 0, 4), (1, 3, 1, 4)]
