@@ -247,6 +247,7 @@ def markdown(rec: dict) -> str:
     rows, tot = [], Counter()
     for group, g in rec["groups"].items():
         for path, c in g["per_file"].items():
+            c = Counter(c)  # missing fields (an older record) count 0
             k = c["killed"] + c["timeout"] + c["crashed"]
             d = c["generated"] - c["equivalent"] - c["skipped"] - c["not_checked"]
             rows.append([f"{group}: `{path}`", c["generated"], c["killed"], c["timeout"], c["crashed"],

@@ -680,3 +680,47 @@ def test_the_progress_callback_gets_rows_skips_and_total(tmp_path):
     seen = []
     _raw(root, tmp_path / "s.h5", callback=lambda p: seen.append((p.batch, p.n_done, p.n_skipped, p.n_total)))
     assert seen == [(0, 2, 0, 4), (1, 3, 1, 4)]
+
+
+def test_file_identity_goes_on_past_a_file_that_cannot_be_stated(tmp_path):
+    import os
+
+    from cvae_features.data import open_source
+    from cvae_features.extraction import file_identity
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for name in "abc":
+        _png(root / f"{name}.png", 9)
+    src = open_source(root)
+    (root / "a.png").unlink()
+    sizes, mtimes = file_identity(src)
+    assert sizes[0] == -1 and mtimes[0] == -1
+    assert sizes[1:].tolist() == [os.stat(root / f"{n}.png").st_size for n in "bc"]
+    assert mtimes[1:].tolist() == [os.stat(root / f"{n}.png").st_mtime_ns for n in "bc"]
+
+
+def test_a_ready_featurizer_with_features_of_its_kind_and_a_reference_gets_the_source(tmp_path, monkeypatch):
+    from cvae_features.data import Preprocess, open_source
+    from cvae_features.errors import ConfigError
+    from cvae_features.extraction import extract
+    from cvae_features.featurizers import RawFeaturizer
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for name in "ab":
+        _png(root / f"{name}.png", 9)
+    feat = RawFeaturizer(Preprocess(8, 1))
+    assert extract(root, tmp_path / "r.h5", model=feat, features="raw", workers=0, progress=False).n_rows == 2
+    with pytest.raises(ConfigError, match="features='pca' but the featurizer given makes raw features"):
+        extract(root, tmp_path / "p.h5", model=feat, features="pca", workers=0, progress=False)
+    with pytest.raises(StoreError, match=re.escape(str(tmp_path / "r.h5"))):
+        extract(root, tmp_path / "r.h5", features="pca", resume=True, workers=0, progress=False)
+    seen = []
+    real = RawFeaturizer.from_reference.__func__
+    monkeypatch.setattr(RawFeaturizer, "from_reference",
+                        classmethod(lambda cls, ref, source, options: seen.append(source) or real(cls, ref, source,
+                                                                                                   options)))
+    src = open_source(root)
+    extract(src, tmp_path / "t.h5", model=tmp_path / "r.h5", workers=0, progress=False)
+    assert seen == [src]
