@@ -724,3 +724,60 @@ def test_a_ready_featurizer_with_features_of_its_kind_and_a_reference_gets_the_s
     src = open_source(root)
     extract(src, tmp_path / "t.h5", model=tmp_path / "r.h5", workers=0, progress=False)
     assert seen == [src]
+
+
+# -- probes ---------------------------------------------------------------------------------------------
+
+def test_cluster_accuracy_of_one_row_and_of_none():
+    from cvae_features.errors import ConfigError
+    from cvae_features.probes.cluster import cluster_accuracy
+
+    assert cluster_accuracy([3], [7]) == 1.0
+    with pytest.raises(ConfigError, match="at least one row"):
+        cluster_accuracy([], [])
+
+
+def test_knn_vote_weights_and_ties():
+    from cvae_features.probes.knn import vote
+
+    lab = np.array([[0, 1, 1], [1, 0, 9], [0, 1, 0]])
+    dist = np.array([[0.1, 1.0, 1.0], [0.5, 0.5, 9.0], [0.2, 0.3, 0.4]])
+    assert vote(lab, dist, 3, "uniform", 10).tolist() == [1, 1, 0]  # exact ties: the nearer neighbour's class
+    assert vote(lab, dist, 3, "distance", 10).tolist() == [0, 1, 0]
+    assert vote(lab, dist, 2, "uniform", 10).tolist() == [0, 1, 0]
+    assert vote(np.array([[1, 0, 0]]), np.array([[0.0, 0.0, 1.0]]), 3, "distance", 2).tolist() == [1]
+    assert vote(np.array([[1, 0]]), np.array([[0.0, 1.0]]), 2, "distance", 2).tolist() == [1]  # a zero distance
+    assert vote(np.array([[0, 0, 1, 1, 1]]), np.ones((1, 5)), 5, "uniform", 2).tolist() == [1]
+
+
+def test_nearest_neighbours_returns_k_of_them():
+    from cvae_features.probes.knn import nearest_neighbours
+
+    X = np.arange(20, dtype=float).reshape(10, 2)
+    dist, idx = nearest_neighbours(X, X[:3], 3)
+    assert dist.shape == idx.shape == (3, 3) and idx[:, 0].tolist() == [0, 1, 2]
+    assert nearest_neighbours(X[:2], X[:1], 3)[1].shape == (1, 2)
+
+
+def test_min_normal_rows_mirrors_the_held_out_split():
+    from cvae_features.probes.anomaly import min_normal_rows
+
+    assert min_normal_rows(1, 0.5) == 2 and min_normal_rows(10, 0.5) == 20 and min_normal_rows(1, 0.9) == 2
+
+
+def test_roc_points_keep_the_ends_round_to_five_digits_and_thin_to_200():
+    from sklearn.metrics import roc_curve
+
+    from cvae_features.probes.anomaly import _roc_points
+
+    small = _roc_points([0, 0, 0, 1, 1], [0.1, 0.5, 0.3, 0.4, 0.9])
+    assert small == {"fpr": [0.0, 0.0, 0.33333, 0.33333, 1.0], "tpr": [0.0, 0.5, 0.5, 1.0, 1.0]}
+    rng = np.random.default_rng(0)
+    y, s = rng.integers(0, 2, 2000), rng.random(2000)
+    fpr, tpr, _ = roc_curve(y, s)
+    assert fpr.size > 400
+    big = _roc_points(y, s)
+    assert len(big["fpr"]) == len(big["tpr"]) == 200
+    assert (big["fpr"][0], big["tpr"][0], big["fpr"][-1], big["tpr"][-1]) == (0.0, 0.0, 1.0, 1.0)
+    keep = np.unique(np.linspace(0, fpr.size - 1, 200).round().astype(int))
+    assert big["tpr"] == np.round(tpr[keep], 5).tolist()
