@@ -318,8 +318,8 @@ def main(argv=None) -> None:
         if not args.report:
             names = patterns(group)
             wanted = {"unchecked": ("not checked",), "survivors": ("survived", "no tests")}
-            if args.only != "all":
-                names = [n for n, s in group_mutants(group).items() if s in wanted[args.only]]
+            if args.only != "all":  # (equivalent survivors are not rerun: no test can kill them)
+                names = [n for n, s in group_mutants(group).items() if s in wanted[args.only] and n not in EQUIVALENT]
             if names:
                 bc.say(f"{group}: mutmut run on {len(names)} pattern(s)/mutant(s)")
                 wall = run_mutmut(names, args.max_children, bc.WORK / f"mutation-{group}.log")

@@ -781,3 +781,16 @@ def test_roc_points_keep_the_ends_round_to_five_digits_and_thin_to_200():
     assert (big["fpr"][0], big["tpr"][0], big["fpr"][-1], big["tpr"][-1]) == (0.0, 0.0, 1.0, 1.0)
     keep = np.unique(np.linspace(0, fpr.size - 1, 200).round().astype(int))
     assert big["tpr"] == np.round(tpr[keep], 5).tolist()
+
+
+def test_anomaly_scorer_defaults_and_option_names_in_errors():
+    from cvae_features.errors import ConfigError
+    from cvae_features.probes.anomaly import AnomalyScorer
+    from cvae_features.probes.fewshot import draw_labelled
+
+    a = AnomalyScorer()
+    assert (a.k, a.gmm_components, a.preprocessing, a.seed) == (5, 4, "none", 0)
+    with pytest.raises(ConfigError, match="^scores: "):
+        AnomalyScorer(scores=("bogus",))
+    with pytest.raises(ConfigError, match="^labels_per_class: "):
+        draw_labelled([0, 1, 0, 1], 0, 0)
