@@ -790,7 +790,51 @@ def test_anomaly_scorer_defaults_and_option_names_in_errors():
 
     a = AnomalyScorer()
     assert (a.k, a.gmm_components, a.preprocessing, a.seed) == (5, 4, "none", 0)
-    with pytest.raises(ConfigError, match="^scores: "):
-        AnomalyScorer(scores=("bogus",))
+    for kw, name in ((dict(scores=("bogus",)), "scores"), (dict(k=0), "k"), (dict(gmm_components=0), "gmm_components"),
+                     (dict(preprocessing="bogus"), "preprocessing")):
+        with pytest.raises(ConfigError, match=f"^{name}: "):
+            AnomalyScorer(**kw)
     with pytest.raises(ConfigError, match="^labels_per_class: "):
         draw_labelled([0, 1, 0, 1], 0, 0)
+
+
+def test_selection_splits_record_how_they_were_made_and_are_seeded():
+    from cvae_features.probes._common import DataTooSmall, selection_splits, stratified_subsample
+
+    y = np.repeat([0, 2, 3], [40, 40, 20])  # class 1 absent
+    splits, info = selection_splits(y, cv=None, val_fraction=0.25, max_rows=50, seed=3)
+    assert info == {"selection": "validation split", "selection_rows": 50, "selection_seed": 3, "val_fraction": 0.25}
+    again, _ = selection_splits(y, cv=None, val_fraction=0.25, max_rows=50, seed=3)
+    other, _ = selection_splits(y, cv=None, val_fraction=0.25, max_rows=50, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip(splits[0], again[0]))
+    assert not np.array_equal(splits[0][1], other[0][1])
+    folds, info = selection_splits(y, cv=3, val_fraction=0.25, max_rows=None, seed=3)
+    assert info == {"selection": "3-fold stratified CV", "selection_rows": 100, "selection_seed": 3}
+    assert len(folds) == 3
+    folds_again, _ = selection_splits(y, cv=3, val_fraction=0.25, max_rows=None, seed=3)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, folds_again))
+    assert len(selection_splits(np.repeat([0, 1], 3), cv=3, val_fraction=0.25, max_rows=None, seed=0)[0]) == 3
+    with pytest.raises(DataTooSmall, match="the smallest class has 1"):
+        selection_splits(np.array([0, 0, 0, 1]), cv=2, val_fraction=0.25, max_rows=None, seed=0)
+    assert stratified_subsample(y, 100, 0).tolist() == list(range(100))
+    assert np.array_equal(stratified_subsample(y, 30, 5), stratified_subsample(y, 30, 5))
+
+
+def test_balanced_accuracy_hides_only_the_absent_class_warning():
+    import warnings
+
+    from cvae_features.probes._common import _balanced_accuracy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _balanced_accuracy(np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1])) == 0.75
+
+
+def test_anomaly_scorer_names_the_normal_rows_in_errors():
+    from cvae_features.errors import ConfigError
+    from cvae_features.probes.anomaly import AnomalyScorer
+
+    X = np.ones((6, 2))
+    X[0, 0] = np.nan
+    with pytest.raises(ConfigError, match="^X_normal"):
+        AnomalyScorer(scores=("knn",), k=2).fit(X)
