@@ -838,3 +838,56 @@ def test_anomaly_scorer_names_the_normal_rows_in_errors():
     X[0, 0] = np.nan
     with pytest.raises(ConfigError, match="^X_normal"):
         AnomalyScorer(scores=("knn",), k=2).fit(X)
+
+
+def test_anomaly_scores_equal_scikit_learn_computed_directly():
+    from sklearn.covariance import LedoitWolf
+    from sklearn.mixture import GaussianMixture
+    from sklearn.neighbors import NearestNeighbors
+
+    from cvae_features.probes.anomaly import AnomalyScorer
+
+    rng = np.random.default_rng(0)
+    Xn, Xt = rng.normal(size=(60, 3)), rng.normal(size=(10, 3)) * 2
+    got = AnomalyScorer(k=4, gmm_components=3, seed=7).fit(Xn).score(Xt)
+    np.testing.assert_allclose(got["knn"], NearestNeighbors(n_neighbors=4).fit(Xn).kneighbors(Xt)[0].mean(axis=1))
+    np.testing.assert_allclose(got["mahalanobis"], LedoitWolf().fit(Xn).mahalanobis(Xt))
+    gmm = GaussianMixture(3, covariance_type="full", reg_covar=1e-4, random_state=7).fit(Xn)
+    np.testing.assert_allclose(got["gmm"], -gmm.score_samples(Xt), rtol=1e-10)
+
+
+def test_anomaly_scorer_checks_only_the_scores_it_computes():
+    from cvae_features.errors import ConfigError
+    from cvae_features.probes.anomaly import AnomalyScorer
+
+    X = np.random.default_rng(0).normal(size=(3, 2))
+    AnomalyScorer(scores=("mahalanobis",), k=5, gmm_components=5).fit(X)
+    with pytest.raises(ConfigError, match="^k: expected at most 3"):
+        AnomalyScorer(scores=("knn",), k=5).fit(X)
+    with pytest.raises(ConfigError, match="^gmm_components: expected at most 3"):
+        AnomalyScorer(scores=("gmm",), gmm_components=5).fit(X)
+    fitted = AnomalyScorer(scores=("knn",), k=2).fit(X)
+    with pytest.raises(ConfigError, match="^X: "):
+        fitted.score(np.array([[np.nan, 0.0]]))
+
+
+def test_supervised_inputs_keep_known_labels_and_name_bad_inputs():
+    from cvae_features.errors import ConfigError
+    from cvae_features.probes._common import supervised_inputs
+
+    X, y = np.arange(8.0).reshape(4, 2), np.array([0, 1, -1, 1])
+    Xtr, ytr, Xte, yte = supervised_inputs(X, y, X, np.array([-1, 0, 1, 1]))
+    assert ytr.tolist() == [0, 1, 1] and yte.tolist() == [0, 1, 1] and Xte.tolist() == X[1:].tolist()
+    bad = X.copy()
+    bad[0, 0] = np.inf
+    for args, name in (((bad, y, X, y), "X_train"), ((X, y, bad, y), "X_test"), ((X, y, X, y[:3]), "y_test")):
+        with pytest.raises(ConfigError, match=f"^{name}"):
+            supervised_inputs(*args)
+
+
+def test_logistic_fits_warm_start_with_the_given_c_and_iterations():
+    from cvae_features.probes.linear import _fit_logistic
+
+    X, y = np.random.default_rng(0).normal(size=(20, 2)), np.repeat([0, 1], 10)
+    params = _fit_logistic(X, y, 0.5, 321).get_params()
+    assert (params["C"], params["max_iter"], params["warm_start"]) == (0.5, 321, True)
