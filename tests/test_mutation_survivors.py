@@ -891,3 +891,12 @@ def test_logistic_fits_warm_start_with_the_given_c_and_iterations():
     X, y = np.random.default_rng(0).normal(size=(20, 2)), np.repeat([0, 1], 10)
     params = _fit_logistic(X, y, 0.5, 321).get_params()
     assert (params["C"], params["max_iter"], params["warm_start"]) == (0.5, 321, True)
+
+
+def test_stratified_split_keeps_a_row_of_every_class_and_one_test_row_is_enough():
+    from cvae_features.probes._common import stratified_split, supervised_inputs
+
+    kept, held = stratified_split(np.array([0, 0, 0, 1, 1]), 1.0, 0)
+    assert (len(kept), len(held)) == (2, 3)
+    X, y = np.arange(8.0).reshape(4, 2), np.array([0, 1, 0, 1])
+    assert supervised_inputs(X, y, X[:1], [1])[3].tolist() == [1]
