@@ -5,6 +5,7 @@ Each test names the behaviour it pins down; tiny generated data, fast.
 
 from __future__ import annotations
 
+import math
 import re
 
 import h5py
@@ -900,3 +901,97 @@ def test_stratified_split_keeps_a_row_of_every_class_and_one_test_row_is_enough(
     assert (len(kept), len(held)) == (2, 3)
     X, y = np.arange(8.0).reshape(4, 2), np.array([0, 1, 0, 1])
     assert supervised_inputs(X, y, X[:1], [1])[3].tolist() == [1]
+
+
+# -- the model's loss and its prior ------------------------------------------------------------------
+
+def _vae(likelihood="bernoulli", beta=1.0):
+    import torch
+
+    from cvae_features.model import ConvVAE
+
+    torch.manual_seed(0)
+    return ConvVAE(image_size=8, channels=1, latent_dim=3, widths=(4,), likelihood=likelihood, beta=beta)
+
+
+def test_the_prior_terms_equal_torch_distributions():
+    import torch
+    from torch.distributions import Normal, kl_divergence
+
+    from cvae_features.priors import StandardNormal
+
+    torch.manual_seed(0)
+    mu, logvar, z = torch.randn(5, 3), torch.randn(5, 3), torch.randn(5, 3)
+    p = StandardNormal(3)
+    per_dim = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0))
+    torch.testing.assert_close(p.kl_per_dim(mu, logvar), per_dim)
+    torch.testing.assert_close(p.kl(mu, logvar), per_dim.sum(1))
+    torch.testing.assert_close(p.log_prob(z), Normal(0.0, 1.0).log_prob(z).sum(1))
+    assert p.kl(mu.half(), logvar.half()).dtype == torch.float32
+    assert p.kl_per_dim(mu.half(), logvar.half()).dtype == torch.float32
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    torch.testing.assert_close(p.sample(4, generator=g1), torch.randn(4, 3, generator=g2))
+    assert p.sample(4).shape == (4, 3)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_the_reconstruction_nll_is_the_summed_pixel_likelihood(likelihood):
+    import torch
+    from torch.distributions import Bernoulli, Normal
+
+    model = _vae(likelihood)
+    torch.manual_seed(1)
+    out, x = torch.randn(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    weight = (torch.rand(1, 1, 8, 8) > 0.5).float()
+    if likelihood == "bernoulli":
+        per_pixel = -Bernoulli(logits=out, validate_args=False).log_prob(x)
+    else:
+        with torch.no_grad():
+            model.log_sigma2.fill_(-20.0)  # clamped to LOG_SIGMA2_MIN = -9
+        per_pixel = -Normal(out, math.exp(-4.5)).log_prob(x)
+    torch.testing.assert_close(model.reconstruction_nll(out, x), per_pixel.flatten(1).sum(1))
+    torch.testing.assert_close(model.reconstruction_nll(out, x, weight), (per_pixel * weight).flatten(1).sum(1))
+
+
+def test_the_loss_is_recon_plus_beta_kl_with_z_sampled_only_in_training():
+    import torch
+
+    model = _vae(beta=0.5)
+    x = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    model.eval()
+    out = model.loss({"images": x})
+    xf = x.float() / 255
+    mu, logvar = model.encode(xf)
+    recon = model.reconstruction_nll(model.decode(mu), xf)
+    kl = model.prior.kl(mu, logvar)
+    torch.testing.assert_close(out.recon_per_sample, recon)
+    torch.testing.assert_close(out.kl_per_sample, kl)
+    torch.testing.assert_close(out.loss, (recon + 0.5 * kl).mean())
+    torch.testing.assert_close(out.recon, recon.mean())
+    torch.testing.assert_close(out.kl, kl.mean())
+    assert out.term_weights() == {"recon": 1.0, "kl": 0.5}
+    assert set(out.terms()) == set(out.per_sample_terms()) == {"recon", "kl"}
+    torch.testing.assert_close(out.terms()["kl"], out.kl)
+    torch.testing.assert_close(out.per_sample_terms()["recon"], out.recon_per_sample)
+    fwd = model(x, beta=2.0)
+    torch.testing.assert_close(fwd.loss, (recon + 2.0 * kl).mean())
+    assert fwd.beta == 2.0 and fwd.term_weights()["kl"] == 2.0
+    model.train()
+    torch.manual_seed(5)
+    trained = model.loss({"images": xf})
+    torch.manual_seed(5)
+    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+    torch.testing.assert_close(trained.decoder_out, model.decode(z))
+
+
+def test_encode_clamps_the_log_variance():
+    import torch
+
+    from cvae_features.model import LOGVAR_MAX, LOGVAR_MIN
+
+    model = _vae()
+    with torch.no_grad():
+        bias = model.to_latent.bias if hasattr(model.to_latent, "bias") else model.to_latent[-1].bias
+        bias[3:] = torch.tensor([1e4, -1e4, 0.0])
+    mu, logvar = model.encode(torch.zeros(1, 1, 8, 8))
+    assert logvar[0, 0] == LOGVAR_MAX and logvar[0, 1] == LOGVAR_MIN and LOGVAR_MIN < logvar[0, 2] < LOGVAR_MAX
