@@ -932,6 +932,7 @@ def test_the_prior_terms_equal_torch_distributions():
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     torch.testing.assert_close(p.sample(4, generator=g1), torch.randn(4, 3, generator=g2))
     assert p.sample(4).shape == (4, 3)
+    assert p.sample(2, device="meta").device.type == "meta"  # drawn on the device asked for
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
