@@ -996,3 +996,29 @@ def test_encode_clamps_the_log_variance():
         bias[3:] = torch.tensor([1e4, -1e4, 0.0])
     mu, logvar = model.encode(torch.zeros(1, 1, 8, 8))
     assert logvar[0, 0] == LOGVAR_MAX and logvar[0, 1] == LOGVAR_MIN and LOGVAR_MIN < logvar[0, 2] < LOGVAR_MAX
+
+
+def test_with_an_accelerator_the_features_are_computed_here_and_equal(tmp_path, monkeypatch):
+    """On a GPU the decoding workers do not run the featurizer (in_workers is false): raw features show that
+    path on a CPU-only machine (the raw featurizer ignores the device)."""
+    import os
+
+    import torch
+
+    from cvae_features import extraction
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i, name in enumerate("abc"):
+        _png(root / f"{name}.png", 30 * i)
+    _raw(root, tmp_path / "cpu.h5")
+    monkeypatch.setattr(extraction, "resolve_device", lambda device: torch.device("meta"))
+    _raw(root, tmp_path / "acc.h5")
+    _png(root / "b.png", 200)
+    st = os.stat(root / "b.png")
+    os.utime(root / "b.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert _raw(root, tmp_path / "acc.h5", update=True).n_changed == 1
+    with FeatureStore(tmp_path / "cpu.h5") as cpu, FeatureStore(tmp_path / "acc.h5") as acc:
+        expect = cpu.features.copy()
+        expect[1] = 200 / 255
+        np.testing.assert_allclose(acc.features, expect, rtol=0, atol=1e-7)
