@@ -1022,3 +1022,28 @@ def test_with_an_accelerator_the_features_are_computed_here_and_equal(tmp_path, 
         expect = cpu.features.copy()
         expect[1] = 200 / 255
         np.testing.assert_allclose(acc.features, expect, rtol=0, atol=1e-7)
+
+
+def test_a_resume_lists_new_walk_skips_and_files_removed_before_extraction_together(tmp_path):
+    import os
+
+    class Stop(Exception):
+        pass
+
+    def stop(progress):
+        raise Stop
+
+    root, store = tmp_path / "imgs", tmp_path / "s.h5"
+    root.mkdir()
+    for name in "abcd":
+        _png(root / f"{name}.png", 9)
+    (tmp_path / "outside").mkdir()
+    _png(tmp_path / "outside" / "x.png", 9)
+    with pytest.raises(Stop):
+        _raw(root, store, callback=stop)  # a, b written; c, d pending
+    (root / "d.png").unlink()
+    os.symlink(tmp_path / "outside", root / "elsewhere")
+    res = _raw(root, store, resume=True)
+    assert sorted(k for k, _ in res.skipped) == ["d.png", "elsewhere/"] and res.n_new_skipped == 2
+    with FeatureStore(store) as s:
+        assert s.is_complete and s.n_rows == 3 and s.n_skipped == 2
