@@ -275,7 +275,7 @@ def summarize(group: str, statuses: dict, previous: dict) -> dict:
 NOTES = [
     "Not mutated by mutmut 3: functions under a decorator other than classmethod/staticmethod. Here that "
     "leaves out the properties of the store's reader and writer and the probes' entry points wrapped by "
-    "`small_data_single_thread` (`linear_probe`, `knn_probe`, `fewshot_curve`, `cluster_probe`, `anomaly_probe`, "
+    "`small_data_single_thread` (`linear_probe`, `knn_probe`, `fewshot_curve`, `cluster_probe`, `anomaly_scores`, `anomaly_probe`, "
     "`one_class_protocol`: among them the anomaly thresholds and the NMI/ARI calls); their helpers listed above "
     "are mutated.",
     "`raise` statements are not mutated (setup.cfg `do_not_mutate_patterns`): their mutants change error words "
