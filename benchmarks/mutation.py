@@ -364,7 +364,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--module", action="append", choices=list(GROUPS), help="group(s) to run (default: all)")
     p.add_argument("--only", choices=("all", "unchecked", "survivors"), default="all",
-                   help="all mutants (default), those not run yet, or those that survived last time")
+                   help="all mutants (default), those not run yet, or those that survived (or timed out) last time")
     p.add_argument("--report", action="store_true", help="do not run mutmut; rewrite the results from mutants/")
     p.add_argument("--max-children", type=int, default=2, help="parallel mutants (default 2)")
     args = p.parse_args(argv)
@@ -379,7 +379,7 @@ def main(argv=None) -> None:
         previous = rec["groups"].get(group, {}) if args.only != "all" or args.report else {}
         if not args.report:
             names = patterns(group)
-            wanted = {"unchecked": ("not checked",), "survivors": ("survived", "no tests")}
+            wanted = {"unchecked": ("not checked",), "survivors": ("survived", "no tests", "timeout")}
             if args.only != "all":  # (equivalent survivors are not rerun: no test can kill them)
                 names = [n for n, s in group_mutants(group).items() if s in wanted[args.only] and n not in EQUIVALENT]
             if names:

@@ -457,10 +457,14 @@ def test_a_store_records_its_source_and_carries_weights_as_asked(tmp_path):
             assert [a.tolist() for a in w.identity()] == [[-1, -1, -1], [-1, -1, -1]]
 
 
-def test_update_shows_the_rewrite_progress_only_when_asked(tmp_path, capsys):
+def test_update_shows_the_rewrite_progress_only_when_asked(tmp_path, capsys, monkeypatch):
     import os
 
+    import tqdm
     from PIL import Image
+
+    # no tqdm monitor thread: a process forked later (mutmut's workers) could inherit its lock held
+    monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)
 
     from cvae_features.extraction import extract
 
