@@ -459,12 +459,15 @@ def test_a_store_records_its_source_and_carries_weights_as_asked(tmp_path):
 
 def test_update_shows_the_rewrite_progress_only_when_asked(tmp_path, capsys, monkeypatch):
     import os
+    import threading
 
     import tqdm
     from PIL import Image
 
-    # no tqdm monitor thread: a process forked later (mutmut's workers) could inherit its lock held
+    # no tqdm monitor thread and no multiprocessing lock: a process forked from this one (mutmut's workers)
+    # deadlocks on them
     monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)
+    monkeypatch.setattr(tqdm.std.tqdm, "_lock", threading.RLock(), raising=False)
 
     from cvae_features.extraction import extract
 
