@@ -488,7 +488,8 @@ def test_update_shows_the_rewrite_progress_only_when_asked(tmp_path, capsys, mon
         err = capsys.readouterr().err
         assert res.n_changed == 1
         if progress:
-            assert "re-extracting changed files: 100%" in err and "1/1" in err and "img/s" in err
+            bar = [part for part in err.replace("\r", "\n").splitlines() if part.startswith("re-extracting")][-1]
+            assert bar.startswith("re-extracting changed files: 100%") and "1/1" in bar and "img/s" in bar
         else:
             assert "re-extracting" not in err and "extracting raw" not in err
 
@@ -1054,3 +1055,20 @@ def test_a_resume_lists_new_walk_skips_and_files_removed_before_extraction_toget
     assert sorted(k for k, _ in res.skipped) == ["d.png", "elsewhere/"] and res.n_new_skipped == 2
     with FeatureStore(store) as s:
         assert s.is_complete and s.n_rows == 3 and s.n_skipped == 2
+
+
+
+def test_an_update_lists_new_walk_skips_and_changed_files_that_no_longer_decode_together(tmp_path):
+    import os
+
+    root, store = tmp_path / "imgs", tmp_path / "s.h5"
+    root.mkdir()
+    for name in "abc":
+        _png(root / f"{name}.png", 9)
+    (tmp_path / "outside").mkdir()
+    _png(tmp_path / "outside" / "x.png", 9)
+    _raw(root, store)
+    os.symlink(tmp_path / "outside", root / "elsewhere")
+    (root / "b.png").write_bytes(b"no longer a png")
+    res = _raw(root, store, update=True)
+    assert sorted(k for k, _ in res.skipped) == ["b.png", "elsewhere/"] and res.n_new_skipped == 2
