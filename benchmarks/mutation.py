@@ -274,6 +274,10 @@ def summarize(group: str, statuses: dict, previous: dict) -> dict:
 
 
 NOTES = [
+    "How these results were made: `--module store` (stopped half-way, finished with `--only unchecked`), "
+    "`--module extraction`, `--module probes`, `--module model` (2026-12-03, 08:11-09:15 UTC), tests written for "
+    "the survivors meanwhile, then `--only survivors` (reruns until none was left but the equivalent ones) and "
+    "`--report` (the header above is that last command's).",
     "Not mutated by mutmut 3: functions under a decorator other than classmethod/staticmethod. Here that "
     "leaves out the properties of the store's reader and writer and the probes' entry points wrapped by "
     "`small_data_single_thread` (`linear_probe`, `knn_probe`, `fewshot_curve`, `cluster_probe`, `anomaly_scores`, `anomaly_probe`, "
