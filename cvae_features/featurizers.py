@@ -239,8 +239,9 @@ class _VAEBatch:
 # raw pixels and their PCA
 
 def pixels(images: torch.Tensor) -> np.ndarray:
-    """uint8 (b, C, S, S) -> float32 (b, C*S*S) in [0, 1]."""
-    return images.reshape(len(images), -1).numpy().astype(np.float32) / np.float32(255.0)
+    """uint8 (b, C, S, S) -> float32 (b, C*S*S) in [0, 1] (b may be 0: a batch of undecodable files)."""
+    flat = images.reshape(len(images), int(np.prod(images.shape[1:])))  # not -1: ambiguous for 0 images
+    return flat.numpy().astype(np.float32) / np.float32(255.0)
 
 
 def _reference_store(reference, kind: str):

@@ -166,3 +166,19 @@ def test_vae_featurizer_batch_call_matches_the_model(tmp_path):
     fields = feat.store_fields(carry_weights=True)
     assert fields["model_arch"] == "conv-vae" and fields["fingerprint"] == model.fingerprint()
     assert set(fields["state"]) == set(model.state_dict()) and feat.store_fields()["state"] == {}
+
+
+@pytest.mark.parametrize("kind", ["raw", "pca"])
+def test_a_batch_of_only_undecodable_files_is_skipped_by_raw_and_pca(tmp_path, kind):
+    """Found by the mutation run (issue #15): pixels() of an empty batch raised RuntimeError."""
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, name in enumerate("abcd"):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8), "L").save(folder / f"{name}.png")
+    for name in "yz":
+        (folder / f"{name}.png").write_bytes(b"not a png")
+    res = extract(folder, tmp_path / "s.h5", features=kind, dim=2 if kind == "pca" else None, workers=0,
+                  batch_size=2, progress=False)
+    assert (res.n_rows, res.n_skipped) == (4, 2)
