@@ -31,7 +31,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 from .autotrain import AutoTrainPlan, auto_run_dir, plan_auto_training
-from .data.sources import FileSource, file_identity, shard_rows
+from .data.sources import FileSource, file_identity, shard_of_key, shard_rows
 from .errors import ConfigError, DataError, ModelError, StoreError, StoreNoSpaceError
 from .featurizers import fit_pca, get_featurizer
 from .model import resolve_device
@@ -255,7 +255,9 @@ def extract(source, store_path, *, model=None, options: Optional[ExtractOptions]
         rows = shard_rows(src.keys, *opts.shard)
         if len(rows) == 0:
             raise DataError(f"shard {opts.shard[0]}/{opts.shard[1]} of {src.description} holds no images")
+        ignored = [(k, r) for k, r in getattr(src, "ignored", []) if shard_of_key(k, opts.shard[1]) == opts.shard[0]]
         src = src.subset(rows)
+        src.ignored = ignored  # what the walk left out is recorded by the shard its key falls in, once
 
     # 1. the featurizer (may train a model: a separate step, before anything is written)
     feat = resolve_featurizer(src, store_path, old, model=model, options=opts)

@@ -96,3 +96,19 @@ def test_shard_bad_input_is_one_line(tmp_path, folder):
     assert not (tmp_path / "p.h5").exists()
     with pytest.raises(ConfigError, match="invalid shard=\\(1, 1\\)"):
         extract(folder, tmp_path / "q.h5", shard=(1, 1))
+
+
+def test_what_the_walk_left_out_is_recorded_by_exactly_one_shard(tmp_path, folder, raw_reference):
+    import os
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(outside / "x.png")
+    os.symlink(outside, folder / "c0" / "elsewhere")  # a folder link leading out of SOURCE: never followed
+    skips = []
+    for i in range(3):
+        res = extract(folder, tmp_path / f"p{i}.h5", model=raw_reference, shard=f"{i}/3", workers=0, progress=False)
+        with FeatureStore(res.path) as s:
+            skips += s.skipped.values.tolist()
+    left_out = [(k, r) for k, r in skips if k.startswith("c0/elsewhere")]
+    assert len(left_out) == 1 and "outside" in left_out[0][1], skips
