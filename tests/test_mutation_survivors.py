@@ -506,6 +506,19 @@ def _raw(root, store, batch_size=2, progress=False, **kw):
     return extract(root, store, features="raw", workers=0, progress=progress, batch_size=batch_size, **kw)
 
 
+class _Stop(Exception):
+    pass
+
+
+def _raw_cut_after_first_batch(source, store):
+    """A raw extraction stopped by its callback after its first committed batch (2 rows)."""
+    def stop(progress):
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        _raw(source, store, callback=stop)
+
+
 def _identity_of(store, key):
     with StoreWriter.append_to(store) as w:
         sizes, mtimes = w.identity()
@@ -590,26 +603,18 @@ def test_non_finite_features_of_a_changed_file_name_it(tmp_path, monkeypatch):
 def test_resume_with_part_of_the_source_names_a_pending_file_it_lacks(tmp_path):
     from cvae_features.data import ArraySource, open_source
 
-    class Stop(Exception):
-        pass
-
-    def stop(progress):
-        raise Stop
-
     root, store = tmp_path / "imgs", tmp_path / "s.h5"
     root.mkdir()
     for i, name in enumerate("abcdef"):
         _png(root / f"{name}.png", 10 * i)
-    with pytest.raises(Stop):
-        _raw(root, store, callback=stop)  # a, b written; c..f pending
+    _raw_cut_after_first_batch(root, store)  # a, b written; c..f pending
     src = open_source(root)
     (root / "c.png").unlink()  # gone from the disk; d is still there
     with pytest.raises(StoreError, match=r"2 images still pending .* \(e.g. d.png\)"):
         _raw(src.subset([0, 1, 4, 5]), store, resume=True)
     arrays = tmp_path / "arr.h5"
     images = np.zeros((3, 8, 8), np.uint8)
-    with pytest.raises(Stop):
-        _raw(ArraySource(images, keys=["x", "y", "z"]), arrays, callback=stop)
+    _raw_cut_after_first_batch(ArraySource(images, keys=["x", "y", "z"]), arrays)
     with pytest.raises(StoreError, match=r"1 images still pending .* \(e.g. z\)"):
         _raw(ArraySource(images[:2], keys=["x", "y"]), arrays, resume=True)
 
@@ -641,18 +646,11 @@ def test_update_rewrites_the_scores_of_a_changed_file(tmp_path):
 def test_more_files_removed_before_extraction_than_are_listed_are_all_counted(tmp_path):
     from cvae_features.data import open_source
 
-    class Stop(Exception):
-        pass
-
-    def stop(progress):
-        raise Stop
-
     root, store = tmp_path / "imgs", tmp_path / "s.h5"
     root.mkdir()
     for i in range(105):
         _png(root / f"{i:03d}.png", i)
-    with pytest.raises(Stop):
-        _raw(root, store, callback=stop)  # 000, 001 written; 103 pending
+    _raw_cut_after_first_batch(root, store)  # 000, 001 written; 103 pending
     src = open_source(root).subset([0, 1])
     for i in range(2, 105):
         (root / f"{i:03d}.png").unlink()
@@ -1035,20 +1033,13 @@ def test_with_an_accelerator_the_features_are_computed_here_and_equal(tmp_path, 
 def test_a_resume_lists_new_walk_skips_and_files_removed_before_extraction_together(tmp_path):
     import os
 
-    class Stop(Exception):
-        pass
-
-    def stop(progress):
-        raise Stop
-
     root, store = tmp_path / "imgs", tmp_path / "s.h5"
     root.mkdir()
     for name in "abcd":
         _png(root / f"{name}.png", 9)
     (tmp_path / "outside").mkdir()
     _png(tmp_path / "outside" / "x.png", 9)
-    with pytest.raises(Stop):
-        _raw(root, store, callback=stop)  # a, b written; c, d pending
+    _raw_cut_after_first_batch(root, store)  # a, b written; c, d pending
     (root / "d.png").unlink()
     os.symlink(tmp_path / "outside", root / "elsewhere")
     res = _raw(root, store, resume=True)
