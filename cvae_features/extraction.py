@@ -560,8 +560,6 @@ def _parse_shard(shard):
         return None
     try:
         i, n = (int(v) for v in (shard.split("/") if isinstance(shard, str) else shard))
-        if isinstance(shard, str) and shard.count("/") != 1:
-            raise ValueError
     except (TypeError, ValueError):
         raise ConfigError(f"invalid shard={shard!r}: expected I/N, e.g. 0/4 (shards are numbered from 0)") from None
     if n < 1 or not 0 <= i < n:

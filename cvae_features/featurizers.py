@@ -189,7 +189,10 @@ class VAEFeaturizer(Featurizer):
         if not store.has_model:
             raise StoreError(f"{store.path} carries only the fingerprint {store.model_fingerprint} of its model, "
                              "not the weights; pass the model (--model RUN_DIR or model file) to go on")
-        return cls.from_reference(store.path, None, _NoOptions())
+        from .resolve import resolve_model
+
+        resolved = resolve_model(store.path)
+        return cls(resolved.model, resolved.preprocess)
 
     @property
     def fingerprint(self) -> str:
@@ -456,10 +459,6 @@ def fit_pca(source, pre, dim: int, *, batch_size: int = 256, workers=None, progr
     signs = np.sign(components[np.arange(dim), np.abs(components).argmax(1)])
     components *= np.where(signs == 0, 1.0, signs)[:, None]
     return {"mean": mean, "components": components, "explained_variance": np.maximum(values[order], 0.0)}
-
-
-class _NoOptions:
-    dim = None
 
 
 __all__ = ["Featurizer", "register_featurizer", "unregister_featurizer", "featurizer_kinds", "get_featurizer",

@@ -19,9 +19,6 @@ from .errors import ModelError, StoreError
 from .families import is_model
 from .modelfile import MODEL_FILENAME, model_from_state, read_model_file
 
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-
-
 @dataclass
 class ResolvedModel:
     """A model and where it came from.
@@ -51,12 +48,6 @@ class ResolvedModel:
         return "(in-memory model)" if self.path is None else str(self.path)
 
 
-def is_hdf5(path) -> bool:
-    """True when the file at ``path`` starts with the HDF5 signature (OSError if it cannot be read)."""
-    with open(path, "rb") as fh:
-        return fh.read(8) == _HDF5_MAGIC
-
-
 def resolve_model(obj) -> ResolvedModel:
     """Resolve a model object, a run directory, a model file or a weight-carrying store.
 
@@ -83,6 +74,8 @@ def resolve_model(obj) -> ResolvedModel:
         run_dir, path = path, candidate
     if not path.is_file():
         raise ModelError(f"{path} is not a regular file: expected a {MODEL_FILENAME} model file")
+    from .store import is_hdf5  # the store module knows the HDF5 format
+
     try:
         hdf5 = is_hdf5(path)
     except OSError as err:
@@ -141,4 +134,4 @@ def _run_config(folder: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-__all__ = ["ResolvedModel", "resolve_model", "load_model", "is_hdf5"]
+__all__ = ["ResolvedModel", "resolve_model", "load_model"]

@@ -146,9 +146,7 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
         raise StoreError(f"feature store not found: {path}")
     if path.is_dir():
         raise StoreError(f"{path} is a directory, not a feature store (expected an .h5 file written by cvae extract)")
-    with open(path, "rb") as fh:
-        magic = fh.read(8)
-    if magic != _HDF5_MAGIC:
+    if not is_hdf5(path):
         raise StoreError(f"{path} is not an HDF5 file (expected a feature store written by cvae extract)")
     try:
         f = h5py.File(path, mode)
@@ -1203,14 +1201,17 @@ def _read_state(f: h5py.File, path) -> Dict[str, np.ndarray]:
     return out
 
 
+def is_hdf5(path) -> bool:
+    """True when the file at ``path`` starts with the HDF5 signature (OSError when it cannot be read)."""
+    with open(path, "rb") as fh:
+        return fh.read(8) == _HDF5_MAGIC
+
+
 def is_store(path) -> bool:
     """True when ``path`` is an HDF5 file whose root says it is a cvae feature store."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() or not is_hdf5(path):
         return False
-    with open(path, "rb") as fh:
-        if fh.read(8) != _HDF5_MAGIC:
-            return False
     try:
         with h5py.File(path, "r") as f:
             return _as_str(f.attrs.get("format")) == FORMAT
@@ -1219,4 +1220,4 @@ def is_store(path) -> bool:
 
 
 __all__ = ["FeatureStore", "StoreWriter", "FORMAT", "FORMAT_VERSION", "FEATURE_KINDS", "EXTRA_NAMES",
-           "is_store", "normalize_compression", "preprocess_to_dict"]
+           "is_store", "is_hdf5", "normalize_compression", "preprocess_to_dict"]

@@ -323,28 +323,22 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
     device = resolve_device(tcfg.device)
     dist = from_env(device)
     try:
-        return _train_in(dist, local_device(device, dist), source, run_dir, tcfg, overrides, config_class, arch,
-                         state, preprocess, resume, overwrite, progress, data_dir, callback, hooks)
+        if dist.active and dist.world > tcfg.batch_size:
+            raise ConfigError(f"{dist.world} processes for batches of {tcfg.batch_size} images: every process "
+                              "needs at least one image per batch (use fewer processes or a larger --batch-size)")
+        lock = dist.on_main(lambda: lock_run_dir(run_dir))  # held by the main process until training ends
+        try:
+            return _train_in(dist, local_device(device, dist), source, run_dir, tcfg, overrides, config_class,
+                             arch, state, preprocess, resume, overwrite, progress, data_dir, callback, hooks)
+        finally:
+            if lock is not None:
+                lock.close()
     finally:
         dist.close()
 
 
 def _train_in(dist, device, source, run_dir, tcfg, overrides, config_class, arch, state, preprocess, resume,
               overwrite, progress, data_dir, callback, hooks) -> TrainResult:
-    if dist.active and dist.world > tcfg.batch_size:
-        raise ConfigError(f"{dist.world} processes for batches of {tcfg.batch_size} images: every process needs "
-                          "at least one image per batch (use fewer processes or a larger --batch-size)")
-    lock = dist.on_main(lambda: lock_run_dir(run_dir))  # held by the main process until training ends
-    try:
-        return _train_locked(dist, device, source, run_dir, tcfg, overrides, config_class, arch, state, preprocess,
-                             resume, overwrite, progress, data_dir, callback, hooks)
-    finally:
-        if lock is not None:
-            lock.close()
-
-
-def _train_locked(dist, device, source, run_dir, tcfg, overrides, config_class, arch, state, preprocess, resume,
-                  overwrite, progress, data_dir, callback, hooks) -> TrainResult:
     ckpt_path = run_dir / rd.CHECKPOINT
     if not resume:
         dist.on_main(lambda: claim_run_dir(run_dir, overwrite))
