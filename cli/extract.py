@@ -163,6 +163,12 @@ def info_command(store, as_json, list_skipped):
     pre = summary["preprocess"]
     click.echo(f"preprocess:  {pre['size']}x{pre['size']}, {pre['channels']} channel(s), resize {pre['resize']}")
     click.echo(f"compression: {summary['compression']}")
+    joined = summary["joined"]
+    if joined:
+        how = "copied from" if joined["mode"] == "copy" else "virtual over (keep them beside it)"
+        shown = ", ".join(joined["parts"][:3]) + (f" and {len(joined['parts']) - 3} more" if len(joined["parts"]) > 3
+                                                  else "")
+        click.echo(f"joined:      {len(joined['parts'])} parts, {how}: {shown}")
     if skipped is not None:
         for key, reason in skipped.values.tolist():
             click.echo(_skip_line(key, reason))

@@ -7,6 +7,7 @@ from cvae_features._version import __version__
 from .cluster import cluster
 from .demo import demo
 from .extract import extract_command, info_command
+from .join import join_command
 from .neighbors import duplicates_command, neighbors_command
 from .outliers import outliers
 from .probe import probe
@@ -24,7 +25,7 @@ def cli():
     """
 
 
-for _command in (train_command, extract_command, info_command, probe, cluster, outliers, neighbors_command,
+for _command in (train_command, extract_command, join_command, info_command, probe, cluster, outliers, neighbors_command,
                  duplicates_command, show, demo):
     cli.add_command(_command)
 

@@ -34,6 +34,7 @@ from .autotrain import AutoTrainPlan, auto_run_dir, plan_auto_training
 from .data.sources import FileSource, file_identity, shard_of_key, shard_rows
 from .errors import ConfigError, DataError, ModelError, StoreError, StoreNoSpaceError
 from .featurizers import fit_pca, get_featurizer
+from .join import join_stores, joined_parts
 from .model import resolve_device
 from .store import DONE, FeatureStore, StoreWriter, is_store, normalize_compression
 
@@ -247,6 +248,8 @@ def extract(source, store_path, *, model=None, options: Optional[ExtractOptions]
     old = _read_existing(store_path) if appending else None
     if old is not None:
         _check_same_source(store_path, old, src)
+        if old["joined"] == "virtual":
+            return _extract_joined(src, store_path, model, opts)
         opts = _same_shard(store_path, old, opts)
     if opts.shard is not None:
         if model is None and old is None:
@@ -551,7 +554,31 @@ def _read_existing(path: Path) -> dict:
     with FeatureStore(path) as s:
         return {"kind": s.feature_kind, "fingerprint": s.model_fingerprint, "has_model": s.has_model,
                 "preprocess": s.preprocess_dict, "dim": s.dim, "source_spec": s.source_spec, "source": s.source,
-                "shard": s.shard}
+                "shard": s.shard, "joined": (s.joined or {}).get("mode")}
+
+
+def _extract_joined(src, store_path: Path, model, opts: ExtractOptions) -> ExtractResult:
+    """--resume / --update of a joined store: each of its shards is finished or updated in turn (as its own
+    shard), then the shards are joined again in their place."""
+    if opts.shard is not None:
+        raise StoreError(f"{store_path} is a joined store of whole shards: --shard does not apply (update it "
+                         "without --shard, or update one shard file directly)")
+    parts = joined_parts(store_path)
+    with FeatureStore(store_path) as s:
+        spec = s.source_spec
+    if not spec:
+        raise StoreError(f"{store_path} joins whole stores of different sources: update each of them "
+                         f"(cvae extract ITS_SOURCE -o PART --update) and join them again (cvae join {store_path} "
+                         "PARTS... --overwrite)")
+    done = [extract(src, part, model=model, options=opts) for part in parts]
+    joined = join_stores(store_path, parts, overwrite=True)
+    total = {name: sum(getattr(r, name) for r in done)
+             for name in ("n_new", "n_new_skipped", "n_changed", "n_removed", "seconds")}
+    processed = total["n_new"] + total["n_new_skipped"]
+    return dataclasses.replace(
+        done[-1], path=store_path, n_rows=joined.n_rows, n_skipped=joined.n_skipped, complete=True,
+        images_per_s=processed / total["seconds"] if total["seconds"] > 0 else float("nan"),
+        skipped=[kv for r in done for kv in r.skipped][:_SKIPPED_KEPT], **total)
 
 
 def _parse_shard(shard):

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import re
 import shutil
+import uuid
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -34,6 +36,7 @@ FORMAT = "cvae-features-store"
 FORMAT_VERSION = 2
 #: The built-in feature kinds (cvae_features.featurizers registers them); a store may hold any registered kind.
 FEATURE_KINDS = ("vae", "raw", "pca")
+JOIN_MODES = ("virtual", "copy")  # a joined store's datasets point into its parts, or hold copies of their rows
 _STATE = "featurizer_state"  # the group holding a featurizer's fitted state (format 2)
 EXTRA_NAMES = ("logvar", "recon_error", "neg_elbo")
 COMPRESSIONS = ("gzip", "lzf")
@@ -349,6 +352,34 @@ class _Described:
         return i, n
 
 
+    @property
+    def joined(self) -> Optional[dict]:
+        """For a store written by ``cvae join``: ``{"mode": "virtual" or "copy", "parts": [...]}`` (see
+        :func:`write_joined`); None for any other store."""
+        text = _as_str(self._f.attrs.get("joined")) or ""
+        if not text:
+            return None
+        try:
+            joined = json.loads(text)
+            if joined["mode"] not in JOIN_MODES or not isinstance(joined["parts"], list):
+                raise ValueError
+        except (ValueError, TypeError, KeyError):
+            raise _damaged(self.path, f"joined attribute {text[:80]!r} is not a join record") from None
+        return joined
+
+    def stamp(self) -> dict:
+        """What identifies this file's content for a store joined over it (compared on every opening of the
+        joined store): its size in bytes, ``store_id`` (random, set at creation) and ``generation`` (one more
+        for every writer that opened it), creation and update times, committed counts and plan length,
+        shard and featurizer fingerprint."""
+        a = self._f.attrs
+        return {"size": self.path.stat().st_size, "store_id": _as_str(a.get("store_id")) or "",
+                "generation": _plain(a.get("generation", 0)), "created": _as_str(a.get("created")) or "",
+                "updated": _as_str(a.get("updated")) or "", "n_rows": int(a["n_rows"]),
+                "n_skipped": int(a["n_skipped"]), "n_plan": _plan_length(self._f["plan"]),
+                "shard": _as_str(a.get("shard")) or "", "model_fingerprint": _as_str(a.get("model_fingerprint")) or ""}
+
+
 class FeatureStore(_Described):
     """Read a feature store written by ``cvae extract`` (read-only).
 
@@ -378,6 +409,9 @@ class FeatureStore(_Described):
             self._n, self._n_skipped = _validate(self._f, self.path)
             self._kind = _as_str(self._f.attrs["feature_kind"])
             _check_tag(self._f["features"], "row-array", self.path)
+            joined = self.joined
+            if joined is not None and joined["mode"] == "virtual":
+                _check_parts(self.path, joined["parts"])
         except BaseException:
             self._f.close()
             raise
@@ -509,6 +543,16 @@ class FeatureStore(_Described):
             return {name: int(counts[code]) for name, code in STATUS_CODES.items()}
         return self._cached("plan_status", read)
 
+    def plan_entries(self) -> pd.DataFrame:
+        """The committed plan: columns key, status (0 pending, 1 done, 2 skipped), size and mtime_ns (the file's
+        identity when planned or last extracted; -1 unknown)."""
+        grp = self._f["plan"]
+        _check_tag(grp, "extraction-plan", self.path)
+        n = _plan_length(grp)
+        sizes, mtimes = _read_identity(grp, n)
+        return pd.DataFrame({"key": list(grp["keys"].asstr()[:n]), "status": np.asarray(grp["status"][:n], np.int8),
+                             "size": sizes, "mtime_ns": mtimes})
+
     @property
     def n_pending(self) -> int:
         """Plan entries not yet extracted (finish them with ``cvae extract ... --resume``)."""
@@ -607,6 +651,8 @@ class FeatureStore(_Described):
             "has_model": self.has_model,
             "preprocess": self.preprocess_dict,
             "compression": a.get("compression"),
+            "joined": None if self.joined is None else {"mode": self.joined["mode"],
+                                                        "parts": [p["path"] for p in self.joined["parts"]]},
         }
 
 
@@ -721,7 +767,7 @@ class StoreWriter(_Described):
                 "dim": dim, "preprocess": json.dumps(pre, sort_keys=True), "model_config": config_json,
                 "model_fingerprint": str(fingerprint or ""), "model_arch": str(model_arch or ""),
                 "compression": compression or "none",
-                "n_rows": 0, "n_skipped": 0, "open_for_writing": 1,
+                "n_rows": 0, "n_skipped": 0, "open_for_writing": 1, "store_id": uuid.uuid4().hex, "generation": 1,
             })
             _tag(f, FORMAT)
 
@@ -792,6 +838,10 @@ class StoreWriter(_Described):
         path = Path(path)
         f = _open_h5(path, "r+")
         try:
+            if _joined_mode(f) == "virtual":
+                raise StoreError(f"{path} is a joined store (its rows live in the parts it was joined from) and "
+                                 f"is not written directly: cvae extract SOURCE -o {path} --update (or --resume) "
+                                 "finishes and updates its parts and joins them again")
             _finish_replacements(f)
             _validate(f, path)
             _check_tag(f["plan"], "extraction-plan", path)
@@ -799,6 +849,8 @@ class StoreWriter(_Described):
             # variable-length strings past its counters whose heap objects never reached the disk
             dirty = bool(_plain(f.attrs.get("open_for_writing", 1)))
             f.attrs["open_for_writing"] = 1
+            generation = _plain(f.attrs.get("generation", 0))
+            f.attrs["generation"] = (generation if _is_int(generation) else 0) + 1
             f.flush()
             writer = cls(f, path)
             writer._reconcile(rebuild_strings=dirty)
@@ -902,16 +954,7 @@ class StoreWriter(_Described):
 
     def identity(self) -> Tuple[np.ndarray, np.ndarray]:
         """(sizes, mtimes) recorded for each plan entry, int64 of shape (n_plan,); -1 where unknown."""
-        grp = self._f["plan"]
-        n_plan = len(self._plan_keys)
-        out = []
-        for name in _IDENTITY:
-            values = np.full(n_plan, -1, np.int64)
-            if name in grp:
-                known = np.asarray(grp[name][:n_plan], dtype=np.int64)
-                values[: len(known)] = known
-            out.append(values)
-        return out[0], out[1]
+        return _read_identity(self._f["plan"], len(self._plan_keys))
 
     def replace_rows(self, plan_index: np.ndarray, features: np.ndarray, labels: np.ndarray,
                      extras: Optional[Mapping[str, np.ndarray]] = None,
@@ -1141,6 +1184,18 @@ def _finish_replacements(f: h5py.File) -> None:
     f.flush()
 
 
+def _read_identity(grp: h5py.Group, n_plan: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(sizes, mtimes) of the first ``n_plan`` plan entries, int64; -1 where unknown (or not recorded)."""
+    out = []
+    for name in _IDENTITY:
+        values = np.full(n_plan, -1, np.int64)
+        if name in grp:
+            known = np.asarray(grp[name][:n_plan], dtype=np.int64)
+            values[: len(known)] = known
+        out.append(values)
+    return out[0], out[1]
+
+
 def _reason(err: BaseException) -> str:
     """The operating system's words inside an HDF5 error ("File too large"), else its first line."""
     text = str(err)
@@ -1201,6 +1256,139 @@ def _read_state(f: h5py.File, path) -> Dict[str, np.ndarray]:
     return out
 
 
+# -- joined stores ----------------------------------------------------------------------------------
+# What `cvae join` writes (cvae_features.join decides what may be joined; this is how it is laid out).
+
+_VIRTUAL_ROWS = {  # dataset -> (encoding, fill value read where a part is missing: never a valid value)
+    "features": ("row-array", np.nan), "keys": ("row-strings", None), "labels": ("row-array", -2),
+    "logvar": ("row-array", np.nan), "recon_error": ("row-array", np.nan), "neg_elbo": ("row-array", np.nan),
+}
+
+
+def _joined_mode(f: h5py.File) -> Optional[str]:
+    try:
+        return json.loads(_as_str(f.attrs.get("joined")) or "{}").get("mode")
+    except (ValueError, AttributeError):
+        return None
+
+
+def write_joined(path, parts: Sequence[Tuple[Path, dict]], *, attrs: Mapping, label_names: Sequence[str],
+                 labels: Optional[Sequence[np.ndarray]] = None, skipped: Tuple[Sequence[str], Sequence[str]] = ((), ()),
+                 state: Optional[Mapping[str, np.ndarray]] = None) -> None:
+    """Write a joined store at ``path`` whose per-row and plan datasets are HDF5 virtual datasets over
+    ``parts`` (complete stores, in this order): no row is copied.
+
+    ``parts``: (file, stamp) pairs, ``stamp`` from :meth:`FeatureStore.stamp`; each file is recorded
+    relative to the folder of ``path`` (so the folder can move) with its stamp, which every reader
+    compares before use. ``attrs``: the root attributes the joined store describes itself with (kind,
+    dim, preprocess, model...; counters and the join record are added here). ``labels``: one array
+    per part, already mapped to ``label_names``, when the parts name classes differently (they are
+    copied); None: the parts' labels are used as they are. ``skipped``: (keys, reasons) of every part,
+    copied. ``state``: the featurizer state, copied. The file is written beside ``path`` and moved
+    onto it when complete.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.joining")
+    n = sum(st["n_rows"] for _, st in parts)
+    n_plan = sum(st["n_plan"] for _, st in parts)
+    record = {"mode": "virtual", "parts": [dict(st, path=Path(os.path.relpath(file, path.parent)).as_posix())
+                                           for file, st in parts]}
+    opened = [h5py.File(file, "r") for file, _ in parts]
+    try:
+        first = opened[0]
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update({k: (json.dumps(v, sort_keys=True) if isinstance(v, dict) else v)
+                            for k, v in attrs.items()})
+            now = _now()
+            f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": __version__,
+                            "created": now, "updated": now, "n_rows": n, "n_skipped": len(skipped[0]),
+                            "open_for_writing": 0, "joined": json.dumps(record, sort_keys=True)})
+            _tag(f, FORMAT)
+
+            def virtual(group, name, entries, encoding, fill):
+                src = first[f"{group.name.rstrip('/')}/{name}"]
+                lay = h5py.VirtualLayout(shape=(entries,) + src.shape[1:], dtype=src.dtype)
+                at = 0
+                for (file, st), rec, h in zip(parts, record["parts"], opened):
+                    rows = st["n_plan"] if group.name == "/plan" else st["n_rows"]
+                    ds = h[src.name]
+                    if ds.shape[1:] != src.shape[1:] or ds.dtype != src.dtype:
+                        raise StoreError(f"{file}: {src.name} is {ds.dtype} {ds.shape[1:]}, the first part's "
+                                         f"{src.dtype} {src.shape[1:]}")
+                    if rows:
+                        lay[at: at + rows] = h5py.VirtualSource(rec["path"], src.name, shape=ds.shape)[:rows]
+                    at += rows
+                kw = {} if fill is None else {"fillvalue": fill}
+                _tag(group.create_virtual_dataset(name, lay, **kw), encoding)
+
+            for name, (encoding, fill) in _VIRTUAL_ROWS.items():
+                if name not in first or (name == "labels" and labels is not None):
+                    continue
+                virtual(f, name, n, encoding, fill)
+            if labels is not None:
+                values = np.concatenate([np.asarray(x, dtype=np.int64) for x in labels]) if n else \
+                    np.zeros(0, np.int64)
+                _tag(f.create_dataset("labels", data=values, chunks=(max(4096, min(max(n, 1), 1 << 20)),),
+                                      maxshape=(None,)), "row-array")
+            _tag(f.create_dataset("label_names", data=np.asarray(list(label_names), dtype=object), dtype=_STR),
+                 "string-array")
+            grp = f.create_group("skipped")
+            _tag(grp, "skip-list")
+            for name, values in zip(("keys", "reasons"), skipped):
+                _tag(grp.create_dataset(name, data=np.asarray(list(values), dtype=object), dtype=_STR,
+                                        maxshape=(None,), chunks=(256,)), "string-array")
+            grp = f.create_group("plan")
+            _tag(grp, "extraction-plan")
+            grp.attrs["status_codes"] = json.dumps(STATUS_CODES)
+            grp.attrs["n_plan"] = n_plan
+            for name in ("keys", "status") + _IDENTITY:
+                if all(name in h["plan"] for h in opened):
+                    virtual(grp, name, n_plan, "string-array" if name == "keys" else "array",
+                            None if name == "keys" else -1)
+            if state:
+                grp = f.create_group(_STATE)
+                _tag(grp, "featurizer-state")
+                grp.attrs["kind"] = attrs["feature_kind"]
+                grp.attrs["fingerprint"] = str(attrs.get("model_fingerprint") or "")
+                for name, values in state.items():
+                    _tag(grp.create_dataset(name, data=_state_array(name, values)), "array")
+        os.replace(tmp, path)
+    except OSError as err:
+        raise (StoreNoSpaceError if _no_space(err) else StoreError)(f"cannot write {path}: {_reason(err)}") from None
+    finally:
+        for h in opened:
+            h.close()
+        tmp.unlink(missing_ok=True)
+
+
+def _check_parts(path: Path, parts: Sequence[dict]) -> None:
+    """Refuse a joined store whose parts are missing or are not the files that were joined: HDF5 would read
+    a missing part as fill values without a word."""
+    for part in parts:
+        file = path.parent / part["path"]
+        again = f"put it back or join the parts again (cvae join {path} PARTS... --overwrite)"
+        if not file.is_file():
+            raise StoreError(f"{path}: its part {file} is missing (moved or deleted since it was joined): {again}")
+        size = file.stat().st_size
+        if size != part["size"]:
+            raise StoreError(f"{path}: its part {file} changed since it was joined ({part['size']:,} bytes then, "
+                             f"{size:,} now): {again}")
+        try:
+            with h5py.File(file, "r") as f:
+                a = f.attrs
+                seen = {"store_id": _as_str(a.get("store_id")) or "", "generation": _plain(a.get("generation", 0)),
+                        "created": _as_str(a.get("created")) or "", "updated": _as_str(a.get("updated")) or "",
+                        "n_rows": _plain(a.get("n_rows")), "n_skipped": _plain(a.get("n_skipped")),
+                        "model_fingerprint": _as_str(a.get("model_fingerprint")) or ""}
+                now = {k: part.get(k) for k in seen}
+        except OSError as err:
+            raise StoreError(f"{path}: its part {file} cannot be read: {str(err).splitlines()[0]}") from None
+        if seen != now:
+            what = next(k for k in now if seen[k] != now[k])
+            how = "is not the file that was joined" if what == "store_id" else "changed since it was joined"
+            raise StoreError(f"{path}: its part {file} {how} ({what} {now[what]!r} then, {seen[what]!r} now): {again}")
+
+
 def is_hdf5(path) -> bool:
     """True when the file at ``path`` starts with the HDF5 signature (OSError when it cannot be read)."""
     with open(path, "rb") as fh:
@@ -1220,4 +1408,4 @@ def is_store(path) -> bool:
 
 
 __all__ = ["FeatureStore", "StoreWriter", "FORMAT", "FORMAT_VERSION", "FEATURE_KINDS", "EXTRA_NAMES",
-           "is_store", "is_hdf5", "normalize_compression", "preprocess_to_dict"]
+           "JOIN_MODES", "is_store", "is_hdf5", "normalize_compression", "preprocess_to_dict", "write_joined"]
