@@ -292,6 +292,9 @@ def test_a_joined_store_as_model_and_for_probes(tmp_path, folder):
         runs[store.stem] = json.loads(result.stdout)["stores"][store.stem][0]
         runs[store.stem].pop("timings")
     assert runs["v"] == runs["copied"] and runs["v"]["probe"] == "knn" and len(runs["v"]["cv_scores"]) == 16
+    result = CliRunner().invoke(cli, ["show", str(joined), "-o", str(tmp_path / "shown"), "--n", "4"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "shown" / "index.html").is_file() and (tmp_path / "shown" / "reconstructions.png").is_file()
 
 
 def test_cli_join_and_info(tmp_path, folder, reference):
