@@ -373,7 +373,8 @@ class _Described:
         for every writer that opened it), creation and update times, committed counts and plan length,
         shard and featurizer fingerprint."""
         a = self._f.attrs
-        return {"size": self.path.stat().st_size, "store_id": _as_str(a.get("store_id")) or "",
+        st = self.path.stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "store_id": _as_str(a.get("store_id")) or "",
                 "generation": _plain(a.get("generation", 0)), "created": _as_str(a.get("created")) or "",
                 "updated": _as_str(a.get("updated")) or "", "n_rows": int(a["n_rows"]),
                 "n_skipped": int(a["n_skipped"]), "n_plan": _plan_length(self._f["plan"]),
@@ -1369,11 +1370,13 @@ def _check_parts(path: Path, parts: Sequence[dict]) -> None:
         again = f"put it back or join the parts again (cvae join {path} PARTS... --overwrite)"
         if not file.is_file():
             raise StoreError(f"{path}: its part {file} is missing (moved or deleted since it was joined): {again}")
-        size = file.stat().st_size
-        if size != part["size"]:
+        st = file.stat()
+        if st.st_size != part["size"]:
             raise StoreError(f"{path}: its part {file} changed since it was joined ({part['size']:,} bytes then, "
-                             f"{size:,} now): {again}")
-        try:
+                             f"{st.st_size:,} now): {again}")
+        if st.st_mtime_ns == part.get("mtime_ns"):
+            continue  # untouched since the join (same size, same modification time to the nanosecond)
+        try:  # copied, touched or rewritten: its own identity decides
             with h5py.File(file, "r") as f:
                 a = f.attrs
                 seen = {"store_id": _as_str(a.get("store_id")) or "", "generation": _plain(a.get("generation", 0)),

@@ -113,15 +113,25 @@ def test_the_joined_folder_can_move(tmp_path, folder, reference):
     joined = join_stores(tmp_path / "run" / "joined.h5", parts).path
     with FeatureStore(joined) as j:
         before = j.features.copy()
-    shutil.move(tmp_path / "run", tmp_path / "elsewhere")
+    shutil.move(tmp_path / "run", tmp_path / "elsewhere")  # a rename keeps the parts' modification times
+    shutil.copytree(tmp_path / "elsewhere", tmp_path / "copied", copy_function=shutil.copyfile)  # new times
+    with h5py.File(tmp_path / "copied" / "joined.h5", "r") as f:  # the copies are checked by their identity
+        recorded = json.loads(f.attrs["joined"])["parts"]
+    assert all(os.stat(tmp_path / "copied" / p["path"]).st_mtime_ns != p["mtime_ns"] for p in recorded)
+    assert all(os.stat(tmp_path / "elsewhere" / p["path"]).st_mtime_ns == p["mtime_ns"] for p in recorded)
     cwd = os.getcwd()
     os.chdir(folder)  # relative paths resolve against the joined file's folder, not the working directory
     try:
-        with FeatureStore(tmp_path / "elsewhere" / "joined.h5") as j:
-            np.testing.assert_array_equal(j.features, before)
-            assert np.isfinite(j.features).all()
+        for where in ("elsewhere", "copied"):
+            with FeatureStore(tmp_path / where / "joined.h5") as j:
+                np.testing.assert_array_equal(j.features, before)
+                assert np.isfinite(j.features).all()
     finally:
         os.chdir(cwd)
+    # the copy reads its own parts, not the originals
+    os.remove(tmp_path / "elsewhere" / "parts" / "part-1.h5")
+    with FeatureStore(tmp_path / "copied" / "joined.h5") as j:
+        np.testing.assert_array_equal(j.features, before)
 
 
 def test_a_missing_or_replaced_part_is_refused_never_read_as_nan(tmp_path, folder, reference):

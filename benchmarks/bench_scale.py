@@ -1,0 +1,258 @@
+"""Extraction at scale: the local engine, the Ray engine, and shards joined, side by side in one run.
+
+    python benchmarks/bench_scale.py [--n 50000] [--small 10000] [--rounds 3] [--parts 64]
+
+Writes PNG folders of 32x32 grayscale images (Fashion-MNIST test images, enlarged, repeated with a
+one-pixel shift per copy so no two files are equal) and measures, each extraction in its own process
+on the same 2 cores, alternated over ``--rounds`` rounds (medians reported):
+
+1. images/s of ``extract(folder, store, model=RUN)`` with the local engine (decoding workers = cores);
+2. the same with ``engine="ray"`` on a local Ray started in the process (``ray.init(num_cpus=cores)``):
+   Ray's start-up time is measured and reported apart, the rate is over the extraction itself;
+3. two shards (``--shard 0/2`` and ``1/2``, one core each, run at the same time as a job array would)
+   then ``join_stores`` of the two: images/s = files / (wall time of the slower shard + the join);
+4. reading: the local run's store cut into ``--parts`` shard stores by the shard rule (the same rows)
+   and joined (virtual datasets), against the one file: open + read every feature row, medians;
+5. the driver's peak resident memory (``ru_maxrss`` of the process that calls ``extract``; decoding
+   workers and Ray actors are other processes) on ``--small`` versus ``--n`` files, both engines.
+
+The model is the package default for 32x32x1 images (latent 256) with seeded random weights: the
+encoder's cost does not depend on what its weights learned. Targets (issue #13): Ray >= 0.85 x local,
+shards + join >= 0.95 x local, reading 64 joined shards >= 0.9 x one file, driver memory within 10 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import header_lines, md_table, record_header, say, write_results  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SIZE = 32
+CORES = 2
+
+
+def write_folder(root: Path, n: int) -> Path:
+    """``n`` distinct 32x32 PNGs under ``root`` (10 class folders); reused when already there."""
+    from PIL import Image
+
+    from cvae_features.data import open_source
+
+    done = root / f".complete-{n}"
+    if done.exists():
+        return root
+    src = open_source("fashion-mnist:test")
+    base = src.images[:, 0]
+    big = np.asarray([np.asarray(Image.fromarray(im).resize((SIZE, SIZE), Image.BILINEAR)) for im in base])
+    labels = np.asarray(src.labels)
+    for c in range(10):
+        (root / str(c)).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        k, copy = i % len(big), i // len(big)
+        Image.fromarray(np.roll(big[k], copy, axis=1)).save(root / str(labels[k]) / f"{i:06d}.png",
+                                                            optimize=False, compress_level=1)
+    done.touch()
+    return root
+
+
+_CHILD = r"""
+import json, os, resource, sys, time
+from cvae_features.extraction import extract
+mode, folder, store, run = sys.argv[1:5]
+opts = json.loads(sys.argv[5])
+startup = 0.0
+if mode == "ray":
+    import ray
+    t = time.perf_counter()
+    ray.init(num_cpus=int(opts.pop("cores")), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    startup = time.perf_counter() - t
+    opts["engine"] = "ray"
+else:
+    opts.pop("cores", None)
+t, start = time.perf_counter(), time.time()
+res = extract(folder, store, model=run, progress=False, overwrite=True, **opts)
+seconds, end = time.perf_counter() - t, time.time()
+print(json.dumps({"seconds": seconds, "start": start, "end": end, "startup_s": startup, "n_rows": res.n_rows, "n_skipped": res.n_skipped,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def child(mode: str, folder: Path, store: Path, run: Path, **opts) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", _CHILD, mode, str(folder), str(store), str(run), json.dumps(opts)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def result(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"extraction failed:\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_local(folder, work, run) -> dict:
+    return result(child("local", folder, work / "local.h5", run, workers=CORES, cores=CORES))
+
+
+def run_ray(folder, work, run) -> dict:
+    return result(child("ray", folder, work / "ray.h5", run, cores=CORES))
+
+
+def run_shards(folder, work, run) -> dict:
+    from cvae_features.join import join_stores
+
+    procs = [child("local", folder, work / f"shard-{i}.h5", run, workers=1, shard=f"{i}/2", cores=1)
+             for i in range(2)]
+    shards = [result(p) for p in procs]
+    # from the first shard's start to the last one's end (each process's start-up, like the other
+    # variants', is not counted; they overlap with each other's extraction only when one starts late)
+    extracted = max(s["end"] for s in shards) - min(s["start"] for s in shards)
+    t = time.perf_counter()
+    joined = join_stores(work / "joined.h5", [work / "shard-0.h5", work / "shard-1.h5"], overwrite=True)
+    join_s = time.perf_counter() - t
+    return {"seconds": extracted + join_s, "extract_s": extracted, "join_s": join_s, "n_rows": joined.n_rows,
+            "shard_seconds": [s["seconds"] for s in shards]}
+
+
+def cut_into_parts(store: Path, work: Path, parts: int) -> Path:
+    """The rows of ``store`` as ``parts`` shard stores (the shard rule on each key) joined virtually."""
+    from cvae_features.data.sources import shard_of_key
+    from cvae_features.join import join_stores
+    from cvae_features.store import FeatureStore, StoreWriter
+
+    folder = work / f"parts-{parts}"
+    folder.mkdir(exist_ok=True)
+    with FeatureStore(store) as s:
+        keys, feats, labels = s.keys, s.features, s.labels
+        fields = dict(feature_kind=s.feature_kind, dim=s.dim, preprocess=s.preprocess_dict, source=s.source,
+                      source_spec=s.source_spec, label_names=s.label_names, fingerprint=s.model_fingerprint or "",
+                      model_config=s.model_config, model_arch=s.model_arch or "")
+    shard = np.asarray([shard_of_key(k, parts) for k in keys])
+    for i in range(parts):
+        rows = np.flatnonzero(shard == i)
+        with StoreWriter.create(folder / f"part-{i:02d}.h5", plan_keys=[keys[r] for r in rows], shard=(i, parts),
+                                **fields) as w:
+            w.write_batch(np.arange(len(rows)), feats[rows], labels[rows])
+    return join_stores(work / f"joined-{parts}.h5", [folder], overwrite=True).path
+
+
+def time_read(path: Path) -> float:
+    from cvae_features.store import FeatureStore
+
+    t = time.perf_counter()
+    with FeatureStore(path) as s:
+        total = 0.0
+        for _, rows in s.iter_rows(8192):
+            total += float(rows[:, 0].sum())
+    return time.perf_counter() - t
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=50_000)
+    p.add_argument("--small", type=int, default=10_000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--parts", type=int, default=64)
+    p.add_argument("--read-rounds", type=int, default=7)
+    p.add_argument("--work", type=Path, default=None, help="where the image folders go (default: a temp dir)")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "scale")
+    p.add_argument("--render", type=Path, default=None, help="only rewrite the Markdown of a results JSON")
+    args = p.parse_args(argv)
+    if args.render:
+        rec = json.loads(args.render.read_text())
+        write_results(args.out, rec, render(rec))
+        return
+
+    from cvae_features.model import ConvVAE
+
+    t_start = time.perf_counter()
+    rec = record_header("scale", "benchmarks/bench_scale.py", argv if argv is not None else sys.argv[1:])
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_scale_"))
+    work.mkdir(parents=True, exist_ok=True)
+    say(f"writing {args.n:,} and {args.small:,} PNG files under {work}")
+    big = write_folder(work / f"images-{args.n}", args.n)
+    small = write_folder(work / f"images-{args.small}", args.small)
+    import torch
+
+    torch.manual_seed(0)
+    run = work / "model"
+    ConvVAE(image_size=SIZE, channels=1).save(run)
+
+    rounds = []
+    for r in range(args.rounds):
+        row = {}
+        for name, fn in (("local", run_local), ("ray", run_ray), ("shards", run_shards)):
+            row[name] = fn(big, work, run)
+            say(f"round {r}: {name} {args.n / row[name]['seconds']:,.0f} images/s ({row[name]['seconds']:.1f} s)")
+        rounds.append(row)
+
+    say("reading: one file vs the same rows in joined shards")
+    joined = cut_into_parts(work / "local.h5", work, args.parts)
+    reads = {"one": [], "joined": []}
+    for _ in range(args.read_rounds):
+        reads["one"].append(time_read(work / "local.h5"))
+        reads["joined"].append(time_read(joined))
+
+    say("driver memory: small vs large folder")
+    memory = {}
+    for engine, fn in (("local", run_local), ("ray", run_ray)):
+        memory[engine] = {str(n): fn(folder, work, run)["peak_rss_mb"] for n, folder in ((args.small, small),
+                                                                                          (args.n, big))}
+    rec.update(n=args.n, small=args.small, parts=args.parts, cores=CORES, rounds=rounds, reads=reads, memory=memory,
+               model={"image_size": SIZE, "channels": 1, "latent_dim": 256, "weights": "seeded random"},
+               wall_s=time.perf_counter() - t_start)
+    write_results(args.out, rec, render(rec))
+
+
+def render(rec: dict) -> str:
+    n = rec["n"]
+    med = {name: float(np.median([n / r[name]["seconds"] for r in rec["rounds"]])) for name in ("local", "ray",
+                                                                                               "shards")}
+    startup = float(np.median([r["ray"]["startup_s"] for r in rec["rounds"]]))
+    join_s = float(np.median([r["shards"]["join_s"] for r in rec["rounds"]]))
+    one, joined = (float(np.median(rec["reads"][k])) for k in ("one", "joined"))
+    lines = ["# Extraction at scale: local engine, Ray engine, shards + join", ""] + header_lines(rec) + [
+        "",
+        f"{n:,} PNG files (32x32 gray, Fashion-MNIST test images shifted per copy), model 32x32x1 -> latent 256 "
+        f"(default conv stack, seeded random weights), {rec['cores']} cores; each extraction in its own process, "
+        f"the three variants alternated over {len(rec['rounds'])} rounds (medians).",
+        ""]
+    lines += md_table(["variant", "images/s", "x local"], [
+        ["local engine (2 decoding workers, encoder in the workers)", f"{med['local']:,.0f}", "1.00"],
+        [f"Ray engine, local Ray with {rec['cores']} CPUs (start-up {startup:.1f} s, not counted)",
+         f"{med['ray']:,.0f}", f"{med['ray'] / med['local']:.2f}"],
+        [f"2 shards at once (1 worker each) + join ({join_s:.2f} s, counted)", f"{med['shards']:,.0f}",
+         f"{med['shards'] / med['local']:.2f}"],
+    ])
+    lines += ["", "Per round (images/s): " + "; ".join(
+        ", ".join(f"{k} {n / r[k]['seconds']:,.0f}" for k in ("local", "ray", "shards")) for r in rec["rounds"]), ""]
+    mem = rec["memory"]
+    small, big = str(rec["small"]), str(rec["n"])
+    lines += [f"Reading every feature row (open with the parts check, `iter_rows(8192)`), medians of "
+              f"{len(rec['reads']['one'])} alternated reads: one file {one * 1000:.0f} ms, {rec['parts']} joined "
+              f"shards {joined * 1000:.0f} ms.", ""]
+    lines += md_table(["target", "measured", "met"], [
+        ["Ray >= 0.85 x local (after start-up)", f"{med['ray'] / med['local']:.2f}",
+         "yes" if med["ray"] >= 0.85 * med["local"] else "no"],
+        ["shards + join >= 0.95 x local", f"{med['shards'] / med['local']:.2f}",
+         "yes" if med["shards"] >= 0.95 * med["local"] else "no"],
+        [f"reading {rec['parts']} joined shards >= 0.9 x one file", f"{one / joined:.2f}",
+         "yes" if one / joined >= 0.9 else "no"],
+    ] + [[f"driver peak memory, {engine}: {int(big):,} vs {int(small):,} files within 10 %",
+          f"{mem[engine][big]:,.0f} vs {mem[engine][small]:,.0f} MB (x{mem[engine][big] / mem[engine][small]:.3f})",
+          "yes" if mem[engine][big] <= 1.1 * mem[engine][small] else "no"] for engine in ("local", "ray")])
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
