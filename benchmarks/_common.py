@@ -255,3 +255,28 @@ def train_run(source, run_dir: Path, model_over: dict, train_over: dict, reuse: 
     result = train(source, run_dir, model_config=model_over or None, train_config=train_over or None,
                    resume=resume, overwrite=not resume, progress=progress)
     return result, resume
+
+
+def write_fmnist_folder(root: Path, n: int, size: int) -> Path:
+    """``n`` distinct ``size``x``size`` gray PNGs under ``root`` (one folder per class): the Fashion-MNIST
+    test images, enlarged, repeated with a one-pixel shift per copy so that no two files are equal.
+    Reused when a previous call finished writing them."""
+    from PIL import Image
+
+    from cvae_features.data import open_source
+
+    done = root / f".complete-{n}"
+    if done.exists():
+        return root
+    src = open_source("fashion-mnist:test")
+    base = src.images[:, 0]  # uint8 (10000, 28, 28)
+    big = np.asarray([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in base])
+    labels = np.asarray(src.labels)
+    for c in range(10):
+        (root / str(c)).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        k, copy = i % len(big), i // len(big)
+        Image.fromarray(np.roll(big[k], copy, axis=1)).save(root / str(labels[k]) / f"{i:06d}.png",
+                                                            optimize=False, compress_level=1)
+    done.touch()
+    return root

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header_lines, md_table, record_header, say, write_results  # noqa: E402
+from _common import header_lines, md_table, record_header, say, write_fmnist_folder, write_results  # noqa: E402,E501
 
 HERE = Path(__file__).resolve().parent
 SIZE = 64
@@ -39,26 +39,7 @@ MODEL = {"latent_dim": 16, "widths": [16, 32, 32, 32], "image_size": SIZE, "chan
 
 
 def write_folder(root: Path, n: int) -> Path:
-    """``n`` distinct 64x64 PNGs under ``root`` (10 class folders); reused when already there."""
-    from PIL import Image
-
-    from cvae_features.data import open_source
-
-    done = root / f".complete-{n}"
-    if done.exists():
-        return root
-    src = open_source("fashion-mnist:test")
-    base = src.images[:, 0]  # uint8 (10000, 28, 28)
-    big = np.asarray([np.asarray(Image.fromarray(im).resize((SIZE, SIZE), Image.BILINEAR)) for im in base])
-    labels = np.asarray(src.labels)
-    for c in range(10):
-        (root / str(c)).mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        k, copy = i % len(big), i // len(big)
-        image = np.roll(big[k], copy, axis=1)
-        Image.fromarray(image).save(root / str(labels[k]) / f"{i:06d}.png", optimize=False, compress_level=1)
-    done.touch()
-    return root
+    return write_fmnist_folder(root, n, SIZE)
 
 
 _CHILD = r"""
