@@ -237,6 +237,9 @@ def extract(source, store_path, *, model=None, options: Optional[ExtractOptions]
     from .data import open_source
 
     opts = _options(options, overrides)
+    if model is not None and (opts.train_config is not None or opts.model_config is not None):
+        raise ConfigError("train_config/model_config (--epochs) shape the model trained when no model is given; "
+                          "with a model they would be ignored: leave them out")
     store_path = Path(store_path)
     device = resolve_device(opts.device)  # before any training, fitting or writing
     appending = _check_target(store_path, opts)

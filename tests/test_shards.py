@@ -86,11 +86,14 @@ def test_a_shard_resumes_and_updates_as_its_own_shard(tmp_path, folder, raw_refe
     assert added.n_new == len(new_in_shard) > 0
 
 
-def test_shard_bad_input_is_one_line(tmp_path, folder):
+def test_shard_bad_input_is_one_line(tmp_path, folder, raw_reference):
     runner = CliRunner()
+    model = ["--model", str(raw_reference)]
     for args, message in ((["--shard", "3/2"], "invalid shard='3/2': I must be from 0 to N-1"),
                           (["--shard", "x"], "invalid shard='x': expected I/N"),
-                          (["--shard", "0/2"], "--shard 0/2 needs --model: every shard must use the same model")):
+                          (["--shard", "0/2"], "--shard 0/2 needs --model: every shard must use the same model"),
+                          (["--shard", "0/2", *model, "--epochs", "3"],
+                           "train_config/model_config (--epochs) shape the model trained when no model is given")):
         out = runner.invoke(cli, ["extract", str(folder), "-o", str(tmp_path / "p.h5"), "--no-progress", *args])
         assert out.exit_code == 1 and message in out.output and "Traceback" not in out.output, out.output
     assert not (tmp_path / "p.h5").exists()
