@@ -138,6 +138,71 @@ def time_read(path: Path) -> float:
     return time.perf_counter() - t
 
 
+def jpeg_decode_rate(work: Path, n: int = 1000, side: int = 256, size: int = 64) -> dict:
+    """Images/s of one core decoding ``side``x``side`` RGB JPEG files (quality 90) into ``size``x``size``
+    model inputs with the data layer's ``decode_image``: the per-core cost of typical photos, which
+    dominates extraction at scale (the 32x32 PNGs above are cheap to decode)."""
+    from PIL import Image
+
+    from cvae_features.data import Preprocess
+    from cvae_features.data.preprocess import decode_image
+
+    folder = work / f"jpeg-{side}"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    for i in range(n):  # smooth pictures with noise, like photos compress (not flat, not pure noise)
+        im = Image.fromarray(np.roll(base, i, axis=0)).resize((side, side), Image.BICUBIC)
+        noisy = np.clip(np.asarray(im, np.int16) + rng.integers(-12, 13, (side, side, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(folder / f"{i:05d}.jpg", quality=90)
+    pre = Preprocess(size=size, channels=3)
+    paths = sorted(folder.glob("*.jpg"))
+    decode_image(paths[0], pre)
+    t = time.perf_counter()
+    for path in paths:
+        decode_image(path, pre)
+    seconds = time.perf_counter() - t
+    return {"n": n, "side": side, "size": size, "bytes_mean": float(np.mean([q.stat().st_size for q in paths])),
+            "images_per_s": n / seconds}
+
+
+def encoder_cost(size: int = 64, channels: int = 3) -> dict:
+    """Multiply-accumulates of the default encoder (to the posterior mean) for one image, counted on its
+    convolution and linear layers, beside ResNet-50's published 4.1 GMACs at 224x224."""
+    import torch
+
+    from cvae_features.model import ConvVAE
+
+    model = ConvVAE(image_size=size, channels=channels)
+    macs = []
+
+    def count(mod, inp, out):
+        if isinstance(mod, torch.nn.Conv2d):
+            macs.append(out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1])
+        elif isinstance(mod, torch.nn.Linear):
+            macs.append(out.numel() * mod.in_features)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d,
+                                                                                         torch.nn.Linear))]
+    with torch.no_grad():
+        model.encode(torch.zeros(1, channels, size, size))
+    for h in hooks:
+        h.remove()
+    # the encoder alone on one core (one thread), batch 256, median of 5 batches
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    batch = torch.rand(256, channels, size, size)
+    times = []
+    with torch.no_grad():
+        for _ in range(6):
+            t = time.perf_counter()
+            model.encode(batch)
+            times.append(time.perf_counter() - t)
+    torch.set_num_threads(threads)
+    return {"size": size, "channels": channels, "gmacs": sum(macs) / 1e9,
+            "cpu_images_per_s_per_core": 256 / float(np.median(times[1:]))}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=50_000)
@@ -189,7 +254,11 @@ def main(argv=None) -> None:
     for engine, fn in (("local", run_local), ("ray", run_ray)):
         memory[engine] = {str(n): fn(folder, work, run)["peak_rss_mb"] for n, folder in ((args.small, small),
                                                                                           (args.n, big))}
-    rec.update(n=args.n, small=args.small, parts=args.parts, cores=CORES, rounds=rounds, reads=reads, memory=memory,
+    say("per-core JPEG decoding and the encoder's cost (for the estimate in docs/scaling.md)")
+    jpeg = jpeg_decode_rate(work)
+    cost = encoder_cost()
+    store_bytes = (work / "local.h5").stat().st_size
+    rec.update(jpeg=jpeg, encoder=cost, store_bytes_per_row=store_bytes / args.n, n=args.n, small=args.small, parts=args.parts, cores=CORES, rounds=rounds, reads=reads, memory=memory,
                model={"image_size": SIZE, "channels": 1, "latent_dim": 256, "weights": "seeded random"},
                wall_s=time.perf_counter() - t_start)
     write_results(args.out, rec, render(rec))
@@ -232,7 +301,44 @@ def render(rec: dict) -> str:
     ] + [[f"driver peak memory, {engine}: {int(big):,} vs {int(small):,} files within 10 %",
           f"{mem[engine][big]:,.0f} vs {mem[engine][small]:,.0f} MB (x{mem[engine][big] / mem[engine][small]:.3f})",
           "yes" if mem[engine][big] <= 1.1 * mem[engine][small] else "no"] for engine in ("local", "ray")])
+    lines += [""] + estimate_lines(rec)
     return "\n".join(lines) + "\n"
+
+
+# Published: ResNet-50 v1.5 inference, PyTorch, mixed precision, batch 256, one V100 16GB: 3,382 images/s
+# (NVIDIA DeepLearningExamples, PyTorch/Classification/ConvNets/resnet50v1.5/README.md, "Inference
+# performance: NVIDIA DGX-1 (1x V100 16GB)"); ResNet-50 costs about 4.1 GMACs per 224x224 image.
+RESNET50_V100_AMP = 3382
+RESNET50_GMACS = 4.1
+
+
+def estimate_lines(rec: dict, images: float = 100e6, cores: int = 32, nodes=(1, 4, 16)) -> list:
+    """A worked estimate for ``images`` photos (256x256 JPEG -> 64x64 RGB, latent 256) on nodes of ``cores``
+    cores, from the per-core rates measured in this run and a published GPU rate."""
+    jpeg, enc = rec["jpeg"], rec["encoder"]
+    cpu_core = 1 / (1 / jpeg["images_per_s"] + 1 / enc["cpu_images_per_s_per_core"])
+    gpu_bound = RESNET50_V100_AMP * RESNET50_GMACS / enc["gmacs"]
+    cpu_node, gpu_node = cores * cpu_core, min(cores * jpeg["images_per_s"], gpu_bound)
+    gb = rec["store_bytes_per_row"] * images / 1e9
+    rows = [[f"{n} x {cores} cores", f"{images / (n * cpu_node) / 3600:,.1f} h",
+             f"{images / (n * gpu_node) / 3600:,.1f} h"] for n in nodes]
+    return [
+        f"## Estimate for {images / 1e6:,.0f} million images", "",
+        f"Per core, measured here: decoding a {jpeg['side']}x{jpeg['side']} RGB JPEG (quality 90, "
+        f"{jpeg['bytes_mean'] / 1e3:.0f} kB) into a {jpeg['size']}x{jpeg['size']} input "
+        f"{jpeg['images_per_s']:,.0f} images/s; the default encoder at {enc['size']}x{enc['size']}x{enc['channels']} "
+        f"(latent 256, {enc['gmacs'] * 1e3:.1f} MMACs per image) {enc['cpu_images_per_s_per_core']:,.0f} images/s "
+        f"on one thread; both on one core: {cpu_core:,.0f} images/s. Published GPU rate for a comparable encoder: "
+        f"ResNet-50 v1.5 inference on one V100 (mixed precision, batch 256) {RESNET50_V100_AMP:,} images/s at "
+        f"{RESNET50_GMACS} GMACs per image (NVIDIA DeepLearningExamples); our encoder costs "
+        f"{RESNET50_GMACS / enc['gmacs']:,.0f}x less, so one such GPU is not the limit of a node: the cores "
+        "decoding JPEGs are.", "",
+    ] + md_table(["nodes", "CPU only (decode + encode on the cores)", "one GPU per node (the cores decode)"],
+                 rows) + [
+        "", f"Store: {rec['store_bytes_per_row']:,.0f} bytes per row here (latent 256 float32, key, label, plan; no "
+        f"compression), so {gb:,.0f} GB for {images / 1e6:,.0f} million rows, e.g. 64 shards of "
+        f"{gb / 64:,.1f} GB joined by `cvae join` without copying. Reading from a shared file system and writing "
+        "the shards there are not included; they add to these hours when the file system is the bottleneck."]
 
 
 if __name__ == "__main__":
