@@ -73,6 +73,13 @@ GROUPS = {
                                    f"x{C}VAEOutput{C}term_weights"],
         "cvae_features/priors.py": [f"x{C}StandardNormal{C}kl", f"x{C}StandardNormal{C}kl_per_dim",
                                     f"x{C}StandardNormal{C}log_prob", f"x{C}StandardNormal{C}sample"]},
+    "join": {
+        "cvae_features/join.py": ["x_join_stores", "x_expand_parts", "x_joined_parts", "x__part_info",
+                                  "x__check_alike", "x__order_shards", "x__merged_labels", "x__mapped_labels",
+                                  "x__check_unique_keys", "x__key_at", "x__joined_source", "x__copy"],
+        "cvae_features/store.py": ["x_write_joined", "x__check_parts", "x__joined_mode", f"x{C}_Described{C}stamp",
+                                   f"x{C}FeatureStore{C}plan_entries", "x__read_identity"],
+        "cvae_features/extraction.py": ["x__extract_joined"]},
 }
 
 # Surviving mutants that change nothing observable: mutant name -> why (one line).
