@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import warnings
 from typing import Iterator, Optional
 
@@ -39,7 +40,8 @@ __all__ = ["RayEngine", "import_ray", "check_address", "RAY_EXTRA", "MAX_RETRIES
 RAY_EXTRA = 'pip install "cvae-features[ray]"'
 MAX_RETRIES = 3  # restarts of one actor and retries of one chunk: a file that kills its decoder every time must stop
 _PROBE_SECONDS = 5.0
-_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_GCS_CALL = "/ray.rpc.NodeInfoGcsService/GetClusterId"  # any reply (even an error status) is a gRPC server's
 _EXTRA = "extra:"  # column prefix of the featurizer's extra outputs
 
 
@@ -56,8 +58,10 @@ def import_ray():
 def check_address(address: str, timeout: float = _PROBE_SECONDS, *, given_as: str = "--ray-address") -> None:
     """ConfigError within ``timeout`` seconds unless a gRPC server (a Ray head's GCS) answers at ``address``.
 
-    ``ray.init`` waits a minute or more on an address where nothing answers; this probe fails at once
-    on a refused connection or an unknown host, and after ``timeout`` seconds on a silent one.
+    ``ray.init`` waits a minute or more on an address where nothing answers (20 s where a proxy
+    answers for it); this probe fails at once on a refused connection, an unknown host, a web
+    server or a proxy, and after ``timeout`` seconds on a silent host. It makes one gRPC call
+    (``GetClusterId``) and only checks that an HTTP/2 ``:status 200`` comes back.
     ``"auto"`` (the cluster started on this machine by ``ray start``) is left to Ray, which fails fast.
     ``given_as`` names where the address came from in the messages.
     """
@@ -72,17 +76,51 @@ def check_address(address: str, timeout: float = _PROBE_SECONDS, *, given_as: st
         raise ConfigError(f"invalid {given_as} {address!r}: expected HOST:PORT of a Ray head (e.g. 10.0.0.5:6379) "
                           "or auto")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
-            conn.settimeout(timeout)
-            conn.sendall(_HTTP2_PREFACE)
-            head = conn.recv(9)
+        answered = _grpc_answers(host.strip("[]"), int(port), timeout)
     except OSError as err:
         reason = err.strerror or str(err) or type(err).__name__
         raise ConfigError(f"cannot reach a Ray cluster at {given_as} {address}: {reason} (is `ray start --head` "
                           "running there?)") from None
-    if len(head) < 9 or head[3] != 0x04:  # a gRPC server opens with a SETTINGS frame
+    if not answered:
         raise ConfigError(f"{given_as} {address} answers, but not as a Ray cluster (not its GCS port; the "
                           "dashboard port 8265 is not it): give the head's GCS address, port 6379 by default")
+
+
+def _grpc_answers(host: str, port: int, timeout: float) -> bool:
+    """Whether a gRPC call to ``host:port`` gets an HTTP/2 ``:status 200`` back; OSError if it cannot be made."""
+    def frame(kind, flags, stream, payload=b""):
+        return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+    def header(index, value):  # HPACK: a literal value under a static-table name, not indexed
+        return (bytes([index]) if index < 15 else bytes([15, index - 15])) + bytes([len(value)]) + value.encode()
+
+    headers = (b"\x83\x86" + header(4, _GCS_CALL) + header(1, f"{host}:{port}")  # POST, http, :path, :authority
+               + header(31, "application/grpc") + b"\x00\x02te\x08trailers")
+    call = _H2_PREFACE + frame(4, 0, 0) + frame(1, 0x4, 1, headers) + frame(0, 0x1, 1, bytes(5))  # empty message
+    deadline = time.monotonic() + timeout
+    with socket.create_connection((host, port), timeout=timeout) as conn:
+        conn.settimeout(timeout)
+        conn.sendall(call)
+        buf = b""
+        while time.monotonic() < deadline:
+            data = conn.recv(65536)
+            if not data:
+                return False  # closed: not an HTTP/2 server
+            buf += data
+            while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                n, kind, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+                stream, payload, buf = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9:9 + n], buf[9 + n:]
+                if kind == 4 and not flags & 0x1:
+                    conn.sendall(frame(4, 0x1, 0))  # acknowledge the server's settings
+                elif kind == 7 or (stream == 1 and kind == 3):
+                    return False  # GOAWAY, RST_STREAM
+                elif stream == 1 and kind == 1:
+                    if flags & 0x8:  # padded
+                        payload = payload[1:len(payload) - payload[0]]
+                    if flags & 0x20:  # with a priority
+                        payload = payload[5:]
+                    return payload[:1] == b"\x88"  # ':status 200' (static table), whatever the gRPC status
+    return False
 
 
 class RayEngine:
