@@ -9,9 +9,10 @@ batch.
 Decoding runs in the data layer's worker processes (:func:`~cvae_features.data.iter_batches`).
 On CPU each worker also runs the featurizer's batch call on the batches it decoded (one thread
 each), so that decoding and the encoder never compete for the cores; on a GPU this process runs
-the encoder. Each batch is written whole and committed
-(:class:`~cvae_features.store.StoreWriter`), so memory is bounded by the batch and an
-interrupted extraction can be finished with ``resume=True``.
+the encoder. With ``engine='ray'`` the same work runs in a Ray Data actor pool instead
+(:mod:`cvae_features.ray_engine`), and this process still writes. Each batch is written whole
+and committed (:class:`~cvae_features.store.StoreWriter`), so memory is bounded by the batch and
+an interrupted extraction can be finished with ``resume=True``.
 
 Feature kinds come from the featurizer registry (:mod:`cvae_features.featurizers`): ``vae``
 (the posterior mean μ(x), optionally with log-variance and anomaly scores from the same
