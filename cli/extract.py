@@ -62,13 +62,21 @@ def _announce_training(plan) -> None:
 @click.option("--epochs", type=int, default=None,
               help="Epochs of the auto-trained model (default: as many images seen as the default epochs on 60k images, 5 to 60 epochs).")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Images per batch.")
-@click.option("--workers", type=int, default=None, help="Decoding processes (default: one per core).")
+@click.option("--workers", type=int, default=None,
+              help="Decoding processes (default: one per core); with --engine ray, actors.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted store (same model).")
 @click.option("--update", is_flag=True, help="Add the images of SOURCE that the store does not hold yet.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Only the keys of shard I (from 0) of N, chosen by a hash of each key (stable when the folder "
                    "is listed again); needs --model. Run the N shards anywhere (a job array), each resumable.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: worker processes on this machine; ray: a Ray Data actor pool (pip install "
+                   "\"cvae-features[ray]\"), --workers N actors (default one per CPU of the cluster). This process "
+                   "writes the store either way, the same store.")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="With --engine ray: the Ray cluster's head, HOST:PORT (GCS port, 6379 by default) or auto. "
+                   "Default: RAY_ADDRESS, a Ray started on this machine with ray start, else a local Ray for this run.")
 @click.option("--max-bad", type=int, default=None, metavar="N",
               help="Stop once more than N files could not be decoded (rows written are kept).")
 @click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), default="none", show_default=True,
@@ -86,7 +94,8 @@ def _announce_training(plan) -> None:
 @library_errors(interrupted="interrupted: the rows written so far are kept; rerun the same command with --resume "
                              "to finish (an interrupted training goes on from its last checkpoint)")
 def extract_command(source, store, model, features, dim, epochs, batch_size, workers, resume, update, overwrite,
-                    shard, max_bad, compression, scores, logvar, with_weights, device, data_dir, no_progress, as_json):
+                    shard, engine, ray_address, max_bad, compression, scores, logvar, with_weights, device, data_dir,
+                    no_progress, as_json):
     """Write features of every image in SOURCE (a folder, a .csv manifest or a data set such as digits) to STORE."""
     from cvae_features.extraction import extract
 
@@ -95,7 +104,8 @@ def extract_command(source, store, model, features, dim, epochs, batch_size, wor
         train_config={"epochs": epochs} if epochs is not None else None, batch_size=batch_size, workers=workers,
         resume=resume, update=update, overwrite=overwrite, max_bad=max_bad, compression=compression,
         scores=scores, logvar=logvar, carry_weights=True if with_weights else None, device=device,
-        data_dir=data_dir, progress=not no_progress, on_training=_announce_training, shard=shard)
+        data_dir=data_dir, progress=not no_progress, on_training=_announce_training, shard=shard,
+        engine=engine, ray_address=ray_address)
     if as_json:
         echo_json(result.to_dict())
         return

@@ -11,8 +11,8 @@ stays fast; torch and scikit-learn load only when a name that needs them is used
 import importlib
 
 from ._version import __version__
-from .errors import (CvaeError, ConfigError, DataError, DecodeError, IndexMismatchError, MissingExtraError,
-                     ModelError, SourceNotFoundError, StoreError, StoreNoSpaceError, TrainingError)
+from .errors import (CvaeError, ConfigError, DataError, DecodeError, EngineError, IndexMismatchError,
+                     MissingExtraError, ModelError, SourceNotFoundError, StoreError, StoreNoSpaceError, TrainingError)
 
 _LAZY = {
     ".data": ("Preprocess", "open_source"),
@@ -30,7 +30,7 @@ _LAZY = {
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
-__all__ = ["__version__", "CvaeError", "ConfigError", "DataError", "DecodeError", "IndexMismatchError",
+__all__ = ["__version__", "CvaeError", "ConfigError", "DataError", "DecodeError", "EngineError", "IndexMismatchError",
            "MissingExtraError", "ModelError", "SourceNotFoundError", "StoreError", "StoreNoSpaceError",
            "TrainingError", *_WHERE]
 

@@ -47,5 +47,9 @@ class IndexMismatchError(StoreError):
     """A search index kept beside a store no longer matches it (the store changed since it was built)."""
 
 
+class EngineError(CvaeError, RuntimeError):
+    """The engine running an extraction failed (Ray workers lost beyond their retries, actors that cannot start)."""
+
+
 class MissingExtraError(CvaeError, ImportError):
     """An optional dependency is not installed; the message names the extra that installs it."""

@@ -9,9 +9,10 @@ batch.
 Decoding runs in the data layer's worker processes (:func:`~cvae_features.data.iter_batches`).
 On CPU each worker also runs the featurizer's batch call on the batches it decoded (one thread
 each), so that decoding and the encoder never compete for the cores; on a GPU this process runs
-the encoder. Each batch is written whole and committed
-(:class:`~cvae_features.store.StoreWriter`), so memory is bounded by the batch and an
-interrupted extraction can be finished with ``resume=True``.
+the encoder. With ``engine='ray'`` the same work runs in a Ray Data actor pool instead
+(:mod:`cvae_features.ray_engine`), and this process still writes. Each batch is written whole
+and committed (:class:`~cvae_features.store.StoreWriter`), so memory is bounded by the batch and
+an interrupted extraction can be finished with ``resume=True``.
 
 Feature kinds come from the featurizer registry (:mod:`cvae_features.featurizers`): ``vae``
 (the posterior mean μ(x), optionally with log-variance and anomaly scores from the same
@@ -71,7 +72,8 @@ class ExtractOptions:
     batch_size : int, default=256
         Images per batch; memory is bounded by it.
     workers : int or None
-        Decoding processes (None: the data layer's default, one per core for files).
+        Decoding processes (None: the data layer's default, one per core for files); with
+        ``engine='ray'``, the actors of the pool (None: one per CPU of the cluster).
     resume : bool
         Finish an interrupted store: only pending plan entries are processed. The
         model and the source must be the ones that wrote the store. Without a store,
@@ -112,6 +114,16 @@ class ExtractOptions:
         (:func:`~cvae_features.data.sources.shard_of_key`), so shards are disjoint, cover the source
         and are stable when the folder is listed again. Needs ``model`` (every shard must use the
         same model); a shard store resumes and updates as its own shard.
+    engine : {'local', 'ray'}, default='local'
+        Who decodes and encodes: 'local', this machine's worker processes; 'ray', a Ray Data actor
+        pool (:mod:`cvae_features.ray_engine`; ``pip install "cvae-features[ray]"``), ``workers``
+        actors of one CPU each (None: one per CPU of the cluster). Either way this process writes
+        the store, and the store is the same. The ray engine runs the featurizer on CPU
+        (``device`` 'auto' or 'cpu').
+    ray_address : str or None
+        engine='ray': the Ray cluster, as ``ray.init(address=...)`` takes it (HOST:PORT of the
+        head, or 'auto'); None: the one this process or ``RAY_ADDRESS`` uses, else a local Ray
+        started for the run. An address where no Ray answers is refused within seconds.
     """
 
     features: Optional[str] = None
@@ -134,6 +146,8 @@ class ExtractOptions:
     callback: Optional[Callable[[ExtractProgress], None]] = None
     on_training: Optional[Callable[[AutoTrainPlan], None]] = None
     shard: object = None
+    engine: str = "local"
+    ray_address: Optional[str] = None
 
     def __post_init__(self):
         if self.features is not None:
@@ -151,6 +165,7 @@ class ExtractOptions:
             raise ConfigError(f"{' and '.join(chosen)} exclude each other: pick one")
         self.compression = normalize_compression(self.compression)
         self.shard = _parse_shard(self.shard)
+        _check_engine(self)
 
     @property
     def extras(self) -> List[str]:
@@ -242,6 +257,7 @@ def extract(source, store_path, *, model=None, options: Optional[ExtractOptions]
                           "with a model they would be ignored: leave them out")
     store_path = Path(store_path)
     device = resolve_device(opts.device)  # before any training, fitting or writing
+    ray = _ray_engine(opts)  # Ray installed, the cluster answering: one-line errors before anything is done
     appending = _check_target(store_path, opts)
     src = open_source(source, data_dir=opts.data_dir)
     if len(src) == 0:
@@ -270,13 +286,14 @@ def extract(source, store_path, *, model=None, options: Optional[ExtractOptions]
     # 2. the store and its plan
     writer = _open_writer(store_path, src, feat, old, opts)
     try:
-        encode = feat.batch_fn(writer.extras, device)
-        in_workers = device.type == "cpu"  # decoding workers run the featurizer too (see the module notes)
+        in_workers = device.type == "cpu" or opts.engine == "ray"  # workers run the featurizer (module notes)
+        encode = feat.batch_fn(writer.extras, device if opts.engine == "local" else "cpu")
         t0 = time.perf_counter()
         work = _pending_work(writer, src, appending=appending, update=opts.update, out_dim=feat.dim,
                              store_path=store_path)
         # 3. the rows
-        run = dict(in_workers=in_workers, batch_size=opts.batch_size, workers=opts.workers, progress=opts.progress)
+        run = dict(in_workers=in_workers, batch_size=opts.batch_size, workers=opts.workers, progress=opts.progress,
+                   ray=ray)
         n_changed = _rewrite_changed(writer, src, feat, work, encode, **run) if opts.update else 0
         n_new, n_bad, kept_skips = _write_batches(writer, src, feat, work, encode, max_bad=opts.max_bad,
                                                   store_path=store_path, callback=opts.callback, **run)
@@ -291,6 +308,8 @@ def extract(source, store_path, *, model=None, options: Optional[ExtractOptions]
                                 f"images left; {kept}") from None
     finally:
         writer.close()
+        if ray is not None:
+            ray.close()  # stops the local Ray it started, if it did
         if not appending and writer.n_rows == 0 and store_path.exists():
             store_path.unlink()  # a store this run created and left without a row would only block the rerun
 
@@ -467,11 +486,10 @@ def _record_ignored(writer, src, out_dim) -> List[Tuple[str, str]]:
     return ignored
 
 
-def _rewrite_changed(writer, src, feat, work: _Work, encode, *, in_workers, batch_size, workers, progress) -> int:
+def _rewrite_changed(writer, src, feat, work: _Work, encode, *, in_workers, batch_size, workers, progress,
+                     ray) -> int:
     """update: re-extract the files that changed since their row was written and overwrite those rows."""
     from tqdm.auto import tqdm
-
-    from .data import iter_batches
 
     if not len(work.changed):
         return 0
@@ -479,8 +497,8 @@ def _rewrite_changed(writer, src, feat, work: _Work, encode, *, in_workers, batc
     n_done = 0
     with tqdm(total=len(work.changed), disable=not progress, unit="img", desc="re-extracting changed files",
               dynamic_ncols=True) as bar:
-        for batch in iter_batches(src, feat.preprocess, batch_size=batch_size, workers=workers, indices=work.changed_rows,
-                                  transform=encode if in_workers else None):
+        for batch in _iter_rows(ray, src, feat, encode, work.changed_rows, in_workers=in_workers,
+                                batch_size=batch_size, workers=workers):
             rows = batch.indices
             feats, extra_arrays = batch.output if in_workers else encode(batch.images)
             _check_finite(feats, src.keys, rows, writer)
@@ -512,11 +530,9 @@ def _check_finite(feats: np.ndarray, keys, rows, writer) -> None:
 
 
 def _write_batches(writer, src, feat, work: _Work, encode, *, in_workers, batch_size, workers, max_bad,
-                   store_path, progress, callback) -> Tuple[int, int, List[Tuple[str, str]]]:
+                   store_path, progress, callback, ray) -> Tuple[int, int, List[Tuple[str, str]]]:
     """Decode, encode and commit batch by batch; returns (rows written, images skipped, first skips)."""
     from tqdm.auto import tqdm
-
-    from .data import iter_batches
 
     # on CPU the decoding workers run the encoder too (see the module notes); a GPU is fed from here
     plan_of_row = np.full(len(src), -1, dtype=np.int64)
@@ -525,8 +541,8 @@ def _write_batches(writer, src, feat, work: _Work, encode, *, in_workers, batch_
     n_new, n_bad, kept_skips = 0, work.n_bad, list(work.kept_skips)
     with tqdm(total=len(work.src_rows), disable=not progress, unit="img", desc=f"extracting {feat.kind}",
               dynamic_ncols=True) as bar:
-        batches = iter_batches(src, feat.preprocess, batch_size=batch_size, workers=workers, indices=work.src_rows,
-                               transform=encode if in_workers else None)
+        batches = _iter_rows(ray, src, feat, encode, work.src_rows, in_workers=in_workers, batch_size=batch_size,
+                             workers=workers)
         for b, batch in enumerate(batches):
             rows = batch.indices
             feats, extra_arrays = batch.output if in_workers else encode(batch.images)
@@ -550,8 +566,49 @@ def _write_batches(writer, src, feat, work: _Work, encode, *, in_workers, batch_
     return n_new, n_bad, kept_skips
 
 
+def _iter_rows(ray, src, feat, encode, rows, *, in_workers, batch_size, workers):
+    """The Batches of ``rows``: from this machine's workers, or from a Ray cluster (which always encodes)."""
+    from .data import iter_batches
+
+    if ray is not None:
+        return ray.iter_batches(src, feat.preprocess, encode, indices=rows, batch_size=batch_size)
+    return iter_batches(src, feat.preprocess, batch_size=batch_size, workers=workers, indices=rows,
+                        transform=encode if in_workers else None)
+
+
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+def _ray_engine(opts: ExtractOptions):
+    """engine='ray': a :class:`~cvae_features.ray_engine.RayEngine` (it connects when entered); else None."""
+    if opts.engine != "ray":
+        return None
+    from .ray_engine import RayEngine
+
+    return RayEngine(opts.ray_address, actors=opts.workers)
+
+
+def _check_engine(opts: ExtractOptions) -> None:
+    """ConfigError for an unknown engine, and for options the chosen engine cannot honour."""
+    if opts.engine not in ("local", "ray"):
+        raise ConfigError(f"invalid engine={opts.engine!r}: expected 'local' or 'ray'")
+    if opts.ray_address is not None and opts.engine != "ray":
+        raise ConfigError(f"--ray-address {opts.ray_address} needs --engine ray (the local engine runs on this "
+                          "machine)")
+    if opts.engine != "ray":
+        return
+    if opts.ray_address is not None and (not isinstance(opts.ray_address, str) or not opts.ray_address.strip()):
+        raise ConfigError(f"invalid ray_address={opts.ray_address!r}: expected HOST:PORT of a Ray head, or 'auto'")
+    workers = opts.workers
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0):
+        raise ConfigError(f"invalid workers={workers!r}: expected an integer >= 1 (Ray actors) or None (one per CPU)")
+    refused = []
+    if workers == 0:
+        refused.append("--workers 0 (decoding in this process; with --engine ray, --workers N is the number of actors)")
+    if opts.device not in ("auto", "cpu"):
+        refused.append(f"--device {opts.device} (the Ray actors run the featurizer on CPU; use auto or cpu)")
+    if refused:
+        raise ConfigError(f"--engine ray cannot honour {' and '.join(refused)}")
 
 def _read_existing(path: Path) -> dict:
     with FeatureStore(path) as s:

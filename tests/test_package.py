@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import cvae_features
-from cvae_features.errors import (ConfigError, CvaeError, DataError, DecodeError, ModelError,
+from cvae_features.errors import (ConfigError, CvaeError, DataError, DecodeError, EngineError, ModelError,
                                   SourceNotFoundError, StoreError, TrainingError)
 
 
@@ -43,6 +43,7 @@ def test_import_and_cli_help_do_not_load_torch():
 @pytest.mark.parametrize("error, builtin", [
     (ConfigError, ValueError), (SourceNotFoundError, FileNotFoundError), (DataError, ValueError),
     (DecodeError, ValueError), (StoreError, ValueError), (ModelError, ValueError), (TrainingError, RuntimeError),
+    (EngineError, RuntimeError),
 ])
 def test_errors_are_cvae_errors_and_builtins(error, builtin):
     assert issubclass(error, CvaeError) and issubclass(error, builtin)
