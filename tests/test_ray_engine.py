@@ -33,7 +33,8 @@ from cvae_features.store import FeatureStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 4  # 61 files: 16 chunks, so that each of the 2 actors handles several
-TIMESTAMPS = {"created", "updated"}  # the only attributes that differ between two runs
+# what differs between two runs: when, which file (store_id), how many writer sessions (generation)
+TIMESTAMPS = {"created", "updated", "store_id", "generation"}
 
 
 @pytest.fixture(scope="module")
