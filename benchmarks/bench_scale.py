@@ -15,7 +15,7 @@ on the same 2 cores, alternated over ``--rounds`` rounds (medians reported):
    joined (virtual datasets), open + read every feature row, medians; also with the rows repeated
    ``--read-repeat`` times (1,000,000 rows: shards of a realistic size, where opening 64 files is a
    small part of a read);
-5. the driver's peak resident memory (``ru_maxrss`` of the process that calls ``extract``; decoding
+5. the driver's peak resident memory (``VmHWM`` of the process that calls ``extract``; decoding
    workers and Ray actors are other processes) on ``--small`` versus ``--n`` files, both engines.
 
 The model is the package default for 32x32x1 images (latent 256) with seeded random weights: the
@@ -49,7 +49,7 @@ def write_folder(root: Path, n: int) -> Path:
 
 
 _CHILD = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 from cvae_features.extraction import extract
 mode, folder, store, run = sys.argv[1:5]
 opts = json.loads(sys.argv[5])
@@ -68,9 +68,11 @@ res = extract(folder, store, model=run, progress=False, overwrite=True,
               callback=lambda p: ticks.append((time.perf_counter(), p.n_done + p.n_skipped)), **opts)
 seconds, end = time.perf_counter() - t, time.time()
 steady = (ticks[-1][1] - ticks[0][1]) / (ticks[-1][0] - ticks[0][0]) if len(ticks) > 2 else float("nan")
+# VmHWM, this process's own peak resident memory: ru_maxrss would carry over the peak of the parent it was forked from
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
 print(json.dumps({"seconds": seconds, "start": start, "end": end, "startup_s": startup, "steady_images_per_s": steady,
                   "first_batch_s": ticks[0][0] - t if ticks else float("nan"), "n_rows": res.n_rows, "n_skipped": res.n_skipped,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": hwm}))
 """
 
 
@@ -266,6 +268,11 @@ def main(argv=None) -> None:
             say(f"round {r}: {name} {args.n / row[name]['seconds']:,.0f} images/s ({row[name]['seconds']:.1f} s)")
         rounds.append(row)
 
+    say("driver memory: small vs large folder")
+    memory = {}
+    for engine, fn in (("local", run_local), ("ray", run_ray)):
+        memory[engine] = {str(n): fn(folder, work, run)["peak_rss_mb"] for n, folder in ((args.small, small),
+                                                                                          (args.n, big))}
     say("reading: one file vs the same rows in joined shards")
     reads = {}
     for repeat in (1, args.read_repeat):
@@ -278,11 +285,6 @@ def main(argv=None) -> None:
             got["open_one"].append(open_seconds(one))
             got["open_joined"].append(open_seconds(joined))
 
-    say("driver memory: small vs large folder")
-    memory = {}
-    for engine, fn in (("local", run_local), ("ray", run_ray)):
-        memory[engine] = {str(n): fn(folder, work, run)["peak_rss_mb"] for n, folder in ((args.small, small),
-                                                                                          (args.n, big))}
     say("per-core JPEG decoding and the encoder's cost (for the estimate in docs/scaling.md)")
     jpeg = jpeg_decode_rate(work)
     cost = encoder_cost()
