@@ -213,7 +213,8 @@ def test_what_cannot_be_joined(tmp_path, folder, reference):
     with pytest.raises(StoreError, match="is shard 0/2 but .* is 0/3"):
         join_stores(out, parts + two[:1])
     assert _error(join_stores, out, [parts[0], reference, parts[1]]) == (
-        f"{reference} holds a whole source but {parts[0]} one shard: join the shards of one extraction, or whole stores")
+        f"{reference} holds a whole source but {parts[0]} one shard: join the shards of one extraction, or whole "
+        "stores")
     # another featurizer: pca shards, raw shards of another preprocessing
     pca_ref = extract(folder, tmp_path / "pca.h5", features="pca", dim=4, workers=0, progress=False).path
     pca_part = extract(folder, tmp_path / "pca-1.h5", model=pca_ref, shard="1/3", workers=0, progress=False).path
@@ -302,8 +303,8 @@ def test_update_and_resume_a_joined_store_through_its_shards(tmp_path, folder, r
     assert shard_of_key("c1/b0.png", 3) == 0 and shard_of_key("c1/broken.png", 3) == 1
     (folder / "c0" / "000.png").unlink()  # gone: its row is kept
     # the model reaches every shard (here one of another kind: refused)
-    pca = _made(tmp_path / "pca.h5", ["x"], feature_kind="pca", dim=2,
-                **pca_fields({"mean": np.zeros(64), "components": np.eye(2, 64), "explained_variance": np.ones(2)}, PRE))
+    basis = {"mean": np.zeros(64), "components": np.eye(2, 64), "explained_variance": np.ones(2)}
+    pca = _made(tmp_path / "pca.h5", ["x"], feature_kind="pca", dim=2, **pca_fields(basis, PRE))
     with pytest.raises(ModelError, match=f"model store {pca} holds pca features: expected a raw store"):
         extract(folder, joined, update=True, model=pca, workers=0, progress=False)
     res = extract(folder, joined, update=True, model=reference, workers=0, progress=False)
@@ -398,9 +399,9 @@ def test_joined_fixture_reads_like_the_single_store():
 def test_joins_of_vae_shards_keep_the_model_weights_extras_compression_and_plan_identity(tmp_path, folder,
                                                                                           monkeypatch):
     run = save_tiny_model(tmp_path / "run", image_size=16, latent_dim=3)
+    (tmp_path / "parts").mkdir()
     parts = [extract(folder, tmp_path / "parts" / f"v-{i}.h5", model=run, shard=f"{i}/2", workers=0, progress=False,
-                     carry_weights=True, scores=True, compression="gzip").path for i in range((tmp_path / "parts").mkdir()
-                                                                                              or 2)]
+                     carry_weights=True, scores=True, compression="gzip").path for i in range(2)]
     monkeypatch.setattr(join_module, "_CHUNK", 7)  # copied 7 rows at a time
     t0 = time.perf_counter()
     copied = join_stores(tmp_path / "copy.h5", parts, copy=True)
