@@ -151,8 +151,7 @@ def _part_info(file: Path) -> dict:
         return {"file": file, "kind": s.feature_kind, "dim": s.dim, "preprocess": s.preprocess_dict,
                 "fingerprint": s.model_fingerprint, "arch": s.model_arch, "extras": s.extras, "shard": s.shard,
                 "source": s.source, "source_spec": s.source_spec, "label_names": s.label_names,
-                "attrs": s.attrs, "stamp": s.stamp(), "skipped": s.skipped, "state": s.featurizer_state,
-                "compression": s.attrs.get("compression")}
+                "attrs": s.attrs, "stamp": s.stamp(), "skipped": s.skipped, "state": s.featurizer_state}
 
 
 def _check_alike(infos: List[dict]) -> None:

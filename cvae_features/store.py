@@ -1327,8 +1327,7 @@ def write_joined(path, parts: Sequence[Tuple[Path, dict]], *, attrs: Mapping, la
                     continue
                 virtual(f, name, n, encoding, fill)
             if labels is not None:
-                values = np.concatenate([np.asarray(x, dtype=np.int64) for x in labels]) if n else \
-                    np.zeros(0, np.int64)
+                values = np.concatenate([np.asarray(x, dtype=np.int64) for x in labels])
                 _tag(f.create_dataset("labels", data=values, chunks=(max(4096, min(max(n, 1), 1 << 20)),),
                                       maxshape=(None,)), "row-array")
             _tag(f.create_dataset("label_names", data=np.asarray(list(label_names), dtype=object), dtype=_STR),
