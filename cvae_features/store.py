@@ -409,7 +409,9 @@ class FeatureStore(_Described):
         try:
             self._n, self._n_skipped = _validate(self._f, self.path)
             self._kind = _as_str(self._f.attrs["feature_kind"])
-            _check_tag(self._f["features"], "row-array", self.path)
+            # one handle for every read: reopening a virtual dataset per read reopens its parts too
+            self._features = self._f["features"]
+            _check_tag(self._features, "row-array", self.path)
             joined = self.joined
             if joined is not None and joined["mode"] == "virtual":
                 _check_parts(self.path, joined["parts"])
@@ -464,7 +466,7 @@ class FeatureStore(_Described):
         """Feature rows ``start:stop`` (clipped to the committed rows), float32 of shape (stop - start, dim)."""
         stop = min(max(stop, 0), self._n)
         start = min(max(start, 0), stop)
-        return np.asarray(self._f["features"][start:stop], dtype=np.float32)
+        return np.asarray(self._features[start:stop], dtype=np.float32)
 
     def iter_rows(self, batch_size: int = 65536) -> Iterator[Tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` over the committed rows, ``batch_size`` rows at a time."""
