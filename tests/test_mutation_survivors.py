@@ -1030,15 +1030,22 @@ def test_with_an_accelerator_the_features_are_computed_here_and_equal(tmp_path, 
         np.testing.assert_allclose(acc.features, expect, rtol=0, atol=1e-7)
 
 
-def test_a_resume_lists_new_walk_skips_and_files_removed_before_extraction_together(tmp_path):
-    import os
-
-    root, store = tmp_path / "imgs", tmp_path / "s.h5"
+def _pngs_and_a_folder_outside(tmp_path, names):
+    """A folder ``imgs`` of 9x9 PNGs named ``names`` beside a folder ``outside`` of one PNG (for a link that leads
+    out of the source); returns (root, store path)."""
+    root = tmp_path / "imgs"
     root.mkdir()
-    for name in "abcd":
+    for name in names:
         _png(root / f"{name}.png", 9)
     (tmp_path / "outside").mkdir()
     _png(tmp_path / "outside" / "x.png", 9)
+    return root, tmp_path / "s.h5"
+
+
+def test_a_resume_lists_new_walk_skips_and_files_removed_before_extraction_together(tmp_path):
+    import os
+
+    root, store = _pngs_and_a_folder_outside(tmp_path, "abcd")
     _raw_cut_after_first_batch(root, store)  # a, b written; c, d pending
     (root / "d.png").unlink()
     os.symlink(tmp_path / "outside", root / "elsewhere")
@@ -1048,16 +1055,10 @@ def test_a_resume_lists_new_walk_skips_and_files_removed_before_extraction_toget
         assert s.is_complete and s.n_rows == 3 and s.n_skipped == 2
 
 
-
 def test_an_update_lists_new_walk_skips_and_changed_files_that_no_longer_decode_together(tmp_path):
     import os
 
-    root, store = tmp_path / "imgs", tmp_path / "s.h5"
-    root.mkdir()
-    for name in "abc":
-        _png(root / f"{name}.png", 9)
-    (tmp_path / "outside").mkdir()
-    _png(tmp_path / "outside" / "x.png", 9)
+    root, store = _pngs_and_a_folder_outside(tmp_path, "abc")
     _raw(root, store)
     os.symlink(tmp_path / "outside", root / "elsewhere")
     (root / "b.png").write_bytes(b"no longer a png")
