@@ -2,16 +2,19 @@
 
 ``cvae extract ... --engine ray`` runs the same plan as the local engine, but the work of
 :func:`cvae_features.data.iter_batches` (decoding, then the featurizer's batch call) runs in a
-Ray Data actor pool: the pending plan rows are cut into chunks of ``batch_size`` rows, a dataset
-holds one chunk number per block, and ``map_batches`` sends each chunk to one actor. Every actor
-builds its featurizer once (in ``__init__``, one torch thread, one CPU) and decodes its chunks
-with the data layer's own code, so a file fails (or not) for the same reason in both engines.
-The driver receives the chunks in plan order and yields :class:`~cvae_features.data.Batch`
-objects like ``iter_batches`` with a ``transform``; the caller commits them with the one store
-writer (why one writer rather than shards joined at the end: docs/scaling.md, measured).
+Ray Data actor pool: the pending plan rows are cut into tasks of a few batches of ``batch_size``
+rows (up to :data:`MAX_BATCHES_PER_TASK`, at least four tasks per actor: Ray's cost per task made
+one-batch tasks run at half the local engine's rate, measured in benchmarks/bench_scale.py), a
+dataset holds one task number per block, and ``map_batches`` sends each task to one actor. Every
+actor builds its featurizer once (in ``__init__``, one torch thread, one CPU) and decodes its
+tasks batch by batch with the data layer's own code, so a file fails (or not) for the same reason
+in both engines. The driver receives the batches ("chunks") in plan order and yields
+:class:`~cvae_features.data.Batch` objects like ``iter_batches`` with a ``transform``; the caller
+commits them with the one store writer (why one writer rather than shards joined at the end:
+docs/scaling.md, measured).
 
 Exactly once: an actor that dies (killed, out of memory, its node lost) is restarted and its
-chunk retried by Ray (``max_restarts`` / ``max_task_retries``); a chunk is only ever yielded
+task retried by Ray (``max_restarts`` / ``max_task_retries``); a chunk is only ever yielded
 whole, once (a copy delivered again by a retry is dropped), and a chunk that never came back
 stops the run with an error, so a store never misses or repeats a row; the rows committed stay
 and ``--resume`` finishes. A driver that dies leaves a store that ``--resume`` finishes (with
@@ -38,6 +41,7 @@ from .errors import ConfigError, EngineError, MissingExtraError
 __all__ = ["RayEngine", "import_ray", "check_address", "RAY_EXTRA", "MAX_RETRIES"]
 
 RAY_EXTRA = 'pip install "cvae-features[ray]"'
+MAX_BATCHES_PER_TASK = 8  # a Ray task encodes up to this many batches: fewer tasks, less of Ray's per-task cost
 MAX_RETRIES = 3  # restarts of one actor and retries of one chunk: a file that kills its decoder every time must stop
 _PROBE_SECONDS = 5.0
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -138,13 +142,20 @@ class RayEngine:
         string is passed to ``ray.init(address=...)`` after :func:`check_address`.
     actors : int or None
         Actors of the pool (one CPU each); None: as many as the cluster has CPUs.
+    task_batches : int or None
+        Batches per Ray task; None: as many as leave every actor at least four tasks, at most
+        :data:`MAX_BATCHES_PER_TASK` (each Ray task has a fixed cost of scheduling and hand-over;
+        benchmarks/bench_scale.py measures the difference).
 
     Ray's own logs stay in its log folder (``/tmp/ray/session_latest/logs`` on the head); only its
     errors reach this terminal, as exceptions.
     """
 
-    def __init__(self, address: Optional[str] = None, *, actors: Optional[int] = None):
-        self.address, self.actors = address, actors
+    def __init__(self, address: Optional[str] = None, *, actors: Optional[int] = None,
+                 task_batches: Optional[int] = None):
+        if task_batches is not None and task_batches < 1:
+            raise ConfigError(f"invalid task_batches={task_batches!r}: expected an integer >= 1")
+        self.address, self.actors, self.task_batches = address, actors, task_batches
         self._ray = import_ray()
         self._given_as, env = ("--ray-address", None) if address else ("RAY_ADDRESS", _env_address())
         if address or env:
@@ -193,6 +204,13 @@ class RayEngine:
         n = self.actors if self.actors is not None else int(self._ray.cluster_resources().get("CPU", 1))
         return max(1, min(n, n_chunks))
 
+    def batches_per_task(self, n_batches: int, n_actors: int) -> int:
+        """Batches one Ray task encodes: ``task_batches``, else enough for four tasks per actor, at most
+        :data:`MAX_BATCHES_PER_TASK` and at least one."""
+        if self.task_batches is not None:
+            return self.task_batches
+        return max(1, min(MAX_BATCHES_PER_TASK, n_batches // (4 * n_actors)))
+
     def iter_batches(self, source, pre, transform, *, indices, batch_size: int) -> Iterator:
         """Yield ``indices``' rows of ``source`` as :class:`~cvae_features.data.Batch` objects, in order.
 
@@ -204,17 +222,20 @@ class RayEngine:
         self.connect()
         ray = self._ray
         rows = np.asarray(indices, dtype=np.int64)
-        n_chunks = -(-len(rows) // batch_size)
-        if n_chunks == 0:
+        n_batches = -(-len(rows) // batch_size)
+        if n_batches == 0:
             return
-        ds = ray.data.from_numpy([np.array([c]) for c in range(n_chunks)])  # one block per chunk: one task each
+        actors = self.n_actors(n_batches)
+        task_rows = batch_size * self.batches_per_task(n_batches, actors)
+        n_tasks = -(-len(rows) // task_rows)
+        ds = ray.data.from_numpy([np.array([c]) for c in range(n_tasks)])  # one block per task
         with warnings.catch_warnings():
             # Ray 2.60 deprecates these per-call arguments without a replacement for them; without them (a later
             # Ray), its actor pools restart actors and retry their tasks without end (-1), still exactly once
             warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
             ds = ds.map_batches(_ChunkEncoder, batch_size=1, batch_format="numpy",
-                                compute=ray.data.ActorPoolStrategy(size=self.n_actors(n_chunks)), num_cpus=1,
-                                fn_constructor_args=(source, pre, transform, rows, batch_size),
+                                compute=ray.data.ActorPoolStrategy(size=min(actors, n_tasks)), num_cpus=1,
+                                fn_constructor_args=(source, pre, transform, rows, batch_size, task_rows),
                                 max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
         ds.context.execution_options.preserve_order = True  # plan order: the store is the local engine's
         ds.context.enable_progress_bars = False  # the caller has its own bar
@@ -228,23 +249,29 @@ class RayEngine:
 
 
 class _ChunkEncoder:
-    """Ray Data callable class: one per actor; decodes and encodes the chunks of the plan it is given."""
+    """Ray Data callable class: one per actor; decodes and encodes the tasks of the plan it is given (a task:
+    ``task_rows`` plan rows, taken ``batch_size`` at a time, as the local engine does)."""
 
-    def __init__(self, source, pre, transform, rows, batch_size):
+    def __init__(self, source, pre, transform, rows, batch_size, task_rows):
         import torch
 
         torch.set_num_threads(1)  # one CPU per actor: threads would only compete with the other actors
-        self.source, self.pre, self.transform, self.rows, self.batch_size = source, pre, transform, rows, batch_size
+        self.source, self.pre, self.transform, self.rows = source, pre, transform, rows
+        self.batch_size, self.task_rows = batch_size, task_rows
 
     def __call__(self, batch: dict) -> dict:
         from .data import iter_batches
 
-        (chunk,) = batch["data"]
-        start = int(chunk) * self.batch_size
-        requested = self.rows[start:start + self.batch_size]
-        (out,) = iter_batches(self.source, self.pre, batch_size=len(requested), workers=0, indices=requested,
-                              transform=self.transform)
-        return _columns(start, requested, out)
+        (task,) = batch["data"]
+        first = int(task) * self.task_rows
+        requested = self.rows[first:first + self.task_rows]
+        parts = []
+        for start in range(0, len(requested), self.batch_size):
+            ask = requested[start:start + self.batch_size]
+            (out,) = iter_batches(self.source, self.pre, batch_size=len(ask), workers=0, indices=ask,
+                                  transform=self.transform)
+            parts.append(_columns(first + start, ask, out))
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def _columns(start: int, requested: np.ndarray, batch) -> dict:

@@ -28,11 +28,12 @@ from cvae_features.data import infer_preprocess, open_source  # noqa: E402
 from cvae_features.errors import ConfigError, EngineError  # noqa: E402
 from cvae_features.extraction import extract  # noqa: E402
 from cvae_features.featurizers import RawFeaturizer, pixels  # noqa: E402
+from cvae_features.ray_engine import RayEngine  # noqa: E402
 from cvae_features.model import ConvVAE  # noqa: E402
 from cvae_features.store import FeatureStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCH = 4  # 61 files: 16 chunks, so that each of the 2 actors handles several
+BATCH = 4  # 61 files: 16 batches, in Ray tasks of 2 (4 tasks per actor), so that each of the 2 actors handles several
 # what differs between two runs: when, which file (store_id), how many writer sessions (generation)
 TIMESTAMPS = {"created", "updated", "store_id", "generation"}
 
@@ -147,7 +148,8 @@ class _DyingRaw(RawFeaturizer):
 
 
 def test_a_ray_worker_killed_mid_run_loses_and_repeats_no_row(tmp_path, cluster, folder):
-    """Raw features, one of the two actors killed at its third chunk: the store is the local engine's, bit for bit."""
+    """Raw features, one of the two actors killed at its third batch (its second task's first): the store is the
+    local engine's, bit for bit."""
     feat = _DyingRaw(infer_preprocess(open_source(folder)))
     feat.marker = str(tmp_path / "died")
     done = []
@@ -159,6 +161,33 @@ def test_a_ray_worker_killed_mid_run_loses_and_repeats_no_row(tmp_path, cluster,
     assert (remote.n_rows, remote.n_new_skipped) == (local.n_rows, local.n_new_skipped) == (56, 5)
     assert remote.skipped == local.skipped
     assert_same_store(local.path, remote.path, atol=0)  # pixels / 255: the same floats
+
+
+def test_tasks_of_several_batches_and_a_short_last_one_make_the_local_store(tmp_path, cluster, folder, monkeypatch):
+    assert RayEngine(actors=2).batches_per_task(16, 2) == 2  # what the other tests here run: 16 batches, 2 actors
+    monkeypatch.setattr(RayEngine, "batches_per_task", lambda self, n_batches, n_actors: 3)  # 3+3+3+3+3+1 batches
+    done = []
+    remote = extract(folder, tmp_path / "ray.h5", features="raw", batch_size=BATCH, engine="ray", progress=False,
+                     callback=lambda p: done.append(p.n_done + p.n_skipped))
+    local = extract(folder, tmp_path / "local.h5", features="raw", batch_size=BATCH, workers=0, progress=False)
+    assert done == [min(4 * (i + 1), 61) for i in range(16)]  # committed batch by batch, in plan order
+    assert_same_store(local.path, remote.path, atol=0)
+
+
+@pytest.mark.parametrize("n_batches, actors, given, expected", [
+    (195, 2, None, 8),  # 50,000 files at batch 256 on 2 CPUs: the largest task
+    (39, 2, None, 4),  # four tasks per actor at least
+    (8, 2, None, 1), (7, 2, None, 1), (1, 1, None, 1),
+    (64, 4, None, 4), (1000, 64, None, 3),
+    (195, 2, 3, 3), (2, 2, 5, 5),  # given: as given
+])
+def test_batches_per_task(n_batches, actors, given, expected):
+    assert RayEngine(task_batches=given).batches_per_task(n_batches, actors) == expected
+
+
+def test_task_batches_below_one_is_refused():
+    with pytest.raises(ConfigError, match=r"invalid task_batches=0: expected an integer >= 1"):
+        RayEngine(task_batches=0)
 
 
 KILLED_DRIVER = """
