@@ -16,7 +16,6 @@ row count (the root attribute ``n_rows``) has been advanced past it.
 
 from __future__ import annotations
 
-import bisect
 import datetime as _dt
 import json
 import os
@@ -414,12 +413,8 @@ class FeatureStore(_Described):
             self._features = self._f["features"]
             _check_tag(self._features, "row-array", self.path)
             joined = self.joined
-            self._virtual = joined is not None and joined["mode"] == "virtual"
-            if self._virtual:
+            if joined is not None and joined["mode"] == "virtual":
                 _check_parts(self.path, joined["parts"])
-            self._spans: Optional[List[tuple]] = None  # a virtual joined store's row blocks, found on first read
-            self._part_features: Dict[int, h5py.Dataset] = {}
-            self._part_files: List[h5py.File] = []
         except BaseException:
             self._f.close()
             raise
@@ -427,9 +422,6 @@ class FeatureStore(_Described):
     # -- lifetime ------------------------------------------------------------
     def close(self) -> None:
         """Close the file; cached arrays stay usable."""
-        for part in self._part_files:
-            part.close()
-        self._part_files, self._part_features = [], {}
         if self._f:
             self._f.close()
 
@@ -474,55 +466,7 @@ class FeatureStore(_Described):
         """Feature rows ``start:stop`` (clipped to the committed rows), float32 of shape (stop - start, dim)."""
         stop = min(max(stop, 0), self._n)
         start = min(max(start, 0), stop)
-        spans = self._row_spans() if self._virtual and stop > start else None
-        if not spans:
-            return np.asarray(self._features[start:stop], dtype=np.float32)
-        # A virtual joined store: read the (checked) parts directly. HDF5's own path matches every read against
-        # every part's mapping; with 64 parts that made a whole read ~20 % slower than one file (bench_scale).
-        out = np.empty((stop - start, self._features.shape[1]), dtype=np.float32)
-        i = bisect.bisect_right([span[0] for span in spans], start) - 1
-        while start < stop:
-            first, last, source_first = spans[i]
-            upto = min(stop, last)
-            self._part_dataset(i).read_direct(out, np.s_[source_first + start - first: source_first + upto - first],
-                                              np.s_[len(out) - (stop - start): len(out) - (stop - upto)])
-            start, i = upto, i + 1
-        return out
-
-    def _row_spans(self) -> Optional[List[tuple]]:
-        """``[(first row, last row + 1, first row in the part)]`` of a virtual joined store's features, one per
-        part in row order, when each part maps a block of whole rows and together they cover the committed rows;
-        else [] (then reads go through HDF5's virtual dataset)."""
-        if self._spans is None:
-            self._spans, self._span_sources = [], []
-            if not self._features.is_virtual:
-                return self._spans
-            spans, sources, at = [], [], 0
-            width = self._features.shape[1]
-            for vmap in sorted(self._features.virtual_sources(), key=lambda m: m.vspace.get_select_bounds()[0]):
-                (v0, c0), (v1, c1) = vmap.vspace.get_select_bounds()
-                (s0, d0), (s1, d1) = vmap.src_space.get_select_bounds()
-                whole = (c0, c1, d0, d1) == (0, width - 1, 0, width - 1) and v1 - v0 == s1 - s0
-                if not whole or v0 != at or vmap.vspace.get_select_npoints() != (v1 - v0 + 1) * width \
-                        or vmap.src_space.get_select_npoints() != (v1 - v0 + 1) * width:
-                    return self._spans
-                spans.append((v0, v1 + 1, s0))
-                sources.append((self.path.parent / vmap.file_name, vmap.dset_name))
-                at = v1 + 1
-            if at >= self._n:
-                self._spans, self._span_sources = spans, sources
-        return self._spans
-
-    def _part_dataset(self, i: int) -> h5py.Dataset:
-        if i not in self._part_features:
-            file, name = self._span_sources[i]
-            try:
-                part = h5py.File(file, "r")
-            except OSError as err:
-                raise StoreError(f"{self.path}: its part {file} cannot be read: {str(err).splitlines()[0]}") from None
-            self._part_files.append(part)
-            self._part_features[i] = part[name]
-        return self._part_features[i]
+        return np.asarray(self._features[start:stop], dtype=np.float32)
 
     def iter_rows(self, batch_size: int = 65536) -> Iterator[Tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` over the committed rows, ``batch_size`` rows at a time."""
