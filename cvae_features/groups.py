@@ -27,7 +27,9 @@ import numpy as np
 from .errors import ConfigError
 from .probes._common import (PREPROCESSINGS, DataTooSmall, FeaturePrep, check_choices, check_features,
                              small_data_single_thread)
-from .probes.cluster import METHODS, MIN_ROWS_PER_CLUSTER, fit_clusters
+from .probes.cluster import MIN_ROWS_PER_CLUSTER, fit_clusters
+
+METHODS = ("kmeans", "gmm")  # a group needs a centre in feature space (its nearest images): not umap-gmm
 
 K_RANGE = (2, 12)
 SELECTION_ROWS = 2000  # the silhouette's cost is quadratic in the rows it is computed on

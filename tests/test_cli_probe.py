@@ -149,6 +149,8 @@ def test_refusals_are_one_line(stores):
         ((stores["train"], "--normal-class", "hat", "--task", "anomaly"), "--normal-class: expected one of"),
         ((stores["train"], "--labels-per-class", "1,500", "--task", "fewshot"), "500 labels per class requested"),
         ((stores["train"].parent / "missing.h5",), "missing.h5"),
+        ((stores["train"], "--task", "cluster", "--cluster-methods", "kmeans,dbscan"),
+         "cluster methods: expected one of ['kmeans', 'gmm', 'umap-gmm'], got 'dbscan'"),
     ]
     for args, message in cases:
         result = invoke(*args)
@@ -190,3 +192,14 @@ def test_compare_test_without_compare_is_a_usage_error(stores):
     result = invoke(stores["train"], "--compare-test", stores["test"], "--task", "linear")
     assert result.exit_code == 2, result.output  # click's usage-error code, before any probe runs
     assert result.output.strip() == "Error: --compare-test needs --compare OTHER.h5 (the store it is the test store of)"
+
+
+def test_cluster_methods_option_runs_umap_gmm(stores):
+    pytest.importorskip("umap", reason="umap-gmm needs umap-learn: pip install -e '.[dev]' installs it")
+    result = invoke(stores["train"], "--test", stores["test"], "--task", "cluster", "--cluster-methods",
+                    "umap-gmm,kmeans", "--json")
+    assert result.exit_code == 0, result.output
+    (rec,) = json.loads(result.stdout)["stores"]["train"]
+    assert list(rec["methods"]) == ["umap-gmm", "kmeans"]  # as asked, in that order
+    for m in rec["methods"].values():
+        assert m["acc"] == 1.0 and sorted(m["cluster_sizes"]) == [20, 20, 20]  # three far-apart blobs

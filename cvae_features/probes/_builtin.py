@@ -37,6 +37,21 @@ def _run_knn(data: ProbeData, ctx):
 
 # --------------------------------------------------------------------------- cluster
 
+def _cluster_methods(ctx) -> tuple:
+    from .cluster import DEFAULT_METHODS
+
+    return ctx.cluster_methods if ctx.cluster_methods is not None else DEFAULT_METHODS
+
+
+def _check_cluster(data: ProbeData, ctx):
+    from ._common import check_choices
+    from .cluster import METHODS, import_umap
+
+    methods = check_choices("cluster methods", _cluster_methods(ctx), METHODS)
+    if "umap-gmm" in methods:
+        import_umap()
+
+
 def _run_cluster(data: ProbeData, ctx):
     from .cluster import cluster_probe
 
@@ -45,7 +60,7 @@ def _run_cluster(data: ProbeData, ctx):
     if y is None and ctx.n_clusters is None:
         ctx.note("cluster: no test labels, so 10 clusters and no ACC/NMI/ARI (set the count with --clusters)")
     try:
-        return cluster_probe(data.X_test, y, n_clusters=k, seed=ctx.seed)
+        return cluster_probe(data.X_test, y, n_clusters=k, methods=_cluster_methods(ctx), seed=ctx.seed)
     except DataTooSmall as err:
         raise DataTooSmall(f"on the test rows, {err}") from None
 
@@ -171,8 +186,8 @@ def _anomaly_lines(rec, where: str) -> list:
 register_probe("linear", _run_linear, needs_labels=True, plots=_plot_linear,
                description="logistic regression")
 register_probe("knn", _run_knn, needs_labels=True, description="k-NN classifier")
-register_probe("cluster", _run_cluster, needs_labels=False,
-               description="k-means and GMM clusters of the test rows")
+register_probe("cluster", _run_cluster, needs_labels=False, check=_check_cluster,
+               description="k-means and GMM clusters of the test rows (--cluster-methods)")
 register_probe("fewshot", _run_fewshot, needs_labels=True, plots=_plot_fewshot,
                description="accuracy with few labels per class")
 register_probe("anomaly", _run_anomaly, needs_labels=False, records=("anomaly", "one_class"),

@@ -1,4 +1,5 @@
-"""Clustering probe: k-means and a diagonal Gaussian mixture on the features, scored against labels when known."""
+"""Clustering probe: k-means, a diagonal Gaussian mixture and UMAP + a full Gaussian mixture (the N2D recipe) on the
+features, scored against labels when known."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingExtraError
 from ._common import (PREPROCESSINGS, DataTooSmall, FeaturePrep, ResultRecord, check_choices, check_features,
                       check_labels, small_data_single_thread, timed)
 
-METHODS = ("kmeans", "gmm")
+METHODS = ("kmeans", "gmm", "umap-gmm")
+DEFAULT_METHODS = ("kmeans", "gmm")  # umap-gmm needs the umap extra and costs seconds to minutes: asked for by name
+UMAP_EXTRA = 'pip install "cvae-features[umap]"'
+# N2D (McConville et al. 2019): UMAP to as many dimensions as clusters, 20 neighbours, min_dist 0, then a
+# full-covariance Gaussian mixture. Fixed by the recipe, so no label ever chooses them.
+UMAP_NEIGHBOURS = 20
+UMAP_MIN_DIST = 0.0
 MIN_ROWS_PER_CLUSTER = 2  # fewer rows than this per cluster and the clusters are mostly forced singletons
 
 
@@ -46,13 +53,55 @@ def cluster_accuracy(y_true, y_pred) -> float:
     return float(counts[rows, cols].sum() / y_true.size)
 
 
+def import_umap():
+    """The ``umap`` module (umap-learn), or a one-line MissingExtraError naming the extra that installs it."""
+    try:
+        import umap
+    except ImportError as err:
+        raise MissingExtraError(f"the umap-gmm cluster method needs umap-learn, which is not installed ({err}): "
+                                f"{UMAP_EXTRA}") from None
+    return umap
+
+
+class UmapGmm:
+    """The N2D recipe: a UMAP embedding of the rows (``n_components`` = clusters, 20 neighbours, min_dist 0,
+    Euclidean on the preprocessed rows, seeded), then a full-covariance ``GaussianMixture`` on the embedding.
+
+    ``fit(X)`` keeps the embedding (``embedding_``) and the mixture (``mixture_``); ``predict`` of the fitted
+    rows reads the embedding, of other rows embeds them with UMAP's ``transform`` first.
+    """
+
+    def __init__(self, n_clusters: int, *, n_neighbors: int = UMAP_NEIGHBOURS, min_dist: float = UMAP_MIN_DIST,
+                 seed: int = 0):
+        self.n_clusters, self.n_neighbors, self.min_dist, self.seed = n_clusters, n_neighbors, min_dist, seed
+
+    def fit(self, X: np.ndarray) -> "UmapGmm":
+        from sklearn.mixture import GaussianMixture
+
+        umap = import_umap()
+        n = X.shape[0]
+        # tiny inputs: fewer neighbours than rows; a spectral start needs more rows than dimensions
+        self.umap_ = umap.UMAP(n_components=self.n_clusters, n_neighbors=max(2, min(self.n_neighbors, n - 1)),
+                               min_dist=self.min_dist, random_state=self.seed, n_jobs=1,
+                               init="spectral" if n > self.n_clusters + 1 else "random")
+        self._fitted = X
+        self.embedding_ = self.umap_.fit_transform(X)
+        self.mixture_ = GaussianMixture(self.n_clusters, covariance_type="full", reg_covar=1e-6,
+                                        random_state=self.seed).fit(self.embedding_)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        embedded = self.embedding_ if X is self._fitted else self.umap_.transform(X)
+        return self.mixture_.predict(embedded)
+
+
 def fit_clusters(Xp: np.ndarray, n_clusters: int, method: str = "kmeans", *, n_init: int = 10, seed: int = 0):
     """The probe's clusterer fitted on preprocessed rows ``Xp`` of shape (n_samples, n_features).
 
     'kmeans': ``KMeans`` with ``n_init`` seeded restarts (centres in ``cluster_centers_``);
     'gmm': a diagonal-covariance ``GaussianMixture`` (``reg_covar`` 1e-4, one start from
-    k-means; centres in ``means_``). Both have ``predict``. Convergence warnings are silenced:
-    on tiny data they say nothing useful.
+    k-means; centres in ``means_``); 'umap-gmm': :class:`UmapGmm` (needs umap-learn). All have
+    ``predict``. Convergence and UMAP's warnings are silenced: on tiny data they say nothing useful.
     """
     from sklearn.cluster import KMeans
     from sklearn.mixture import GaussianMixture
@@ -62,6 +111,8 @@ def fit_clusters(Xp: np.ndarray, n_clusters: int, method: str = "kmeans", *, n_i
         warnings.simplefilter("ignore")
         if method == "kmeans":
             return KMeans(n_clusters, n_init=n_init, random_state=seed).fit(Xp)
+        if method == "umap-gmm":
+            return UmapGmm(n_clusters, seed=seed).fit(Xp)
         return GaussianMixture(n_clusters, covariance_type="diag", reg_covar=1e-4, random_state=seed).fit(Xp)
 
 
@@ -69,7 +120,7 @@ def fit_clusters(Xp: np.ndarray, n_clusters: int, method: str = "kmeans", *, n_i
 class ClusterProbeResult(ResultRecord):
     """Outcome of :func:`cluster_probe`.
 
-    ``methods`` maps 'kmeans' / 'gmm' to a dict with ``cluster_sizes`` and ``silhouette``
+    ``methods`` maps each method ('kmeans', 'gmm', 'umap-gmm') to a dict with ``cluster_sizes`` and ``silhouette``
     (no labels needed) and, when labels were given, ``acc`` (Hungarian), ``nmi`` and ``ari``
     measured on the labelled rows. ``assignments`` (per-row cluster ids) stays out of ``to_dict``.
     """
@@ -97,7 +148,7 @@ class ClusterProbeResult(ResultRecord):
 
 
 @small_data_single_thread
-def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=METHODS, preprocessing: str = "l2",
+def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=DEFAULT_METHODS, preprocessing: str = "l2",
                   n_init: int = 10, max_silhouette_rows: int = 5000, seed: int = 0) -> ClusterProbeResult:
     """Cluster the given features and measure the clusters.
 
@@ -112,8 +163,10 @@ def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=METHODS, 
     n_clusters : int or None
         Default: the number of distinct known labels in ``y`` (required when ``y`` is None).
         ``X`` must hold at least 2 rows per cluster (:class:`DataTooSmall` otherwise).
-    methods : sequence of {'kmeans', 'gmm'}
-        k-means (``n_init`` seeded restarts) and a GaussianMixture with diagonal covariances.
+    methods : sequence of {'kmeans', 'gmm', 'umap-gmm'}
+        Default ('kmeans', 'gmm'): k-means (``n_init`` seeded restarts) and a GaussianMixture with
+        diagonal covariances. 'umap-gmm': the N2D recipe (:class:`UmapGmm`; umap-learn, the
+        ``umap`` extra), its settings fixed by the recipe.
     preprocessing : {'l2', 'standardize', 'none'}
         Default 'l2': centre, then scale rows to unit norm (cosine geometry).
     n_init : int
@@ -131,6 +184,8 @@ def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=METHODS, 
 
     methods = check_choices("methods", methods, METHODS)
     check_choices("preprocessing", (preprocessing,), PREPROCESSINGS)
+    if "umap-gmm" in methods:
+        import_umap()  # before any work
     X = check_features(X, "X")
     labelled = None
     if y is not None:

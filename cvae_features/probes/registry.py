@@ -22,8 +22,8 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 class ProbeContext:
     """The options of one :func:`run_probes` call, handed to every probe's ``run`` and ``check``.
 
-    ``labels_per_class``, ``seeds`` (few-label), ``normal_class``, ``fpr`` (anomaly) and
-    ``n_clusters`` (cluster) are the suite's options; a probe reads the ones it needs.
+    ``labels_per_class``, ``seeds`` (few-label), ``normal_class``, ``fpr`` (anomaly),
+    ``n_clusters`` and ``cluster_methods`` (cluster) are the suite's options; a probe reads the ones it needs.
     ``notes`` collects one line per thing a probe skipped or changed (see :meth:`note`).
     """
 
@@ -33,6 +33,7 @@ class ProbeContext:
     normal_class: Optional[str] = None
     fpr: float = 0.05
     n_clusters: Optional[int] = None
+    cluster_methods: Optional[tuple] = None
     notes: list = field(default_factory=list)
 
     def note(self, text: str) -> None:
