@@ -6,7 +6,9 @@
    same width as the latent (fitted on train, applied to test through the train store);
 3. ``probe_stores`` (what ``cvae probe TRAIN.h5 --test TEST.h5`` runs) on each pair:
    linear, k-NN, clustering (k-means / GMM, k=10, on the test features) and the
-   few-label curve (1, 5, 10, 100 labels per class, 5 seeds, the fewshot probe's methods).
+   few-label curve (1, 5, 10, 100 labels per class, 5 seeds, the fewshot probe's methods);
+4. the cluster probe again on every test store with k-means, the diagonal GMM and UMAP + a full GMM
+   (the N2D recipe), over ``--cluster-seeds`` seeds (mean and std).
 
     python benchmarks/fashion_mnist.py                     # full protocol, tens of minutes on 2 cores
     python benchmarks/fashion_mnist.py --quick             # reduced smoke run, a few minutes
@@ -35,7 +37,10 @@ ANCHORS = {
     ("knn", "accuracy"): ("85.4 (raw KNN; RBF-SVC 89.7)", 89.0),
     ("kmeans", "acc"): ("47 raw; AE+k-means 61; DEC 62", 62.0),
     ("kmeans", "nmi"): ("51 raw; AE+k-means 64; DEC 65", 65.0),
+    ("umap-gmm", "acc"): ("N2D 67.2 (AE codes + UMAP + GMM)", 68.0),
+    ("umap-gmm", "nmi"): ("N2D 68.4", 69.0),
 }
+CLUSTER_METHODS = ("kmeans", "gmm", "umap-gmm")  # also run over --cluster-seeds seeds on every test store
 FEWSHOT_MARGIN = 8.0  # target: VAE >= raw-pixel logistic + 8 points at 10 labels per class
 FEATURES = (("vae", "VAE μ"), ("pca", "PCA"), ("raw", "raw pixels"))
 TASKS = ("linear", "knn", "cluster", "fewshot")
@@ -54,6 +59,7 @@ def parse_args(argv):
     p.add_argument("--labels-per-class", default=None, help="few-label sizes (default 1,5,10,100; quick 1,10)")
     p.add_argument("--seeds", type=int, default=None, help="few-label seeds 0..N-1 (default 5; quick 2)")
     p.add_argument("--probe-seed", type=int, default=0, help="seeds selection splits and clustering")
+    p.add_argument("--cluster-seeds", type=int, default=3, help="seeds 0..N-1 of the clustering over seeds")
     p.add_argument("--out-dir", default=None, help="work files (default benchmarks/_work/fashion_mnist[_quick])")
     p.add_argument("--reuse", action="store_true", help="reuse the run dir and complete stores in --out-dir")
     p.add_argument("--out", default=None, help="results path without suffix "
@@ -147,6 +153,8 @@ def run(args, argv) -> dict:
         task_seconds[key] = {t: round(marks[i + 1][1] - s, 2) for i, (t, s) in enumerate(marks[:-1])}
         records[key] = {r.probe: r for r in run_.results[key]}
         notes += [f"{key}: {n}" for n in run_.notes]
+    with stages("cluster over seeds"):
+        rec["cluster_seeds"] = cluster_over_seeds(paths, args.cluster_seeds)
     rec["probe_settings"] = {"tasks": list(TASKS), "labels_per_class": list(args.labels_per_class),
                              "seeds": list(range(args.seeds)), "seed": args.probe_seed,
                              "called_as": "cvae_features.probes.probe_stores (= cvae probe TRAIN --test TEST)"}
@@ -154,12 +162,35 @@ def run(args, argv) -> dict:
     rec["notes"] = notes
     rec["stage_seconds"] = stages.seconds
     rec["probe_task_seconds"] = task_seconds
-    rec["table"] = headline(records, args.labels_per_class)
+    rec["table"] = headline(records, args.labels_per_class, rec["cluster_seeds"])
     rec["wall_s"] = round(time.perf_counter() - t_start, 1)
     return rec
 
 
-def headline(records: dict, ks) -> list:
+def cluster_over_seeds(paths: dict, n_seeds: int) -> dict:
+    """``{features: {method: {"acc"|"nmi"|"ari"|"seconds": [one per seed]}}}``: the cluster probe (k = 10, its
+    default preprocessing) on each test store, each method alone, seeds 0..n_seeds-1."""
+    from cvae_features import FeatureStore
+    from cvae_features.probes import cluster_probe
+
+    out = {}
+    for key, _ in FEATURES:
+        with FeatureStore(paths[key][1]) as store:
+            X, y = store.features, store.labels
+        per = out[key] = {m: {"acc": [], "nmi": [], "ari": [], "seconds": []} for m in CLUSTER_METHODS}
+        for seed in range(n_seeds):
+            for method in CLUSTER_METHODS:
+                t = time.perf_counter()
+                got = cluster_probe(X, y, methods=(method,), seed=seed).methods[method]
+                per[method]["seconds"].append(round(time.perf_counter() - t, 2))
+                for metric in ("acc", "nmi", "ari"):
+                    per[method][metric].append(got[metric])
+            bc.say(f"    {key}: clustering, seed {seed}: " + ", ".join(
+                f"{m} ACC {100 * per[m]['acc'][-1]:.1f}" for m in CLUSTER_METHODS))
+    return out
+
+
+def headline(records: dict, ks, seeds: dict) -> list:
     """Rows of the result table: probe, metric, value per feature kind (fractions), anchor, target."""
     rows = []
 
@@ -180,6 +211,16 @@ def headline(records: dict, ks) -> list:
             anchor, target = ANCHORS.get((method, metric), ("", None))
             add(f"{'k-means' if method == 'kmeans' else 'GMM (diag)'} k=10", metric.upper(),
                 lambda r, m=method, x=metric: r["cluster"].methods[m][x], anchor, target)
+    names = {"kmeans": "k-means", "gmm": "GMM (diag)", "umap-gmm": "UMAP + GMM (full), N2D recipe"}
+    for method in CLUSTER_METHODS:
+        for metric in ("acc", "nmi", "ari"):
+            anchor, target = ANCHORS.get((method, metric), ("", None)) if method == "umap-gmm" else ("", None)
+            row = {"probe": f"{names[method]} k=10, {len(seeds['vae'][method][metric])} seeds",
+                   "metric": metric.upper(), "anchor": anchor, "target": target}
+            for key, _ in FEATURES:
+                values = seeds[key][method][metric]
+                row[key], row[key + "_std"] = statistics.mean(values), statistics.pstdev(values)
+            rows.append(row)
     few = records["raw"].get("fewshot")
     for k in ks:
         raw_log = few.curves["logistic"][str(k)]["mean"] if few is not None else None
