@@ -25,7 +25,7 @@ pytest.importorskip("ray.data", reason="the Ray engine needs Ray Data: pip insta
 from _images import write_class_folder, write_image_zoo  # noqa: E402
 from cvae_cli.main import cli  # noqa: E402
 from cvae_features.data import infer_preprocess, open_source  # noqa: E402
-from cvae_features.errors import ConfigError, EngineError  # noqa: E402
+from cvae_features.errors import ConfigError  # noqa: E402
 from cvae_features.extraction import extract  # noqa: E402
 from cvae_features.featurizers import RawFeaturizer, pixels  # noqa: E402
 from cvae_features.ray_engine import RayEngine  # noqa: E402
@@ -174,22 +174,6 @@ def test_tasks_of_several_batches_and_a_short_last_one_make_the_local_store(tmp_
     assert_same_store(local.path, remote.path, atol=0)
 
 
-@pytest.mark.parametrize("n_batches, actors, given, expected", [
-    (195, 2, None, 8),  # 50,000 files at batch 256 on 2 CPUs: the largest task
-    (39, 2, None, 4),  # four tasks per actor at least
-    (8, 2, None, 1), (7, 2, None, 1), (1, 1, None, 1),
-    (64, 4, None, 4), (1000, 64, None, 3),
-    (195, 2, 3, 3), (2, 2, 5, 5),  # given: as given
-])
-def test_batches_per_task(n_batches, actors, given, expected):
-    assert RayEngine(task_batches=given).batches_per_task(n_batches, actors) == expected
-
-
-def test_task_batches_below_one_is_refused():
-    with pytest.raises(ConfigError, match=r"invalid task_batches=0: expected an integer >= 1"):
-        RayEngine(task_batches=0)
-
-
 KILLED_DRIVER = """
 import os, signal, sys
 from cvae_features.extraction import extract
@@ -239,39 +223,6 @@ def test_update_with_the_ray_engine_is_the_local_update(tmp_path, cluster, folde
     with FeatureStore(first.path) as s:
         row = s.keys.index("circle/img_003.png")
         assert np.allclose(s.features[row], 7 / 255)  # the new pixels, not the old
-
-
-def test_chunks_are_yielded_once_whole_and_in_plan_order_whatever_comes_back():
-    """What the driver does with the rows coming back: a retried task's copy, a chunk split or early, one missing."""
-    from cvae_features.ray_engine import _InOrder, _columns
-    from cvae_features.data import Batch
-
-    rows = np.array([7, 3, 9, 1, 5])  # plan order: source rows 7, 3, 9, 1, 5; chunks of 2: (7, 3) (9, 1) (5,)
-
-    def chunk(c, skipped=()):
-        requested = rows[2 * c:2 * c + 2]
-        ok = np.array([r for r in requested if r not in skipped])
-        out = (ok[:, None] * np.ones((1, 3), np.float32), {"neg_elbo": ok.astype(np.float32)})
-        return _columns(2 * c, requested, Batch(ok, None, [(r, f"bad {r}") for r in skipped], out))
-
-    def cut(block, part):
-        return {k: v[part] for k, v in block.items()}
-
-    order = _InOrder(len(rows), 2)
-    first, second, third = chunk(0), chunk(1, skipped=(9,)), chunk(2)
-    got = list(order.add(third)) + list(order.add(cut(second, slice(1, 2))))  # chunk 0 not there yet: nothing
-    assert got == []
-    got = list(order.add(first)) + list(order.add(first))  # a copy: dropped
-    got += list(order.add(cut(second, slice(0, 1)))) + list(order.add(second))
-    order.check_complete()
-    assert [b.indices.tolist() for b in got] == [[7, 3], [1], [5]]
-    assert [b.skipped for b in got] == [[], [(9, "bad 9")], []]
-    assert got[1].output[0].tolist() == [[1, 1, 1]] and got[2].output[1]["neg_elbo"].tolist() == [5]
-
-    short = _InOrder(len(rows), 2)
-    assert [b.indices.tolist() for b in short.add(first)] == [[7, 3]]
-    with pytest.raises(EngineError, match="ended without 3 of the 5 rows asked for; the rows committed so far are kept"):
-        short.check_complete()
 
 
 # ------------------------------------------------------------------------------------------------
