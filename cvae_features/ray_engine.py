@@ -81,13 +81,24 @@ def check_address(address: str, timeout: float = _PROBE_SECONDS, *, given_as: st
                           "or auto")
     try:
         answered = _grpc_answers(host.strip("[]"), int(port), timeout)
-    except OSError as err:
-        reason = err.strerror or str(err) or type(err).__name__
+    except (OSError, UnicodeError) as err:  # UnicodeError: a host name label longer than 63 characters
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
         raise ConfigError(f"cannot reach a Ray cluster at {given_as} {address}: {reason} (is `ray start --head` "
                           "running there?)") from None
     if not answered:
         raise ConfigError(f"{given_as} {address} answers, but not as a Ray cluster (not its GCS port; the "
                           "dashboard port 8265 is not it): give the head's GCS address, port 6379 by default")
+
+
+def _hpack_length(n: int) -> bytes:
+    """A string length as HPACK writes it: an integer with a 7-bit prefix, the Huffman bit off (RFC 7541, 5.1)."""
+    if n < 127:
+        return bytes([n])
+    out, n = [127], n - 127
+    while n >= 128:
+        out.append(n % 128 + 128)
+        n //= 128
+    return bytes(out + [n])
 
 
 def _grpc_answers(host: str, port: int, timeout: float) -> bool:
@@ -96,7 +107,8 @@ def _grpc_answers(host: str, port: int, timeout: float) -> bool:
         return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
 
     def header(index, value):  # HPACK: a literal value under a static-table name, not indexed
-        return (bytes([index]) if index < 15 else bytes([15, index - 15])) + bytes([len(value)]) + value.encode()
+        value = value.encode()
+        return (bytes([index]) if index < 15 else bytes([15, index - 15])) + _hpack_length(len(value)) + value
 
     headers = (b"\x83\x86" + header(4, _GCS_CALL) + header(1, f"{host}:{port}")  # POST, http, :path, :authority
                + header(31, "application/grpc") + b"\x00\x02te\x08trailers")
@@ -107,6 +119,7 @@ def _grpc_answers(host: str, port: int, timeout: float) -> bool:
         conn.sendall(call)
         buf = b""
         while time.monotonic() < deadline:
+            conn.settimeout(max(deadline - time.monotonic(), 0.001))  # the whole exchange within ``timeout``
             data = conn.recv(65536)
             if not data:
                 return False  # closed: not an HTTP/2 server

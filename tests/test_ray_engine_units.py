@@ -161,10 +161,12 @@ def test_a_reset_of_another_stream_is_not_the_calls():
     assert _answers([_frame(3, 0, 3, bytes(4)) + _frame(1, 0x4, 1, OK)]) == (True, b"")
 
 
-def test_a_server_that_trickles_bytes_past_the_timeout_is_not_grpc():
+def test_a_server_that_trickles_bytes_past_the_timeout_is_cut_off_at_the_timeout():
+    server = _Server([b"\x00"] * 8, pause=0.1)  # a frame header never finished, a byte every 0.1 s
     started = time.monotonic()
-    answer, _ = _answers([b"\x00"] * 8, timeout=0.3, pause=0.1)  # a frame header never finished
-    assert answer is False and time.monotonic() - started < 2
+    with pytest.raises(ConfigError, match=rf"^cannot reach a Ray cluster at --ray-address {server.address}: timed out"):
+        check_address(server.address, 0.3)
+    assert time.monotonic() - started < 0.6  # the whole exchange within the timeout, not each read
 
 
 def test_a_host_that_never_takes_the_connection_times_out_within_the_timeout():
@@ -611,3 +613,19 @@ def test_nothing_asked_for_is_complete_at_once():
 ])
 def test_actor_death_is_one_line_naming_its_last_cause(message, expected):
     assert _actor_death(RuntimeError(message)) == expected
+
+
+@pytest.mark.parametrize("n, encoded", [(0, [0]), (10, [10]), (126, [126]), (127, [127, 0]), (128, [127, 1]),
+                                        (254, [127, 127]), (255, [127, 128, 1]), (1337, [127, 186, 9])])
+def test_hpack_lengths_use_the_7_bit_prefix_integer(n, encoded):
+    from cvae_features.ray_engine import _hpack_length
+
+    assert _hpack_length(n) == bytes(encoded)  # RFC 7541 5.1 (1337 = 127 + 58 + 9 * 128)
+
+
+def test_a_host_name_too_long_to_look_up_is_one_line():
+    address = "x" * 70 + ".example:6379"  # a DNS label of at most 63 characters: Python's idna codec refuses it
+    with pytest.raises(ConfigError) as err:
+        check_address(address, timeout=1)
+    assert str(err.value).startswith(f"cannot reach a Ray cluster at --ray-address {address}: encoding with 'idna'")
+    assert "\n" not in str(err.value)
