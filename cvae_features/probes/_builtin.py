@@ -187,7 +187,7 @@ register_probe("linear", _run_linear, needs_labels=True, plots=_plot_linear,
                description="logistic regression")
 register_probe("knn", _run_knn, needs_labels=True, description="k-NN classifier")
 register_probe("cluster", _run_cluster, needs_labels=False, check=_check_cluster,
-               description="k-means and GMM clusters of the test rows (--cluster-methods)")
+               description="k-means and GMM clusters of the test rows")
 register_probe("fewshot", _run_fewshot, needs_labels=True, plots=_plot_fewshot,
                description="accuracy with few labels per class")
 register_probe("anomaly", _run_anomaly, needs_labels=False, records=("anomaly", "one_class"),
