@@ -137,7 +137,7 @@ def _grpc_answers(host: str, port: int, timeout: float) -> bool:
                     if flags & 0x20:  # with a priority
                         payload = payload[5:]
                     return payload[:1] == b"\x88"  # ':status 200' (static table), whatever the gRPC status
-    return False
+    raise TimeoutError("timed out")  # bytes kept coming, but no answer within ``timeout``
 
 
 class RayEngine:
