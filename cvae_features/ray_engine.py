@@ -114,8 +114,7 @@ def _grpc_answers(host: str, port: int, timeout: float) -> bool:
                + header(31, "application/grpc") + b"\x00\x02te\x08trailers")
     call = _H2_PREFACE + frame(4, 0, 0) + frame(1, 0x4, 1, headers) + frame(0, 0x1, 1, bytes(5))  # empty message
     deadline = time.monotonic() + timeout
-    with socket.create_connection((host, port), timeout=timeout) as conn:
-        conn.settimeout(timeout)
+    with socket.create_connection((host, port), timeout=timeout) as conn:  # the send, too, within ``timeout``
         conn.sendall(call)
         buf = b""
         while time.monotonic() < deadline:

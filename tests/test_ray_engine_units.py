@@ -169,6 +169,14 @@ def test_a_server_that_trickles_bytes_past_the_timeout_is_cut_off_at_the_timeout
     assert time.monotonic() - started < 0.6  # the whole exchange within the timeout, not each read
 
 
+def test_a_server_that_starts_a_frame_then_falls_silent_is_cut_off_at_the_timeout():
+    server = _Server([b"\x00"])  # one byte of a frame header at once, then nothing until the probe gives up
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=rf"^cannot reach a Ray cluster at --ray-address {server.address}: timed out"):
+        check_address(server.address, 0.3)
+    assert time.monotonic() - started < 0.8  # each read waits only for what is left of the timeout
+
+
 def test_a_host_that_never_takes_the_connection_times_out_within_the_timeout():
     """A silent host (a firewall dropping the connection request): here a server whose queue is full."""
     with socket.socket() as server:
