@@ -84,7 +84,7 @@ def test_one_class_digits_two_classes_and_reuse(tmp_path):
 def test_fashion_mnist_script_on_digits(tmp_path):
     fm = _load("fashion_mnist")
     argv = ["--train-source", "digits:train", "--test-source", "digits:test", "--epochs", "2", "--latent-dim", "8",
-            "--labels-per-class", "1,5", "--seeds", "2", "--out-dir", str(tmp_path / "work"),
+            "--labels-per-class", "1,5", "--seeds", "2", "--cluster-seeds", "1", "--out-dir", str(tmp_path / "work"),
             "--out", str(tmp_path / "fm"), "--no-progress"]
     assert fm.main(argv) == 0
     rec = json.loads((tmp_path / "fm.json").read_text())
@@ -98,7 +98,12 @@ def test_fashion_mnist_script_on_digits(tmp_path):
     assert rec["probes"]["raw"]["linear"]["accuracy"] > 0.9
     linear = next(r for r in rec["table"] if r["probe"] == "linear")
     assert linear["raw"] == rec["probes"]["raw"]["linear"]["accuracy"] and linear["target"] == 88.0
-    assert set(rec["stage_seconds"]) >= {"train VAE", "extract VAE", "probe raw"}
+    assert set(rec["stage_seconds"]) >= {"train VAE", "extract VAE", "probe raw", "cluster over seeds"}
+    for kind in ("vae", "pca", "raw"):  # the clustering over seeds: every method, one value per seed
+        assert set(rec["cluster_seeds"][kind]) == {"kmeans", "gmm", "umap-gmm"}
+        assert all(len(v) == 1 for m in rec["cluster_seeds"][kind].values() for v in m.values())
+    umap_acc = next(r for r in rec["table"] if r["probe"].startswith("UMAP + GMM") and r["metric"] == "ACC")
+    assert umap_acc["raw"] == rec["cluster_seeds"]["raw"]["umap-gmm"]["acc"][0] and umap_acc["target"] == 68.0
     md = (tmp_path / "fm.md").read_text()
     assert "| linear | test accuracy |" in md and "Resolved train config" in md
 
