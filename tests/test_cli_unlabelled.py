@@ -211,3 +211,81 @@ def test_cluster_too_few_rows_to_choose_k(tmp_path):
 ])
 def test_outliers_bad_values(tmp_path, args, message):
     _one_line_error(run("outliers", _store(tmp_path / "s.h5", 8), *args), message)
+
+
+def test_group_store_passes_its_options_and_writes_the_sheets_page(extracted, tmp_path):
+    import html
+
+    from cvae_features.groups import group_store
+
+    store = extracted["store"]
+    with FeatureStore(store) as fs:
+        X = np.asarray(fs.features)
+    result = group_store(store, k=3, method="gmm", sheets=tmp_path / "given", per_sheet=4, seed=2, n_exemplars=2,
+                         preprocessing="none")
+    assert result.store == str(store) and (result.k, result.method, result.seed) == (3, "gmm", 2)
+    assert result.chosen_by == "given" and result.preprocessing == "none" and result.n_exemplars == 2
+    assert result.frame["exemplar"].sum() == sum(min(2, size) for size in result.sizes) and result.n_rows == 36
+    page = html.unescape((tmp_path / "given" / "index.html").read_text())
+    assert f"<h1>Groups of {store}</h1>" in page
+    assert (f"<p>36 images in 3 groups (gmm, k = 3 as given); images as the model saw them, from "
+            f"{extracted['flat'].resolve()}. Written by") in page
+    largest = result.sizes[0]  # 4 cells: 2 exemplars, then 2 drawn (fewer when the group is smaller)
+    assert f"Group 0: {largest} image(s)" in page
+    assert f"then {min(2, largest - 2)} member(s) drawn at random (seed 2)." in page
+    assert sorted(result.sheets.files) == [f"group_{c:02d}" for c in range(3) if result.sizes[c]]
+    chosen = group_store(store, k_range=(2, 4), sheets=tmp_path / "chosen")
+    page = html.unescape((tmp_path / "chosen" / "index.html").read_text())
+    assert (f"36 images in {chosen.k} groups (kmeans, k = {chosen.k} chosen by the silhouette over k = 2..4); "
+            in page)
+    # the defaults: 24 cells, 5 exemplars of the largest group (12 rows or more), seed 0
+    assert f"then {min(19, chosen.sizes[0] - 5)} member(s) drawn at random (seed 0)." in page
+    plain = group_store(store, k=2)
+    assert plain.sheets is None and plain.store == str(store) and plain.method == "kmeans" and plain.seed == 0
+    assert list(plain.frame["key"]) == extracted["keys"] and plain.n_rows == X.shape[0]
+
+
+def test_outlier_store_scores_the_stores_extras_passes_its_options_and_writes_the_sheets_page(extracted, tmp_path):
+    import html
+
+    from cvae_features.outliers import outlier_store
+
+    store = extracted["store"]
+    result = outlier_store(store, k=2, rate=0.1, top=3, sheets=tmp_path / "sheets", n_neighbours=2)
+    assert result.store == str(store) and (result.k, result.rate, len(result.top)) == (2, 0.1, 3)
+    assert result.scores == ["knn", "mahalanobis", "recon_error", "neg_elbo"] and result.n_flagged == 4
+    assert all(len(v) == 2 for v in result.neighbours.values())
+    with FeatureStore(store) as fs:
+        np.testing.assert_allclose(result.frame["neg_elbo"], fs.extra("neg_elbo"), rtol=1e-6)
+    page = html.unescape((tmp_path / "sheets" / "index.html").read_text())
+    assert f"<h1>Outliers of {store}</h1>" in page
+    assert ("<p>The 3 most unusual of 36 images by the mean rank of knn, mahalanobis, recon_error, neg_elbo; "
+            "4 flagged at rate 0.1. Written by") in page
+    assert list(result.sheets.files) == ["outliers_01"]
+    plain = outlier_store(_store(tmp_path / "raw.h5", 12))  # no extras: knn and mahalanobis only
+    assert plain.scores == ["knn", "mahalanobis"] and plain.sheets is None
+    assert (plain.k, plain.rate, len(plain.top), plain.n_flagged) == (5, 0.01, 12, 1)
+
+
+@pytest.mark.parametrize("module, entry", [("groups", "group_store"), ("outliers", "outlier_store")])
+def test_the_store_entry_points_hand_source_and_data_dir_to_the_images_and_name_the_store_in_errors(
+        module, entry, extracted, tmp_path, monkeypatch):
+    import importlib
+
+    from cvae_features.errors import StoreError
+
+    fn = getattr(importlib.import_module(f"cvae_features.{module}"), entry)
+    opened = []
+    real_open = StoreImages.open.__func__
+
+    def recording_open(cls, store, *, source=None, data_dir=None):
+        opened.append((source, data_dir))
+        return real_open(cls, store, source=source, data_dir=data_dir)
+
+    monkeypatch.setattr(StoreImages, "open", classmethod(recording_open))
+    result = fn(extracted["store"], sheets=tmp_path / "sheets", source=extracted["flat"], data_dir=tmp_path / "data")
+    assert opened == [(extracted["flat"], tmp_path / "data")] and result.sheets is not None
+    empty = _store(tmp_path / "empty.h5", 0)
+    with pytest.raises(StoreError) as err:
+        fn(empty)
+    assert str(err.value) == f"store {empty}: the store holds no rows"

@@ -110,3 +110,158 @@ def test_too_few_rows_to_choose_k_and_rows_all_alike():
         group_rows(np.zeros((4, 2)), ["a"], k=2)
     with pytest.raises(ConfigError, match="k_range: expected 2 <= smallest <= largest"):
         group_rows(np.zeros((10, 2)), k_range=(1, 3))
+
+
+# ----------------------------------------------------------------- the pieces around group_rows, checked by value
+
+def test_k_and_k_range_checks_at_their_boundaries():
+    from cvae_features.groups import _check_k, _check_k_range
+
+    assert _check_k(3, 6) == 3 and type(_check_k(np.int64(3), 6)) is int  # 2 rows per group exactly is enough
+    for bad in (True, 1, 2.0, "3", None):
+        with pytest.raises(ConfigError, match="k: expected an integer >= 2"):
+            _check_k(bad, 100)
+    with pytest.raises(DataTooSmall) as err:
+        _check_k(3, 5)
+    assert str(err.value) == "k: 3 groups need at least 6 rows (2 per group), the store holds 5"
+
+    assert _check_k_range((2, 2), 4) == [2] and _check_k_range(("2", np.int64(4)), 100) == [2, 3, 4]
+    assert _check_k_range((2, 12), 9) == [2, 3, 4]  # the largest k is cut to n // 2
+    assert _check_k_range((3, 12), 6) == [3]
+    for bad in ("ab", None, (2,), (2, 3, 4), ("two", 3)):
+        with pytest.raises(ConfigError) as err:
+            _check_k_range(bad, 100)
+        assert str(err.value) == f"k_range: expected two integers (smallest, largest k), got {bad!r}"
+    for bad in ((1, 3), (0, 3), (4, 3)):
+        with pytest.raises(ConfigError, match=r"k_range: expected 2 <= smallest <= largest"):
+            _check_k_range(bad, 100)
+    with pytest.raises(DataTooSmall) as err:
+        _check_k_range((3, 5), 5)
+    assert str(err.value) == ("5 rows are too few to choose the number of groups: at least 6 are needed "
+                              "(2 per group for k=3)")
+
+
+class _FixedLabels:
+    def __init__(self, labels):
+        self.labels = np.asarray(labels)
+
+    def predict(self, Xp):
+        return self.labels
+
+
+def test_silhouette_by_k_passes_its_options_and_is_none_for_one_group_or_one_row_per_group(monkeypatch):
+    from sklearn.metrics import silhouette_score
+
+    import cvae_features.groups as groups
+
+    X = np.random.default_rng(0).normal(size=(6, 2))
+    labels = {2: [0, 0, 0, 1, 1, 1], 3: [0, 0, 1, 1, 2, 2], 4: [1, 1, 1, 1, 1, 1], 6: [0, 1, 2, 3, 4, 5],
+              5: [0, 1, 2, 3, 4, 4]}
+    calls = []
+
+    def fake_fit(Xp, k, method, *, n_init, seed):
+        calls.append((Xp, k, method, n_init, seed))
+        return _FixedLabels(labels[k])
+
+    monkeypatch.setattr(groups, "fit_clusters", fake_fit)
+    values = groups.silhouette_by_k(X, [np.int64(2), 3, 4, 6, 5], "gmm", n_init=3, seed=7)
+    assert list(values) == [2, 3, 4, 6, 5] and all(type(k) is int for k in values)
+    assert values[4] is None and values[6] is None  # one group; as many groups as rows
+    for k in (2, 3, 5):
+        assert values[k] == pytest.approx(silhouette_score(X, labels[k])) and type(values[k]) is float
+    assert [c[1:] for c in calls] == [(2, "gmm", 3, 7), (3, "gmm", 3, 7), (4, "gmm", 3, 7), (6, "gmm", 3, 7),
+                                      (5, "gmm", 3, 7)]
+    assert all(c[0] is X for c in calls)
+    calls.clear()
+    groups.silhouette_by_k(X, [2])
+    assert [c[1:] for c in calls] == [(2, "kmeans", 10, 0)]
+
+
+def _hand_result(**kw):
+    import pandas as pd
+
+    from cvae_features.groups import GroupsResult
+
+    frame = pd.DataFrame({"key": ["a", "b", "c", "d", "e", "f", "g"], "cluster": [1, 0, 1, 0, 0, 1, 0],
+                          "distance": [0.5, 0.25, 0.125, 0.25, 0.75, 0.0625, 0.125],
+                          "exemplar": [True, True, True, True, False, False, True]})
+    base = dict(frame=frame, k=2, chosen_by="given", criterion=None, method="kmeans", preprocessing="l2",
+                sizes=[4, 3], n_rows=7, n_exemplars=3, seed=5)
+    base.update(kw)
+    return GroupsResult(**base)
+
+
+class _Written:
+    def to_dict(self):
+        return {"files": {"group_00": "x.png"}}
+
+
+def test_exemplars_closest_first_ties_in_row_order_and_the_json_record():
+    result = _hand_result()
+    # group 0: d and b tie at 0.25 (row order: b first), g closer; group 1: c closer than a; f is no exemplar
+    assert result.exemplars() == {0: ["g", "b", "d"], 1: ["c", "a"]}
+    assert all(type(c) is int for c in result.exemplars())
+    assert result.to_dict() == {
+        "store": None, "n_rows": 7, "k": 2, "chosen_by": "given", "criterion": None, "method": "kmeans",
+        "preprocessing": "l2", "sizes": [4, 3], "n_exemplars": 3, "seed": 5,
+        "exemplars": {"0": ["g", "b", "d"], "1": ["c", "a"]}}
+    crit = {"name": "silhouette", "values": {2: 0.5}, "rows": 7, "k_range": [2, 2]}
+    d = _hand_result(store="s.h5", criterion=crit, chosen_by="silhouette", sheets=_Written()).to_dict()
+    assert d["store"] == "s.h5" and d["criterion"] == crit and d["chosen_by"] == "silhouette"
+    assert d["sheets"] == {"files": {"group_00": "x.png"}}
+
+
+def test_group_sheets_exemplars_then_a_seeded_sample_in_rows_of_eight_and_no_sheet_for_an_empty_group():
+    import pandas as pd
+
+    from cvae_features.groups import group_sheets
+
+    n0 = 1200  # group 0: 1,200 members, 2 exemplars; group 1: none; group 2: 3 members, all exemplars
+    keys = [f"k{i}" for i in range(n0)] + ["x", "y", "z"]
+    distance = np.concatenate([np.linspace(1.0, 2.0, n0), [0.3, 0.1, 0.2]])
+    exemplar = np.zeros(n0 + 3, dtype=bool)
+    exemplar[[7, 3]] = True
+    exemplar[n0:] = True
+    frame = pd.DataFrame({"key": keys, "cluster": [0] * n0 + [2] * 3, "distance": distance, "exemplar": exemplar})
+    result = _hand_result(frame=frame, k=3, sizes=[n0, 0, 3], n_rows=n0 + 3)
+    sheets = group_sheets(result, per_sheet=20, seed=9)
+    assert [s.name for s in sheets] == ["group_00", "group_02"]
+    assert [s.heading for s in sheets] == ["Group 0: 1,200 image(s)", "Group 2: 3 image(s)"]
+    rest = np.array([k for i, k in enumerate(keys[:n0]) if i not in (3, 7)])
+    rng = np.random.default_rng(9)
+    sample = list(rest[np.sort(rng.choice(rest.size, 18, replace=False))])
+    s0 = sheets[0]
+    assert s0.rows == [("closest", ["k3", "k7"]), ("sample", sample[:8]), ("sample", sample[8:16]),
+                       ("sample", sample[16:])]
+    assert s0.caption == ("First row: the 2 member(s) closest to the group's centre (closest first); "
+                          "then 18 member(s) drawn at random (seed 9).")
+    assert s0.listed == [("k3", f"distance {distance[3]:.4f}"), ("k7", f"distance {distance[7]:.4f}")]
+    s2 = sheets[1]
+    assert s2.rows == [("closest", ["y", "z", "x"])]
+    assert s2.listed == [("y", "distance 0.1000"), ("z", "distance 0.2000"), ("x", "distance 0.3000")]
+    assert "then 0 member(s) drawn" in s2.caption
+    # more exemplars than cells: no sample; fewer other members than cells left: all of them
+    assert group_sheets(result, per_sheet=1, seed=9)[0].rows == [("closest", ["k3", "k7"])]
+    small = _hand_result()
+    s = group_sheets(small, per_sheet=24)
+    assert s[0].rows == [("closest", ["g", "b", "d"]), ("sample", ["e"])]
+    assert s[1].rows == [("closest", ["c", "a"]), ("sample", ["f"])]
+    # the default: 24 cells, seed 0
+    big = group_sheets(result)[0]
+    sample = list(rest[np.sort(np.random.default_rng(0).choice(rest.size, 22, replace=False))])
+    assert big.rows[1:] == [("sample", sample[i:i + 8]) for i in (0, 8, 16)]
+    assert big.caption.endswith("then 22 member(s) drawn at random (seed 0).")
+
+
+def test_group_sheets_keep_exemplars_of_equal_distance_in_row_order():
+    import pandas as pd
+
+    from cvae_features.groups import group_sheets
+
+    d = [0.5, 0.25, 0.5, 0.25, 0.0, 0.5, 0.25, 0.5]  # ties that an unstable sort of 8 values reorders
+    frame = pd.DataFrame({"key": [f"e{i}" for i in range(8)], "cluster": 0, "distance": d, "exemplar": True})
+    result = _hand_result(frame=frame, k=1, sizes=[8], n_rows=8, n_exemplars=8)
+    order = ["e4", "e1", "e3", "e6", "e0", "e2", "e5", "e7"]
+    sheet = group_sheets(result)[0]
+    assert sheet.rows == [("closest", order)] and [key for key, _ in sheet.listed] == order
+    assert result.exemplars() == {0: order}

@@ -108,3 +108,79 @@ def test_bad_input(kwargs, message):
     assert str(err.value).startswith(message)
     if "too few" in message:
         assert isinstance(err.value, DataTooSmall)
+
+
+# ----------------------------------------------------------------- the pieces around find_outliers, checked by value
+
+def test_check_int_refuses_bools_floats_and_values_below_the_minimum():
+    from cvae_features.outliers import _check_int
+
+    assert _check_int("k", 1) == 1 and type(_check_int("k", np.int64(4))) is int
+    assert _check_int("n", 0, minimum=0) == 0 and _check_int("n", 3, minimum=3) == 3
+    for bad in (True, 0, 2.0, "3", None):
+        with pytest.raises(ConfigError) as err:
+            _check_int("top", bad)
+        assert str(err.value) == f"top: expected an integer >= 1, got {bad!r}"
+    with pytest.raises(ConfigError) as err:
+        _check_int("n", 2, minimum=3)
+    assert str(err.value) == "n: expected an integer >= 3, got 2"
+
+
+def _hand_result(n_top=3, **kw):
+    import pandas as pd
+
+    from cvae_features.outliers import OutliersResult
+
+    n = max(n_top, 4) + 2
+    keys = [f"r{i}" for i in range(n)]
+    rank = np.arange(n, 0, -1)  # the last row is the most unusual
+    frame = pd.DataFrame({"key": keys, "knn": np.linspace(0.5, 2.0, n), "mahalanobis": 1.0 / 3 + np.arange(n),
+                          "mean_rank": rank.astype(float), "rank": rank, "is_outlier": rank <= 2})
+    top = [keys[n - 1 - i] for i in range(n_top)]
+    base = dict(frame=frame, scores=["knn", "mahalanobis"], rate=0.25, n_flagged=2, threshold_mean_rank=2.0, k=3,
+                preprocessing="none", n_rows=n, top=top, neighbours={key: ["r0", "r1"] for key in top[1:]})
+    base.update(kw)
+    return OutliersResult(**base)
+
+
+class _Written:
+    def to_dict(self):
+        return {"files": {"outliers_01": "x.png"}}
+
+
+def test_outliers_json_record_lists_the_top_rows_with_their_scores_and_neighbours():
+    result = _hand_result()
+    f = result.frame
+    d = result.to_dict()
+    assert d == {
+        "store": None, "n_rows": 6, "scores": ["knn", "mahalanobis"],
+        "combined": "mean of per-score ranks (1 = highest score)", "rate": 0.25, "n_flagged": 2,
+        "threshold_mean_rank": 2.0, "k": 3, "preprocessing": "none",
+        "top": [{"key": key, "rank": r, "is_outlier": r <= 2,
+                 "scores": {"knn": float(f.loc[i, "knn"]), "mahalanobis": float(f.loc[i, "mahalanobis"])},
+                 "nearest_normal": [] if r == 1 else ["r0", "r1"]}
+                for key, r, i in (("r5", 1, 5), ("r4", 2, 4), ("r3", 3, 3))]}
+    assert [type(t["rank"]) for t in d["top"]] == [int] * 3 and [type(t["is_outlier"]) for t in d["top"]] == [bool] * 3
+    d = _hand_result(store="s.h5", sheets=_Written()).to_dict()
+    assert d["store"] == "s.h5" and d["sheets"] == {"files": {"outliers_01": "x.png"}}
+
+
+def test_outlier_sheets_pages_of_25_rows_each_the_image_then_its_nearest_normal_ones():
+    from cvae_features.outliers import outlier_sheets
+
+    result = _hand_result(n_top=27)
+    f = result.frame.set_index("key")
+    sheets = outlier_sheets(result)
+    assert [s.name for s in sheets] == ["outliers_01", "outliers_02"]
+    assert [s.heading for s in sheets] == ["Ranks 1 to 25", "Ranks 26 to 27"]
+    assert [len(s.rows) for s in sheets] == [25, 2]
+    assert sheets[0].rows[:2] == [("#1", ["r28"]), ("#2", ["r27", "r0", "r1"])]
+    assert sheets[1].rows == [("#26", ["r3", "r0", "r1"]), ("#27", ["r2", "r0", "r1"])]
+    assert sheets[0].listed[:3] == [
+        ("r28", f"rank 1 (outlier); knn {f.at['r28', 'knn']:.4g}, mahalanobis {f.at['r28', 'mahalanobis']:.4g}"),
+        ("r27", f"rank 2 (outlier); knn {f.at['r27', 'knn']:.4g}, mahalanobis {f.at['r27', 'mahalanobis']:.4g}"),
+        ("r26", "rank 3; knn 1.893, mahalanobis 26.33")]
+    assert sheets[1].caption == sheets[0].caption == (
+        "Each row: the image (first column), then its nearest normal images in μ, nearest first.")
+    assert [s.name for s in outlier_sheets(_hand_result(n_top=25))] == ["outliers_01"]
+    assert outlier_sheets(_hand_result(n_top=25))[0].heading == "Ranks 1 to 25"
