@@ -53,7 +53,10 @@ def cluster(store, out, k, max_k, method, preprocessing, sheets, source, data_di
             how += f", next best k={runner_up}: {values[runner_up]:.3f}"
     else:
         how = "k as given"
-    click.echo(f"{store}: {result.n_rows:,} images in {result.k} groups ({result.method}; {how})")
+    empty = sum(1 for size in result.sizes if size == 0)
+    note = (f"; {empty} of them empty: the {result.method} put no image there, try kmeans or a smaller --k"
+            if empty else "")
+    click.echo(f"{store}: {result.n_rows:,} images in {result.k} groups ({result.method}; {how}{note})")
     exemplars = result.exemplars()
     for c, size in enumerate(result.sizes):
         click.echo(f"  group {c}: {size:,} image(s); closest to the centre: {', '.join(exemplars.get(c, [])[:3])}")
