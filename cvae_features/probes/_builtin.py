@@ -44,12 +44,9 @@ def _cluster_methods(ctx) -> tuple:
 
 
 def _check_cluster(data: ProbeData, ctx):
-    from ._common import check_choices
-    from .cluster import METHODS, import_umap
+    from .cluster import check_methods
 
-    methods = check_choices("cluster methods", _cluster_methods(ctx), METHODS)
-    if "umap-gmm" in methods:
-        import_umap()
+    check_methods(_cluster_methods(ctx), "cluster methods")
 
 
 def _run_cluster(data: ProbeData, ctx):

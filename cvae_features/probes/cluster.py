@@ -63,6 +63,14 @@ def import_umap():
     return umap
 
 
+def check_methods(methods, name: str = "methods") -> tuple:
+    """``methods`` as a tuple of known cluster methods (ConfigError otherwise); umap-learn checked when asked for."""
+    methods = check_choices(name, methods, METHODS)
+    if "umap-gmm" in methods:
+        import_umap()
+    return methods
+
+
 class UmapGmm:
     """The N2D recipe: a UMAP embedding of the rows (``n_components`` = clusters, 20 neighbours, min_dist 0,
     Euclidean on the preprocessed rows, seeded), then a full-covariance ``GaussianMixture`` on the embedding.
@@ -182,10 +190,8 @@ def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=DEFAULT_M
     """
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
-    methods = check_choices("methods", methods, METHODS)
+    methods = check_methods(methods)  # before any work
     check_choices("preprocessing", (preprocessing,), PREPROCESSINGS)
-    if "umap-gmm" in methods:
-        import_umap()  # before any work
     X = check_features(X, "X")
     labelled = None
     if y is not None:
