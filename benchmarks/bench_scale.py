@@ -66,16 +66,15 @@ if mode == "ray":
     opts["engine"] = "ray"
 else:
     opts.pop("cores", None)
-ticks = []  # (time, files done) after each committed batch: the rate once the pipeline runs
+ticks = []  # the time of each committed batch: when the first one came
 t, start = time.perf_counter(), time.time()
 res = extract(folder, store, model=run, progress=False, overwrite=True,
-              callback=lambda p: ticks.append((time.perf_counter(), p.n_done + p.n_skipped)), **opts)
+              callback=lambda p: ticks.append(time.perf_counter()), **opts)
 seconds, end = time.perf_counter() - t, time.time()
-steady = (ticks[-1][1] - ticks[0][1]) / (ticks[-1][0] - ticks[0][0]) if len(ticks) > 2 else float("nan")
 # VmHWM, this process's own peak resident memory: ru_maxrss would carry over the peak of the parent it was forked from
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
-print(json.dumps({"seconds": seconds, "start": start, "end": end, "startup_s": startup, "steady_images_per_s": steady,
-                  "first_batch_s": ticks[0][0] - t if ticks else float("nan"), "n_rows": res.n_rows, "n_skipped": res.n_skipped,
+print(json.dumps({"seconds": seconds, "start": start, "end": end, "startup_s": startup,
+                  "first_batch_s": ticks[0] - t if ticks else float("nan"), "n_rows": res.n_rows, "n_skipped": res.n_skipped,
                   "peak_rss_mb": hwm}))
 """
 
