@@ -41,6 +41,7 @@ ANCHORS = {
     ("umap-gmm", "nmi"): ("N2D 68.4", 69.0),
 }
 CLUSTER_METHODS = ("kmeans", "gmm", "umap-gmm")  # also run over --cluster-seeds seeds on every test store
+CLUSTER_NAMES = {"kmeans": "k-means", "gmm": "GMM (diag)", "umap-gmm": "UMAP + GMM (full), N2D recipe"}
 FEWSHOT_MARGIN = 8.0  # target: VAE >= raw-pixel logistic + 8 points at 10 labels per class
 FEATURES = (("vae", "VAE μ"), ("pca", "PCA"), ("raw", "raw pixels"))
 TASKS = ("linear", "knn", "cluster", "fewshot")
@@ -209,13 +210,12 @@ def headline(records: dict, ks, seeds: dict) -> list:
     for method in ("kmeans", "gmm"):
         for metric in ("acc", "nmi", "ari"):
             anchor, target = ANCHORS.get((method, metric), ("", None))
-            add(f"{'k-means' if method == 'kmeans' else 'GMM (diag)'} k=10", metric.upper(),
+            add(f"{CLUSTER_NAMES[method]} k=10", metric.upper(),
                 lambda r, m=method, x=metric: r["cluster"].methods[m][x], anchor, target)
-    names = {"kmeans": "k-means", "gmm": "GMM (diag)", "umap-gmm": "UMAP + GMM (full), N2D recipe"}
     for method in CLUSTER_METHODS:
         for metric in ("acc", "nmi", "ari"):
             anchor, target = ANCHORS.get((method, metric), ("", None)) if method == "umap-gmm" else ("", None)
-            row = {"probe": f"{names[method]} k=10, {len(seeds['vae'][method][metric])} seeds",
+            row = {"probe": f"{CLUSTER_NAMES[method]} k=10, {len(seeds['vae'][method][metric])} seeds",
                    "metric": metric.upper(), "anchor": anchor, "target": target}
             for key, _ in FEATURES:
                 values = seeds[key][method][metric]
