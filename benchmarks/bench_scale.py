@@ -64,6 +64,10 @@ if mode == "ray":
     ray.init(num_cpus=int(opts.pop("cores")), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     startup = time.perf_counter() - t
     opts["engine"] = "ray"
+    if opts.get("max_task_batches"):  # --ray-max-task-batches: the engine's cap on batches per Ray task
+        import cvae_features.ray_engine
+        cvae_features.ray_engine.MAX_BATCHES_PER_TASK = int(opts["max_task_batches"])
+    opts.pop("max_task_batches", None)
 else:
     opts.pop("cores", None)
 ticks = []  # the time of each committed batch: when the first one came
@@ -96,16 +100,20 @@ def run_local(folder, work, run, name="local") -> dict:
     return result(child("local", folder, work / f"{name}.h5", run, workers=CORES, cores=CORES))
 
 
+RAY_MAX_TASK_BATCHES = None  # --ray-max-task-batches (None: the engine's own MAX_BATCHES_PER_TASK)
+SHARD_WORKERS = 0  # --shard-workers: decoding workers of each one-core shard process
+
+
 def run_ray(folder, work, run, name="ray") -> dict:
-    return result(child("ray", folder, work / f"{name}.h5", run, cores=CORES))
+    return result(child("ray", folder, work / f"{name}.h5", run, cores=CORES, max_task_batches=RAY_MAX_TASK_BATCHES))
 
 
 def run_shards(folder, work, run) -> dict:
     from cvae_features.join import join_stores
 
-    # one core per shard, as a job array gives each task: decoding in the shard's own process (--workers 0) was
-    # faster than one decoding worker beside it (0.96-1.25x against 0.89-1.09x the local engine, 3 rounds)
-    procs = [child("local", folder, work / f"shard-{i}.h5", run, workers=0, shard=f"{i}/2", cores=1)
+    # one core per shard, as a job array gives each task: by default decoding in the shard's own process
+    # (--workers 0), which was faster than one decoding worker beside it (--shard-workers 1; docs/scaling.md)
+    procs = [child("local", folder, work / f"shard-{i}.h5", run, workers=SHARD_WORKERS, shard=f"{i}/2", cores=1)
              for i in range(2)]
     shards = [result(p) for p in procs]
     # from the first shard's start to the last one's end (each process's start-up, like the other
@@ -252,7 +260,12 @@ def main(argv=None) -> None:
     p.add_argument("--work", type=Path, default=None, help="where the image folders go (default: a temp dir)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "scale")
     p.add_argument("--render", type=Path, default=None, help="only rewrite the Markdown of a results JSON")
+    p.add_argument("--ray-max-task-batches", type=int, default=None,
+                   help="cap on batches per Ray task (default: the engine's, 8; 1 is the engine before it)")
+    p.add_argument("--shard-workers", type=int, default=0, help="decoding workers of each shard process (default 0)")
     args = p.parse_args(argv)
+    global RAY_MAX_TASK_BATCHES, SHARD_WORKERS
+    RAY_MAX_TASK_BATCHES, SHARD_WORKERS = args.ray_max_task_batches, args.shard_workers
     if args.render:
         rec = json.loads(args.render.read_text())
         write_results(args.out, rec, render(rec))
@@ -302,7 +315,8 @@ def main(argv=None) -> None:
     jpeg = jpeg_decode_rate(work)
     cost = encoder_cost()
     store_bytes = (work / "local.h5").stat().st_size
-    rec.update(jpeg=jpeg, encoder=cost, store_bytes_per_row=store_bytes / args.n, read_batch=READ_BATCH, n=args.n, small=args.small, parts=args.parts, cores=CORES, rounds=rounds, reads=reads,
+    rec.update(jpeg=jpeg, encoder=cost, store_bytes_per_row=store_bytes / args.n, read_batch=READ_BATCH, ray_max_task_batches=RAY_MAX_TASK_BATCHES,
+               shard_workers=SHARD_WORKERS, n=args.n, small=args.small, parts=args.parts, cores=CORES, rounds=rounds, reads=reads,
                model={"image_size": SIZE, "channels": 1, "latent_dim": 256, "weights": "seeded random"},
                wall_s=time.perf_counter() - t_start)
     write_results(args.out, rec, "(rendering failed: python benchmarks/bench_scale.py --render THIS.json)\n")
@@ -339,10 +353,11 @@ def render(rec: dict) -> str:
                        "fixed start-up", "images/s once started", "x local"], [
         ["local engine (2 decoding workers, encoder in the workers)", f"{first['local']:.1f} s",
          f"{med['local']:,.0f}", "1.00", f"{running['local'][1]:.1f} s", f"{running['local'][0]:,.0f}", "1.00"],
-        [f"Ray engine, local Ray with {rec['cores']} CPUs (`ray.init` {startup:.1f} s before, not counted)",
+        [f"Ray engine, local Ray with {rec['cores']} CPUs (`ray.init` {startup:.1f} s before, not counted)"
+         + (f", at most {rec['ray_max_task_batches']} batch(es) per task" if rec.get("ray_max_task_batches") else ""),
          f"{first['ray']:.1f} s", f"{med['ray']:,.0f}", f"{med['ray'] / med['local']:.2f}",
          f"{running['ray'][1]:.1f} s", f"{running['ray'][0]:,.0f}", f"{x_ray:.2f}"],
-        [f"2 shards at once (`--workers 0`: one core each) + join ({join_s:.2f} s, counted)", "", f"{med['shards']:,.0f}",
+        [f"2 shards at once (`--workers {rec.get('shard_workers', 0)}`, one core each) + join ({join_s:.2f} s, counted)", "", f"{med['shards']:,.0f}",
          f"{med['shards'] / med['local']:.2f}", "", "", ""],
     ])
     lines += ["", f"\"Once started\": the rate between {small:,} and {n:,} files, `({n:,} - {small:,}) / (T({n:,}) - "
