@@ -79,6 +79,12 @@ def _labels(train_path, compare_path):
                   v.strip() for v in value.split(",") if v.strip()),
               help="Cluster task methods: kmeans, gmm, umap-gmm (UMAP + full GMM, the N2D recipe; needs "
                    "the umap extra). Default: kmeans,gmm.")
+@click.option("--fewshot-methods", "fewshot_methods", default=None, metavar="M,M,...",
+              callback=lambda ctx, param, value: None if value is None else tuple(
+                  v.strip() for v in value.split(",") if v.strip()),
+              help="Few-label task methods: logistic, knn, label_spreading, self_training, m2 (Kingma's "
+                   "semi-supervised VAE on the features; about a minute per draw on 2 cores), or any "
+                   "registered one. Default: all but m2.")
 @click.option("--test-fraction", "test_fraction", default=0.2, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share of TRAIN held out as test rows when --test is not given.")
@@ -91,7 +97,7 @@ def _labels(train_path, compare_path):
               help="Seeds the train/test split, the hyper-parameter selection splits and clustering.")
 @library_errors
 def probe(train, test_path, task, compare_path, compare_test, labels_per_class, seeds, normal_class, fpr,
-          n_clusters, cluster_methods, test_fraction, map_method, as_json, out_dir, seed):
+          n_clusters, cluster_methods, fewshot_methods, test_fraction, map_method, as_json, out_dir, seed):
     """Measure the features in TRAIN.h5 (and --test TEST.h5) with scikit-learn probes.
 
     Hyper-parameters and preprocessing are chosen on training rows only; test
@@ -127,7 +133,7 @@ def probe(train, test_path, task, compare_path, compare_test, labels_per_class, 
 
     run = probe_stores(pairs, tasks, test_fraction=test_fraction, seed=seed, on_task=on_task,
                        labels_per_class=labels_per_class, seeds=seeds, normal_class=normal_class, fpr=fpr,
-                       n_clusters=n_clusters, cluster_methods=cluster_methods)
+                       n_clusters=n_clusters, cluster_methods=cluster_methods, fewshot_methods=fewshot_methods)
     bar.close()
     if run.n_records == 0:
         reasons = "; ".join(f"{s['store'] + ' ' if len(pairs) > 1 else ''}{s['task']}: {s['reason']}"

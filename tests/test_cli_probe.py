@@ -151,6 +151,9 @@ def test_refusals_are_one_line(stores):
         ((stores["train"].parent / "missing.h5",), "missing.h5"),
         ((stores["train"], "--task", "cluster", "--cluster-methods", "kmeans,dbscan"),
          "cluster methods: expected one of ['kmeans', 'gmm', 'umap-gmm'], got 'dbscan'"),
+        ((stores["train"], "--task", "fewshot,linear", "--fewshot-methods", "knn,svm"),
+         "few-label methods: expected one of ['logistic', 'knn', 'label_spreading', 'self_training', 'm2'], "
+         "got 'svm'"),
     ]
     for args, message in cases:
         result = invoke(*args)
@@ -192,6 +195,19 @@ def test_compare_test_without_compare_is_a_usage_error(stores):
     result = invoke(stores["train"], "--compare-test", stores["test"], "--task", "linear")
     assert result.exit_code == 2, result.output  # click's usage-error code, before any probe runs
     assert result.output.strip() == "Error: --compare-test needs --compare OTHER.h5 (the store it is the test store of)"
+
+
+def test_fewshot_methods_option_picks_the_methods(stores):
+    result = invoke(stores["train"], "--test", stores["test"], "--task", "fewshot", "--fewshot-methods",
+                    "knn,logistic", "--labels-per-class", "1,2", "--seeds", "2", "--json")
+    assert result.exit_code == 0, result.output
+    (rec,) = json.loads(result.stdout)["stores"]["train"]
+    assert rec["methods"] == ["knn", "logistic"] and list(rec["curves"]) == ["knn", "logistic"]
+    assert rec["curves"]["knn"]["2"]["seeds"] == [0, 1]
+    default = invoke(stores["train"], "--test", stores["test"], "--task", "fewshot", "--labels-per-class", "1",
+                     "--seeds", "1", "--json")
+    (rec,) = json.loads(default.stdout)["stores"]["train"]
+    assert rec["methods"] == ["logistic", "knn", "label_spreading", "self_training"]  # m2 only when named
 
 
 def test_cluster_methods_option_runs_umap_gmm(stores):

@@ -8,7 +8,9 @@ import pytest
 from cvae_features.errors import ConfigError
 from cvae_features.probes import (FeaturePrep, anomaly_probe, anomaly_scores, cluster_accuracy, cluster_probe,
                                   draw_labelled, fewshot_curve, knn_probe, linear_probe, one_class_protocol)
-from cvae_features.probes.fewshot import METHODS
+from cvae_features.probes.fewshot import DEFAULT_METHODS, METHODS
+
+TINY_M2 = {"hidden": 16, "latent_dim": 2, "steps": 30, "batch_size": 32, "labelled_batch": 16, "warmup_steps": 10}
 
 SMALL = {"Cs": (0.1, 1.0)}
 SMALL_KNN = {"ks": (1, 5)}
@@ -184,7 +186,8 @@ def test_fewshot_curve_records(sep_data):
     Xtr, ytr, Xte, yte = sep_data
     res = fewshot_curve(Xtr, ytr, Xte, yte, labels_per_class=(1, 5), seeds=(0, 1, 2), max_unlabelled=60)
     assert res.seeds == [0, 1, 2] and res.labels_per_class == [1, 5]
-    for method in ("logistic", "knn", "label_spreading", "self_training"):
+    assert res.methods == list(DEFAULT_METHODS)
+    for method in DEFAULT_METHODS:
         for k in ("1", "5"):
             entry = res.curves[method][k]
             assert len(entry["accuracies"]) == 3
@@ -209,7 +212,7 @@ def test_fewshot_does_not_depend_on_test_labels_for_draws(sep_data):
 
 def _same_train_side(a, b):
     """Everything a few-label run decides from training rows: draws, unlabelled rows and predictions."""
-    for method in METHODS:
+    for method in a.methods:
         for k, entry in a.curves[method].items():
             other = b.curves[method][k]
             assert entry["labelled_per_class"] == other["labelled_per_class"]
@@ -223,8 +226,10 @@ def test_no_few_label_method_sees_test_labels():
     # overlapping blobs: no method is perfect, so labels handed to a method would show in its predictions
     X, y = blobs(330, d=6, sep=1.2, seed=2)
     Xtr, ytr, Xte, yte = X[:240], y[:240], X[240:], y[240:]
-    kwargs = {"labels_per_class": (1, 5), "seeds": (0, 1), "max_unlabelled": 120}
+    kwargs = {"labels_per_class": (1, 5), "seeds": (0, 1), "max_unlabelled": 120, "methods": METHODS,
+              "m2": TINY_M2}
     base = fewshot_curve(Xtr, ytr, Xte, yte, **kwargs)
+    assert base.methods == list(METHODS) and base.settings["m2"]["steps"] == 30
     for method in METHODS:
         assert 0.4 < base.curves[method]["5"]["mean"] < 1.0, (method, base.curves[method]["5"])
     rng = np.random.default_rng(9)
@@ -239,7 +244,7 @@ def test_no_few_label_method_sees_test_labels():
 def test_fewshot_seed_picks_the_draw():
     X, y = blobs(240, d=6, sep=1.5, seed=4)
     Xtr, ytr, Xte, yte = X[:150], y[:150], X[150:], y[150:]
-    kwargs = {"labels_per_class": (1,), "max_unlabelled": 100}
+    kwargs = {"labels_per_class": (1,), "max_unlabelled": 100, "methods": METHODS, "m2": TINY_M2}
     a = fewshot_curve(Xtr, ytr, Xte, yte, seeds=(0, 1, 2, 3), **kwargs)
     _same_train_side(a, fewshot_curve(Xtr, ytr, Xte, yte, seeds=(0, 1, 2, 3), **kwargs))  # same seeds: same run
     one = fewshot_curve(Xtr, ytr, Xte, yte, seeds=(2,), **kwargs)
@@ -267,6 +272,32 @@ def test_fewshot_too_few_rows_is_a_clear_error(sep_data):
         fewshot_curve(Xtr, ytr, Xte, yte, labels_per_class=(1, 100))
     with pytest.raises(ConfigError, match="methods"):
         fewshot_curve(Xtr, ytr, Xte, yte, labels_per_class=(1,), methods=("svm",))
+    with pytest.raises(ConfigError, match=r"m2: unknown setting\(s\) \['depth'\]"):
+        fewshot_curve(Xtr, ytr, Xte, yte, labels_per_class=(1,), methods=("m2",), m2={"depth": 3})
+    with pytest.raises(ConfigError, match="m2: expected an M2Config or a dict"):
+        fewshot_curve(Xtr, ytr, Xte, yte, labels_per_class=(1,), methods=("m2",), m2=[3])
+    with pytest.raises(ConfigError, match="M2 steps"):
+        fewshot_curve(Xtr, ytr, Xte, yte, labels_per_class=(1,), methods=("m2",), m2={"steps": 0})
+
+
+def test_m2_runs_only_when_named_and_gets_the_draw_seed(sep_data):
+    from cvae_features.semisup import M2Config, fit_m2
+
+    Xtr, ytr, Xte, yte = sep_data
+    assert fewshot_curve(Xtr, ytr, Xte, yte, labels_per_class=(1,), seeds=1).methods == list(DEFAULT_METHODS)
+    assert "m2" not in DEFAULT_METHODS and "m2" in METHODS
+    res = fewshot_curve(Xtr, ytr, Xte, yte, labels_per_class=(2,), seeds=(3,), methods=("m2",), m2=TINY_M2,
+                        max_unlabelled=50)
+    lab = draw_labelled(ytr, 2, 3)
+    rest = np.setdiff1d(np.arange(ytr.size), lab)
+    unl = np.sort(np.random.default_rng([3, 2]).choice(rest, 50, replace=False))
+    prep = FeaturePrep("l2").fit(Xtr)
+    expected = fit_m2(prep.transform(Xtr[lab]), ytr[lab], prep.transform(Xtr[unl]), M2Config(**TINY_M2),
+                      seed=3).predict(prep.transform(Xte))
+    np.testing.assert_array_equal(res.predictions["m2"]["2"][0], expected)
+    assert res.curves["m2"]["2"]["n_unlabelled"] == [50] and res.settings["m2"] == M2Config(**TINY_M2).to_dict()
+    assert "m2" not in fewshot_curve(Xtr, ytr, Xte, yte, labels_per_class=(1,), seeds=1,
+                                     methods=("knn",)).settings
 
 
 # -- anomaly ----------------------------------------------------------------------------

@@ -13,13 +13,14 @@ from cvae_cli.main import cli
 from cvae_features import report
 from cvae_features.errors import ConfigError
 from cvae_features.probes import (FewShotMethod, ProbeSpec, draw_labelled, fewshot_curve, fewshot_methods,
-                                  get_probe, probe_names, probe_stores, register_fewshot_method, register_probe,
-                                  unregister_fewshot_method, unregister_probe)
+                                  get_fewshot_method, get_probe, probe_names, probe_stores, register_fewshot_method,
+                                  register_probe, unregister_fewshot_method, unregister_probe)
 from cvae_features.probes._common import FeaturePrep, ResultRecord
 from cvae_features.store import StoreWriter
 
 BUILTIN_TASKS = ("linear", "knn", "cluster", "fewshot", "anomaly")
-BUILTIN_METHODS = ("logistic", "knn", "label_spreading", "self_training")
+BUILTIN_METHODS = ("logistic", "knn", "label_spreading", "self_training", "m2")
+DEFAULT_METHODS = BUILTIN_METHODS[:4]  # m2 runs when named
 
 
 def make_store(path, X, y, names=("a", "b", "c")):
@@ -89,6 +90,7 @@ def stores(tmp_path_factory):
 
 def test_builtins_are_registered():
     assert probe_names() == BUILTIN_TASKS and fewshot_methods() == BUILTIN_METHODS
+    assert fewshot_methods(default_only=True) == DEFAULT_METHODS and not get_fewshot_method("m2").default
     assert [get_probe(t).needs_labels for t in BUILTIN_TASKS] == [True, True, False, True, False]
     assert get_probe("anomaly").records == ("anomaly", "one_class") and get_probe("knn").records == ("knn",)
 
@@ -192,7 +194,7 @@ def test_registered_fewshot_method_appears_in_the_curve(nearest_mean, stores):
     noise = np.random.default_rng(3)  # overlapping classes, so each draw of labelled rows scores differently
     Xtr, Xte = Xtr + noise.normal(scale=8, size=Xtr.shape), Xte + noise.normal(scale=8, size=Xte.shape)
     res = fewshot_curve(Xtr, ytr, Xte, yte, labels_per_class=(1, 3), seeds=3)
-    assert res.methods == list(BUILTIN_METHODS) + ["nearest_mean"]
+    assert res.methods == list(DEFAULT_METHODS) + ["nearest_mean"]
     prep = FeaturePrep("l2").fit(Xtr)
     for k in (1, 3):
         with warnings.catch_warnings():
@@ -210,7 +212,7 @@ def test_registered_fewshot_method_reaches_the_report(nearest_mean, stores, tmp_
     run = probe_stores([("feats", stores["train"], stores["test"])], "fewshot", labels_per_class=(1, 2), seeds=2)
     report.write_report(run.results, tmp_path, meta=run.meta)
     data = json.loads((tmp_path / "report.json").read_text())
-    assert list(data["stores"]["feats"][0]["curves"]) == list(BUILTIN_METHODS) + ["nearest_mean"]
+    assert list(data["stores"]["feats"][0]["curves"]) == list(DEFAULT_METHODS) + ["nearest_mean"]
     metrics = {r["metric"] for r in data["summary"]}
     assert {"nearest_mean@1", "nearest_mean@2"} <= metrics and (tmp_path / "fewshot.png").stat().st_size > 0
 
@@ -219,18 +221,20 @@ def test_unlabelled_rows_reach_methods_that_use_them():
     seen = []
 
     def spy(Z_lab, y_lab, Z_unl, Z_test, params):
-        seen.append((Z_lab.shape, Z_unl.shape, params["C"]))
+        seen.append((Z_lab.shape, Z_unl.shape, params["C"], params["seed"]))
         return np.full(Z_test.shape[0], y_lab[0])
 
-    register_fewshot_method("spy", spy, uses_unlabelled=True, description="records what it is given")
+    register_fewshot_method("spy", spy, uses_unlabelled=True, description="records what it is given", default=False)
     try:
+        assert "spy" in fewshot_methods() and "spy" not in fewshot_methods(default_only=True)
         Xtr, ytr = blobs(60, 0)
-        res = fewshot_curve(Xtr, ytr, *blobs(30, 1), labels_per_class=(2,), seeds=1, methods=("spy",), C=0.5,
+        res = fewshot_curve(Xtr, ytr, *blobs(30, 1), labels_per_class=(2,), seeds=(4, 7), methods=("spy",), C=0.5,
                             max_unlabelled=20)
+        assert "spy" not in fewshot_curve(Xtr, ytr, *blobs(30, 1), labels_per_class=(2,), seeds=1).methods
     finally:
         unregister_fewshot_method("spy")
-    assert seen == [((6, 4), (20, 4), 0.5)]
-    assert res.curves["spy"]["2"]["n_unlabelled"] == [20]
+    assert seen == [((6, 4), (20, 4), 0.5, 4), ((6, 4), (20, 4), 0.5, 7)]  # each draw's seed
+    assert res.curves["spy"]["2"]["n_unlabelled"] == [20, 20]
     assert res.curves["spy"]["2"]["mean"] == pytest.approx(1 / 3)
 
 

@@ -86,7 +86,15 @@ def _run_fewshot(data: ProbeData, ctx):
     if not ks:  # cannot happen with the defaults (1 label a class is always there); kept as a guard
         raise DataTooSmall("a class has too few training rows for any labels-per-class value")
     return fewshot_curve(data.X_train, data.y_train, data.X_test, data.y_test, labels_per_class=ks,
-                         seeds=ctx.seeds)
+                         seeds=ctx.seeds, methods=ctx.fewshot_methods)
+
+
+def _check_fewshot(data: ProbeData, ctx):
+    from ._common import check_choices
+    from .registry import fewshot_methods
+
+    if ctx.fewshot_methods is not None:
+        check_choices("few-label methods", ctx.fewshot_methods, fewshot_methods())
 
 
 def _plot_fewshot(items, out, context):
@@ -185,7 +193,7 @@ register_probe("linear", _run_linear, needs_labels=True, plots=_plot_linear,
 register_probe("knn", _run_knn, needs_labels=True, description="k-NN classifier")
 register_probe("cluster", _run_cluster, needs_labels=False, check=_check_cluster,
                description="k-means and GMM clusters of the test rows")
-register_probe("fewshot", _run_fewshot, needs_labels=True, plots=_plot_fewshot,
+register_probe("fewshot", _run_fewshot, needs_labels=True, plots=_plot_fewshot, check=_check_fewshot,
                description="accuracy with few labels per class")
 register_probe("anomaly", _run_anomaly, needs_labels=False, records=("anomaly", "one_class"),
                check=_check_anomaly, plots=_plot_anomaly, table_lines=_anomaly_lines,

@@ -18,7 +18,8 @@ from ._common import (DataTooSmall, FeaturePrep, ResultRecord, check_choices, ch
                       check_positive_ints, check_same_width, small_data_single_thread, timed)
 from .registry import fewshot_methods, get_fewshot_method, register_fewshot_method
 
-METHODS = ("logistic", "knn", "label_spreading", "self_training")  # the built-in ones; see fewshot_methods()
+METHODS = ("logistic", "knn", "label_spreading", "self_training", "m2")  # the built-in ones; see fewshot_methods()
+DEFAULT_METHODS = METHODS[:4]  # run when none are named; m2 trains networks (about a minute a fit on 2 cores)
 
 
 def draw_labelled(y_train, labels_per_class: int, seed: int) -> np.ndarray:
@@ -171,6 +172,13 @@ def _self_training_predict(Z_lab, y_lab, Z_unl, Z_test, params, *, rounds=5, sha
     return model.predict(Z_test)
 
 
+def _m2_predict(Z_lab, y_lab, Z_unl, Z_test, params):
+    """Kingma et al.'s M2 fitted on the labelled and unlabelled rows (M1+M2: the rows are M1's codes)."""
+    from ..semisup import fit_m2
+
+    return fit_m2(Z_lab, y_lab, Z_unl, params["m2"], seed=params["seed"]).predict(Z_test)
+
+
 register_fewshot_method("logistic", _logistic_predict, uses_unlabelled=False,
                         description="logistic regression on the labelled rows (fixed C)")
 register_fewshot_method("knn", _knn_predict, uses_unlabelled=False,
@@ -179,13 +187,28 @@ register_fewshot_method("label_spreading", _label_spreading_predict, uses_unlabe
                         description="LabelSpreading over a symmetric k-NN graph of labelled and unlabelled rows")
 register_fewshot_method("self_training", _self_training_predict, uses_unlabelled=True,
                         description="class-balanced self-training around logistic regression")
+register_fewshot_method("m2", _m2_predict, uses_unlabelled=True, default=False,
+                        description="Kingma's M2 semi-supervised VAE on the features (M1+M2); slow, run when named")
+
+
+def _m2_config(m2):
+    from ..semisup import M2Config
+
+    if m2 is None or isinstance(m2, M2Config):
+        return m2 or M2Config()
+    if isinstance(m2, dict):
+        unknown = sorted(set(m2) - set(M2Config.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"m2: unknown setting(s) {unknown}; known are {sorted(M2Config.__dataclass_fields__)}")
+        return M2Config(**m2)
+    raise ConfigError(f"m2: expected an M2Config or a dict of its settings, got {type(m2).__name__}")
 
 
 @small_data_single_thread
 def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 10, 100), seeds=(0, 1, 2, 3, 4),
                   methods=None, C: float = 1.0, knn_neighbors: int = 1, spreading_neighbors: int = 10,
                   spreading_alpha: float = 0.9, max_unlabelled: int = 10_000, max_iter: int = 1000,
-                  n_jobs: int | None = None) -> FewShotResult:
+                  n_jobs: int | None = None, m2=None) -> FewShotResult:
     """Test accuracy as a function of the number of labelled training rows per class.
 
     Features are centred on the mean of all training rows (no labels involved) and
@@ -206,6 +229,10 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
         the classes (sklearn's SelfTrainingClassifier picks the most confident rows overall, and
         with few labels one class then takes them all; a fixed probability threshold is rarely
         passed on unit-norm features).
+    'm2' : Kingma et al.'s M2 semi-supervised VAE (:mod:`cvae_features.semisup`) fitted on the labelled
+        rows and the same unlabelled rows, seeded by the draw's seed; settings ``m2`` (an
+        :class:`~cvae_features.semisup.M2Config` or a dict of its fields; default its defaults).
+        Not run unless named: it trains three networks per draw.
     Any method added with :func:`~cvae_features.probes.registry.register_fewshot_method` runs too.
 
     Parameters
@@ -220,7 +247,8 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
     seeds : sequence of int or int
         The seeds themselves; an int n means seeds 0..n-1.
     methods : sequence of str or None
-        Registered method names; None: every registered method, in registration order.
+        Registered method names; None: every registered method that runs by default, in registration
+        order (all but 'm2' among the built-in ones).
 
     Returns
     -------
@@ -235,13 +263,15 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
     seeds = tuple(range(seeds)) if np.isscalar(seeds) else tuple(int(s) for s in seeds)
     if not seeds:
         raise ConfigError("seeds: expected at least one seed, got none")
-    methods = check_choices("methods", fewshot_methods() if methods is None else methods, fewshot_methods())
+    methods = check_choices("methods", fewshot_methods(default_only=True) if methods is None else methods,
+                            fewshot_methods())
     if not C > 0:
         raise ConfigError(f"C: expected a positive number, got {C}")
     if not 0 < spreading_alpha < 1:
         raise ConfigError(f"spreading_alpha: expected a number in (0, 1), got {spreading_alpha}")
     check_positive_ints("knn_neighbors", knn_neighbors)
     check_positive_ints("spreading_neighbors", spreading_neighbors)
+    m2 = _m2_config(m2) if m2 is not None or "m2" in methods else None
     X_train = check_features(X_train, "X_train")
     X_test = check_features(X_test, "X_test")
     check_same_width(X_train, X_test)
@@ -264,7 +294,7 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
     specs = {m: get_fewshot_method(m) for m in methods}
     params = {"C": float(C), "max_iter": int(max_iter), "knn_neighbors": int(knn_neighbors),
               "spreading_neighbors": int(spreading_neighbors), "spreading_alpha": float(spreading_alpha),
-              "n_jobs": n_jobs}
+              "n_jobs": n_jobs, "m2": m2}
     prep = FeaturePrep("l2").fit(X_train)  # label-free statistics of the training rows only
     Ztrain, Ztest = prep.transform(X_train), prep.transform(X_test)
     curves = {m: {} for m in methods}
@@ -284,6 +314,7 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
             unl = np.sort(rng.choice(rest, min(max_unlabelled, rest.size), replace=False))
             unlab_per_seed.append(int(unl.size))
             Zlab, Zunl = Ztrain[lab], Ztrain[unl]
+            params["seed"] = seed
             for m, spec in specs.items():
                 with timed(per[m], "_t"), warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # convergence chatter on tiny labelled sets
@@ -311,6 +342,8 @@ def fewshot_curve(X_train, y_train, X_test, y_test, *, labels_per_class=(1, 5, 1
                 "spreading_graph": "symmetric k-NN", "max_unlabelled": int(max_unlabelled),
                 "self_training": "class-balanced, 5 rounds of unlabelled/10 pseudo-labels",
                 "draws": "per seed and class one permutation of the training rows; first k labelled (nested)"}
+    if "m2" in methods:
+        settings["m2"] = m2.to_dict()
     return FewShotResult(labels_per_class=list(ks), seeds=list(seeds), methods=list(methods), curves=curves,
                          settings=settings, n_train=int(X_train.shape[0]), n_test=int(y_test.size), timings=timings,
                          predictions=predictions)

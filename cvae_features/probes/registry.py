@@ -23,7 +23,8 @@ class ProbeContext:
     """The options of one :func:`run_probes` call, handed to every probe's ``run`` and ``check``.
 
     ``labels_per_class``, ``seeds`` (few-label), ``normal_class``, ``fpr`` (anomaly),
-    ``n_clusters`` and ``cluster_methods`` (cluster) are the suite's options; a probe reads the ones it needs.
+    ``n_clusters`` and ``cluster_methods`` (cluster), ``fewshot_methods`` (few-label) are the suite's options;
+    a probe reads the ones it needs.
     ``notes`` collects one line per thing a probe skipped or changed (see :meth:`note`).
     """
 
@@ -34,6 +35,7 @@ class ProbeContext:
     fpr: float = 0.05
     n_clusters: Optional[int] = None
     cluster_methods: Optional[tuple] = None
+    fewshot_methods: Optional[tuple] = None
     notes: list = field(default_factory=list)
 
     def note(self, text: str) -> None:
@@ -93,13 +95,16 @@ class FewShotMethod:
     rows ``Z_lab`` (n_lab, d) with labels ``y_lab``, the unlabelled training rows ``Z_unl``
     (None unless ``uses_unlabelled``) and the test rows ``Z_test``, all preprocessed; ``params``
     is the dict of ``fewshot_curve``'s settings (``C``, ``max_iter``, ``knn_neighbors``,
-    ``spreading_neighbors``, ``spreading_alpha``, ``n_jobs``).
+    ``spreading_neighbors``, ``spreading_alpha``, ``n_jobs``) and ``seed``, the seed of the draw
+    (for methods that are random themselves). ``default``: run when no methods are named
+    (False for methods too slow to run on every probe).
     """
 
     name: str
     predict: Callable
     uses_unlabelled: bool
     description: str
+    default: bool = True
 
 
 _PROBES: dict = {}
@@ -162,19 +167,19 @@ def probe_for_record(record_probe: str) -> Optional[ProbeSpec]:
 
 
 def register_fewshot_method(name: str, predict: Optional[Callable] = None, *, uses_unlabelled: bool,
-                            description: str, replace: bool = False):
+                            description: str, default: bool = True, replace: bool = False):
     """Register a few-label method (see :class:`FewShotMethod`); returns it, or a decorator without ``predict``."""
     if predict is None:
         def decorate(func):
             register_fewshot_method(name, func, uses_unlabelled=uses_unlabelled, description=description,
-                                    replace=replace)
+                                    default=default, replace=replace)
             return func
 
         return decorate
     _check_entry("few-label method", name, description, _FEWSHOT, replace)
     if not callable(predict):
         raise ConfigError(f"few-label method {name!r}: expected a callable predict, got {predict!r}")
-    method = FewShotMethod(name, predict, bool(uses_unlabelled), description)
+    method = FewShotMethod(name, predict, bool(uses_unlabelled), description, bool(default))
     _FEWSHOT[name] = method
     return method
 
@@ -193,6 +198,7 @@ def get_fewshot_method(name: str) -> FewShotMethod:
         raise ConfigError(f"methods: expected one of {', '.join(_FEWSHOT)}, got {name!r}") from None
 
 
-def fewshot_methods() -> tuple:
-    """The registered few-label method names, in registration order."""
-    return tuple(_FEWSHOT)
+def fewshot_methods(default_only: bool = False) -> tuple:
+    """The registered few-label method names, in registration order (``default_only``: those run when
+    none are named)."""
+    return tuple(name for name, m in _FEWSHOT.items() if m.default or not default_only)

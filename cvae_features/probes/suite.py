@@ -228,8 +228,8 @@ def resolve_class(spec, label_names: list, y: np.ndarray) -> int:
 
 
 def run_probes(data: ProbeData, tasks="all", *, labels_per_class=None, seeds=5, normal_class=None,
-               fpr: float = 0.05, n_clusters: int | None = None, cluster_methods=None, seed: int = 0,
-               on_task=None) -> tuple[list, list, list]:
+               fpr: float = 0.05, n_clusters: int | None = None, cluster_methods=None, fewshot_methods=None,
+               seed: int = 0, on_task=None) -> tuple[list, list, list]:
     """Run the requested probes on ``data``, each through its registry entry (see :mod:`.registry`).
 
     A probe whose data are too small (:class:`DataTooSmall`: too few rows or classes for what
@@ -255,6 +255,9 @@ def run_probes(data: ProbeData, tasks="all", *, labels_per_class=None, seeds=5, 
         Clusters; default the number of classes (10 when there are no labels).
     cluster_methods : sequence of str or None
         The cluster task's methods (see :func:`~cvae_features.probes.cluster_probe`); None: its default.
+    fewshot_methods : sequence of str or None
+        The few-label task's methods (see :func:`~cvae_features.probes.fewshot_curve`); None: those
+        registered to run by default.
     on_task : callable or None
         Called with each task name before the task runs (progress display).
 
@@ -269,7 +272,8 @@ def run_probes(data: ProbeData, tasks="all", *, labels_per_class=None, seeds=5, 
     specs = [get_probe(t) for t in parse_tasks(tasks)]
     ctx = ProbeContext(seed=seed, labels_per_class=labels_per_class, seeds=seeds, normal_class=normal_class,
                        fpr=fpr, n_clusters=n_clusters,
-                       cluster_methods=None if cluster_methods is None else tuple(cluster_methods))
+                       cluster_methods=None if cluster_methods is None else tuple(cluster_methods),
+                       fewshot_methods=None if fewshot_methods is None else tuple(fewshot_methods))
     records, skipped = [], []
     labelled = data.has_train_labels and data.has_test_labels
     if not labelled:
