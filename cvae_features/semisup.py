@@ -49,7 +49,7 @@ class M2Config:
     ----------
     n_components : int, default=50
         Principal axes kept from the inputs (capped by the rows and columns); 0 keeps the inputs as they are.
-    hidden : int, default=256
+    hidden : int, default=128
         Width of the two hidden layers of each network.
     latent_dim : int, default=8
         Width of z. A small z leaves the class y to carry what separates the rows: with a wide z
@@ -69,7 +69,7 @@ class M2Config:
     """
 
     n_components: int = 50
-    hidden: int = 256
+    hidden: int = 128
     latent_dim: int = 8
     alpha: float = 0.1
     steps: int = 2000
@@ -104,7 +104,7 @@ def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
 class M2Net(nn.Module):
     """The three networks of M2 on vectors of width ``n_in`` with ``n_classes`` classes."""
 
-    def __init__(self, n_in: int, n_classes: int, hidden: int = 256, latent_dim: int = 8):
+    def __init__(self, n_in: int, n_classes: int, hidden: int = 128, latent_dim: int = 8):
         super().__init__()
         self.n_in, self.n_classes, self.latent_dim = int(n_in), int(n_classes), int(latent_dim)
         self.classifier = _mlp(n_in, hidden, n_classes)  # q(y | x): logits
