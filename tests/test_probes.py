@@ -83,6 +83,19 @@ def test_cluster_accuracy_hand_example():
         cluster_accuracy([0, 1], [0, 1, 1])
 
 
+def test_gmm_clusters_do_not_depend_on_the_scale_of_the_features():
+    from cvae_features.probes.cluster import fit_clusters, gmm_reg_covar
+
+    X, _ = blobs(90, d=6, sep=3.0, seed=5)
+    base = fit_clusters(X, 3, "gmm", seed=0).predict(X)
+    assert sorted(np.bincount(base)) == [30, 30, 30]
+    for scale in (1e-5, 1e6):  # a fixed variance floor swamped the small scale: one component took every row
+        np.testing.assert_array_equal(fit_clusters(X * scale, 3, "gmm", seed=0).predict(X * scale), base)
+    cols = np.column_stack([np.r_[0.0, 2.0].repeat(5), np.r_[1.0, 7.0].repeat(5)])  # variances 1 and 9
+    assert gmm_reg_covar(cols) == pytest.approx(1e-3)
+    assert gmm_reg_covar(np.ones((6, 3))) == 1e-4
+
+
 def test_cluster_probe_without_labels_reports_sizes_and_silhouette(sep_data):
     _, _, Xte, _ = sep_data
     res = cluster_probe(Xte, None, n_clusters=3, methods=("kmeans",), max_silhouette_rows=50, seed=3)

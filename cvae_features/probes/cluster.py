@@ -107,8 +107,8 @@ def fit_clusters(Xp: np.ndarray, n_clusters: int, method: str = "kmeans", *, n_i
     """The probe's clusterer fitted on preprocessed rows ``Xp`` of shape (n_samples, n_features).
 
     'kmeans': ``KMeans`` with ``n_init`` seeded restarts (centres in ``cluster_centers_``);
-    'gmm': a diagonal-covariance ``GaussianMixture`` (``reg_covar`` 1e-4, one start from
-    k-means; centres in ``means_``); 'umap-gmm': :class:`UmapGmm` (needs umap-learn). All have
+    'gmm': a diagonal-covariance ``GaussianMixture`` (one start from k-means; centres in ``means_``)
+    whose ``reg_covar`` is :func:`gmm_reg_covar` (1e-4 of the rows' total variance); 'umap-gmm': :class:`UmapGmm` (needs umap-learn). All have
     ``predict``. Convergence and UMAP's warnings are silenced: on tiny data they say nothing useful.
     """
     from sklearn.cluster import KMeans
@@ -121,7 +121,20 @@ def fit_clusters(Xp: np.ndarray, n_clusters: int, method: str = "kmeans", *, n_i
             return KMeans(n_clusters, n_init=n_init, random_state=seed).fit(Xp)
         if method == "umap-gmm":
             return UmapGmm(n_clusters, seed=seed).fit(Xp)
-        return GaussianMixture(n_clusters, covariance_type="diag", reg_covar=1e-4, random_state=seed).fit(Xp)
+        return GaussianMixture(n_clusters, covariance_type="diag", reg_covar=gmm_reg_covar(Xp),
+                               random_state=seed).fit(Xp)
+
+
+def gmm_reg_covar(Xp: np.ndarray) -> float:
+    """The diagonal GMM's variance floor: 1e-4 of the rows' total variance (sum over columns).
+
+    On the probe's default rows (centred, unit norm; total variance about 1) this is about the
+    fixed 1e-4 it replaces; a fixed floor swamped features of small scale (rows varying ~1e-5
+    per column all fell into one component) and meant nothing on large ones. Rows without
+    variance (all alike) keep 1e-4.
+    """
+    total = float(np.var(Xp, axis=0).sum())
+    return 1e-4 * total if total > 0 else 1e-4
 
 
 @dataclass
