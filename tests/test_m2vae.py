@@ -1,5 +1,6 @@
 """The conv-m2 family (Kingma's M2 on images): its loss against the per-class pieces, the embedding, training."""
 
+import json
 import math
 import shutil
 
@@ -149,3 +150,110 @@ def test_training_on_a_few_labelled_images_classifies_held_out_ones(labelled_fol
     again = load_model(tmp_path / "run")
     assert isinstance(again, ConvM2) and again.fingerprint() == model.fingerprint()
     torch.testing.assert_close(again.embed(held), model.embed(held))
+
+
+# -- labels for some images: the label file, the labelled rows in every batch, cvae train --labels ------------
+
+def _unlabelled_folder(root, n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    d = load_digits()
+    rows = np.flatnonzero(d.target < 3)[:n]
+    root.mkdir(parents=True)
+    for r in rows:
+        Image.fromarray((d.images[r] * 255 / 16).round().astype(np.uint8)).save(root / f"{r:04d}.png")
+    return root, {f"{r:04d}.png": str(d.target[r]) for r in rng.permutation(rows)[:15]}
+
+
+def test_label_file_attaches_labels_by_key(tmp_path):
+    from cvae_features.data import open_source
+    from cvae_features.data.labelfile import read_label_file, with_labels
+    from cvae_features.errors import DataError, SourceNotFoundError
+
+    root, truth = _unlabelled_folder(tmp_path / "imgs")
+    csv_path = tmp_path / "labels.csv"
+    lines = ["Key,Label"] + [f"{k},{v}" for k, v in truth.items()] + ["0000.png,", "", "0001.png,-1"]
+    csv_path.write_text("\n".join(lines) + "\n")
+    read = read_label_file(csv_path)
+    assert read == truth  # header skipped, empty and -1 labels unknown, blank lines ignored
+    src = open_source(str(root))
+    labelled = with_labels(src, read)
+    assert labelled.label_names == ["0", "1", "2"] and not src.has_labels  # the source itself is left alone
+    for key, y in zip(labelled.keys, labelled.labels):
+        assert y == (int(truth[key]) if key in truth else -1)
+    assert "15 labelled from labels file" in labelled.description
+    assert with_labels(src, {"0000.png": "10", "0001.png": "9"}).label_names == ["9", "10"]  # numeric order
+    with pytest.raises(DataError, match=r"2 key\(s\) are not images of .* \(e\.g\. 'x\.png', 'y\.png'\)"):
+        with_labels(src, {"x.png": "1", "y.png": "2", "0000.png": "1"})
+    for text, words in (("a.png,1,2\n", "line 1: expected 'key,label', got 3 cell"), (",1\n", "line 1: empty key"),
+                        ("a.png,1\nb.png,2\na.png,3\n", "line 3: key 'a.png' is already listed on line 1")):
+        csv_path.write_text(text)
+        with pytest.raises(DataError, match=words):
+            read_label_file(csv_path)
+    with pytest.raises(SourceNotFoundError, match="does not exist"):
+        read_label_file(tmp_path / "missing.csv")
+
+
+def test_every_batch_gets_labelled_rows_drawn_seeded(tmp_path):
+    from cvae_features.training import TrainHook
+
+    class Batches(TrainHook):
+        def __init__(self):
+            self.seen = []
+
+        def on_batch_end(self, loop, epoch, batch_index, logs):
+            self.seen.append((logs["batch"]["index"].clone(), logs["batch"]["labels"].clone()))
+
+    images = _images(40, seed=3)
+    labels = np.full(40, -1)
+    labels[[3, 17, 29]] = [0, 1, 2]
+    from cvae_features.data import ArraySource
+
+    runs = []
+    for run in ("a", "b"):
+        hook = Batches()
+        train(ArraySource(images.numpy(), labels=labels), tmp_path / run, arch="conv-m2", progress=False,
+              hooks=[hook], model_config={"latent_dim": 2, "widths": [4]},
+              train_config={"epochs": 2, "batch_size": 16, "labelled_per_batch": 5, "val_fraction": 0.0})
+        runs.append(hook.seen)
+    first = runs[0]
+    assert [len(index) for index, _ in first] == [21, 21, 13] * 2  # 16, 16, 8 shuffled rows plus 5 drawn
+    shuffled = {int(i): int(v) for index, y in first for i, v in zip(index[:-5], y[:-5])}
+    assert len(shuffled) == 40 and sorted(v for v in shuffled.values() if v >= 0) == [0, 1, 2]
+    labelled = {i for i, v in shuffled.items() if v >= 0}
+    for index, y in first:  # the drawn rows are labelled rows, with their labels
+        assert set(index[-5:].tolist()) <= labelled and y[-5:].tolist() == [shuffled[int(i)] for i in index[-5:]]
+    assert [i[-5:].tolist() for i, _ in first] != [i[-5:].tolist() for i, _ in first[:1]] * len(first)
+    assert all(torch.equal(i, j) for (i, _), (j, _) in zip(first, runs[1]))  # seeded: the same draws again
+    with pytest.raises(ConfigError, match="labelled_per_batch=5: no training image has a label"):
+        train(images, tmp_path / "c", progress=False, model_config={"latent_dim": 2, "widths": [4]},
+              train_config={"epochs": 1, "labelled_per_batch": 5})
+
+
+def test_cli_train_with_a_labels_file(tmp_path):
+    from click.testing import CliRunner
+
+    from cvae_cli.main import cli
+
+    root, truth = _unlabelled_folder(tmp_path / "imgs")
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("".join(f"{k},{v}\n" for k, v in truth.items()))
+    runner = CliRunner()
+    common = ["--epochs", "1", "--batch-size", "16", "--latent-dim", "2", "--no-progress"]
+    result = runner.invoke(cli, ["train", str(root), "-o", str(tmp_path / "run"), "--labels", str(csv_path),
+                                 "--labelled-per-batch", "4", *common])
+    assert result.exit_code == 0, result.output
+    model = load_model(tmp_path / "run")
+    assert isinstance(model, ConvM2) and model.config.n_classes == 3
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train_config"]["labelled_per_batch"] == 4 and config["arch"] == "conv-m2"
+    cases = [(["--labelled-per-batch", "4"], "needs --labels"),
+             (["--labels", str(tmp_path / "nope.csv")], "does not exist"),
+             (["--labels", "source"], "has labelled images of 0 class(es)")]
+    csv_path.write_text("0000.png,1\nelsewhere.png,2\n")
+    cases.append((["--labels", str(csv_path)], "1 key(s) are not images of"))
+    for extra, words in cases:
+        result = runner.invoke(cli, ["train", str(root), "-o", str(tmp_path / "bad"), *extra, *common])
+        assert result.exit_code != 0 and words in result.output, result.output
+        assert "Traceback" not in result.output, result.output
+        if result.exit_code != 2:  # click's usage errors come with their usage lines
+            assert len(result.output.strip().splitlines()) == 1, result.output
