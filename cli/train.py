@@ -17,7 +17,9 @@ _MODEL_OPTIONS = {"latent_dim": "latent_dim", "beta": "beta", "likelihood": "lik
 _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device",
                   "val_fraction": "val_fraction", "patience": "patience", "schedule": "schedule",
                   "beta_warmup": "beta_warmup_epochs", "max_images": "max_images", "workers": "workers",
-                  "cache_dir": "cache_dir", "keep_cache": "keep_cache"}
+                  "cache_dir": "cache_dir", "keep_cache": "keep_cache", "labelled_per_batch": "labelled_per_batch"}
+#: Labelled images drawn into every batch of a --labels run unless --labelled-per-batch says otherwise.
+LABELLED_PER_BATCH = 32
 
 
 @click.command("train")
@@ -55,9 +57,17 @@ _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "s
 @click.option("--nproc", type=click.IntRange(min=1), default=None, metavar="N",
               help="Train with N processes on this machine (DistributedDataParallel, the same as "
                    "torchrun --nproc-per-node N): gloo on CPU, NCCL on CUDA; results do not depend on N.")
+@click.option("--labels", "labels", default=None, metavar="LABELS.csv|source",
+              help="Semi-supervised training (Kingma's M2, model family conv-m2; the encoder mean is still the "
+                   "embedding): LABELS.csv lists 'key,label' for some images of SOURCE (keys as cvae extract "
+                   "writes them: relative paths, or name:split/NNNNN for a data set), the others are unlabelled; "
+                   "'source' takes SOURCE's own labels (class sub-folders, with unlabelled images at the top "
+                   "level; a manifest's label column, empty for unlabelled).")
+@click.option("--labelled-per-batch", "labelled_per_batch", type=click.IntRange(0, 65536), default=None,
+              help=f"With --labels: labelled images drawn into every batch (default {LABELLED_PER_BATCH}).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @library_errors
-def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data_dir, nproc, **options):
+def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data_dir, nproc, labels, **options):
     """Train a convolutional VAE on SOURCE (a folder, a .csv manifest or a data set name such as digits)."""
     if nproc is not None and nproc > 1 and "RANK" not in os.environ:
         from cvae_features.training import TrainConfig
@@ -72,9 +82,16 @@ def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data
     given = {k: v for k, v in options.items() if v is not None}
     model_config = {_MODEL_OPTIONS[k]: v for k, v in given.items() if k in _MODEL_OPTIONS}
     train_config = {_TRAIN_OPTIONS[k]: v for k, v in given.items() if k in _TRAIN_OPTIONS}
+    arch = None
+    if labels is not None:
+        source, arch = _labelled_source(source, labels, data_dir), "conv-m2"
+        train_config.setdefault("labelled_per_batch", LABELLED_PER_BATCH)
+    elif "labelled_per_batch" in train_config:
+        raise click.BadParameter("needs --labels (it draws labelled images into the batches of semi-supervised "
+                                 "training)", param_hint="--labelled-per-batch")
     try:
         result = train(source, run_dir, model_config=model_config or None, train_config=train_config or None,
-                       resume=resume, overwrite=overwrite, progress=not no_progress, data_dir=data_dir)
+                       resume=resume, overwrite=overwrite, progress=not no_progress, data_dir=data_dir, arch=arch)
     except KeyboardInterrupt:
         # What to rerun depends on what the run dir holds now: --resume only works once a checkpoint exists.
         from cvae_features._train_setup import interrupted_advice
@@ -96,6 +113,17 @@ def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data
     if summary["n_skipped"]:
         click.echo(f"{summary['n_skipped']} files skipped: see {result.run_dir / 'skipped.csv'}")
     click.echo(f"model: {result.run_dir / 'model.pt'}")
+
+
+def _labelled_source(spec: str, labels: str, data_dir):
+    """SOURCE opened, with the labels of LABELS.csv (or its own, for 'source')."""
+    from cvae_features.data import open_source
+    from cvae_features.data.labelfile import read_label_file, with_labels
+
+    src = open_source(spec, data_dir=data_dir)
+    if labels == "source":
+        return src
+    return with_labels(src, read_label_file(labels), what=f"--labels {labels}")
 
 
 def _launch(nproc: int) -> int:

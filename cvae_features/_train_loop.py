@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ._train_hooks import CallbackHook, RunDirWriter
+from .errors import ConfigError
 from ._train_setup import derive_seed
 from ._version import __version__
 from .errors import TrainingError
@@ -83,6 +84,11 @@ class Loop:
         self.train_images, self.val_images = train_images, val_images
         self.train_labels, self.val_labels = train_labels, val_labels
         self.n_train = len(train_images)
+        # the labelled training rows, drawn into every batch when tcfg.labelled_per_batch > 0
+        self.labelled_rows = torch.nonzero(train_labels.cpu() >= 0).flatten()
+        if tcfg.labelled_per_batch and not len(self.labelled_rows):
+            raise ConfigError(f"labelled_per_batch={tcfg.labelled_per_batch}: no training image has a label "
+                              "(labels come from class sub-folders, a manifest or --labels)")
         self.n_batches = math.ceil(self.n_train / tcfg.batch_size)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                                           **({"fused": True} if cuda else {}))
@@ -168,6 +174,7 @@ class Loop:
             order = order.to(images.device)
         # The reparameterisation noise of an image depends on (seed, epoch, its row) only (batch["noise_key"]);
         # the global generator is seeded too, for models that draw their own.
+        extra = torch.Generator().manual_seed(derive_seed(tcfg.seed, "labelled", epoch))
         noise_seed = derive_seed(tcfg.seed, "noise", epoch)
         torch.manual_seed(noise_seed)
         noise_key = torch.tensor(noise_seed, dtype=torch.int64)
@@ -180,6 +187,10 @@ class Loop:
         checked, t0 = 0, time.perf_counter()
         for b in range(n_batches):
             rows = order[b * bs:(b + 1) * bs]
+            if tcfg.labelled_per_batch:  # a seeded draw of labelled rows joins the batch (M2's labelled batch)
+                drawn = self.labelled_rows[torch.randint(len(self.labelled_rows), (tcfg.labelled_per_batch,),
+                                                         generator=extra)]
+                rows = torch.cat([rows, drawn.to(rows.device)])
             n_global, share = len(rows), 1.0
             if self.dist.active:  # this process's part of the global batch (at least one row, maybe weighted 0)
                 mine = rows.tensor_split(self.dist.world)[self.dist.rank]

@@ -51,6 +51,7 @@ def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress, con
                 raise ConfigError(f"model config {name}={hint} does not match the images' {name} {actual}")
         pre, description, skipped, spec = None, f"in-memory array of shape {tuple(images.shape)}", [], None
         labels = torch.full((len(images),), -1, dtype=torch.int64)
+        label_names = []
     else:
         from .data import infer_preprocess, load_images, open_source
 
@@ -82,16 +83,28 @@ def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress, con
         if known.shape != (len(src),):  # a source that gives no per-row labels: all unknown
             known = np.full(len(src), -1, dtype=np.int64)
         labels = torch.as_tensor(known[kept])
+        label_names = list(getattr(src, "label_names", []))
         keys = src.keys
         skipped = [(keys[int(row)], str(reason)) for row, reason in bad]
         if len(images) == 0:
             raise DataError(f"no image of {description} could be decoded ({len(skipped)} skipped)")
         pre = preprocess
         size, channels = pre.size, pre.channels
+    derived = {"image_size": int(size), "channels": int(channels)}
+    with_classes = "n_classes" in {f.name for f in dataclasses.fields(config_class)}  # a semi-supervised family
+    if with_classes and "n_classes" not in overrides:
+        derived["n_classes"] = len(label_names)
+    n_known = int(torch.unique(labels[labels >= 0]).numel())
+    if with_classes and n_known < 2:
+        raise ConfigError(f"a model with classes learns them from labelled images, and {description} has labelled "
+                          f"images of {n_known} class(es); label some images of at least 2 classes (class "
+                          "sub-folders, a manifest's label column, or cvae train --labels)")
     try:
-        mcfg = config_class.from_dict({**overrides, "image_size": int(size), "channels": int(channels)})
+        mcfg = config_class.from_dict({**overrides, **derived})
     except ConfigError as err:
         raise ConfigError(f"{err} (image_size {size} and channels {channels} come from the data)") from None
+    if with_classes and int(labels.max()) >= mcfg.n_classes:
+        raise ConfigError(f"n_classes={mcfg.n_classes} but {description} has {len(label_names)} classes")
     if isinstance(images, torch.Tensor):
         digest = hashlib.blake2b(np.ascontiguousarray(images.numpy()).data, digest_size=8).hexdigest()
         return Data(images.contiguous(), mcfg, pre, description, skipped, digest, spec, labels)

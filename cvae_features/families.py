@@ -53,6 +53,8 @@ class ModelFamily:
 _FAMILIES: Dict[str, ModelFamily] = {
     DEFAULT_ARCH: ModelFamily(DEFAULT_ARCH, "cvae_features.model:ConvVAE",
                               "convolutional VAE, Gaussian posterior, N(0, I) prior (the default)"),
+    "conv-m2": ModelFamily("conv-m2", "cvae_features.m2vae:ConvM2",
+                           "Kingma's M2: the conv VAE with a class head, trained on labelled and unlabelled images"),
 }
 
 

@@ -89,6 +89,10 @@ class TrainConfig:
     keep_cache : bool, default=False
         Keep the cache when training finishes (it is removed otherwise; an interrupted run keeps it
         for ``resume``).
+    labelled_per_batch : int, default=0
+        Labelled training images drawn (seeded, with replacement) into every batch besides its
+        ``batch_size`` shuffled images, so that few labels reach every step of a semi-supervised
+        model (``conv-m2``); 0 draws none. Needs labelled training images when > 0.
     """
 
     epochs: int = 20
@@ -108,6 +112,7 @@ class TrainConfig:
     workers: Optional[int] = None
     cache_dir: Optional[str] = None
     keep_cache: bool = False
+    labelled_per_batch: int = 0
 
     def __post_init__(self):
         def bad(name, expected):
@@ -135,6 +140,7 @@ class TrainConfig:
 
         integer("epochs", 1, 100_000)
         integer("batch_size", 1, 65_536)
+        integer("labelled_per_batch", 0, 65_536)
         real("lr", 0, lo_open=True)
         real("weight_decay", 0)
         if self.schedule not in get_args(Schedule):

@@ -270,16 +270,7 @@ class ManifestSource(FileSource):
             _raise_if_bad_link(path, f"manifest {str(csv_path)!r}")
             raise SourceNotFoundError(f"manifest {str(csv_path)!r} does not exist")
         path = path.resolve()
-        try:
-            fd = open_regular_file(path)  # never blocks on a named pipe called *.csv
-        except DecodeError as err:
-            raise DataError(f"manifest {str(path)!r} cannot be read: {err}") from None
-        try:
-            with open(fd, newline="", encoding="utf-8-sig") as f:
-                rows = [(n, [c.strip() for c in row]) for n, row in enumerate(csv.reader(f), 1)]
-        except (OSError, UnicodeDecodeError, csv.Error) as err:
-            raise DataError(f"manifest {str(path)!r} cannot be read: {err}") from None
-        rows = [(n, row) for n, row in rows if any(row)]
+        rows = read_csv_rows(path, "manifest")
         base = path.parent
         if rows and _is_header(rows[0][1], [row for _, row in rows[1:]], base, path):
             rows = rows[1:]
@@ -315,6 +306,20 @@ _LABEL_HEADERS = frozenset({"label", "labels", "class", "classes", "class_name",
                             "category", "label_name", "labelname", "tag"})
 #: Labels that mean "unknown".
 _UNKNOWN_LABELS = frozenset({"", "-1"})
+
+
+def read_csv_rows(path: Path, what: str) -> list:
+    """The non-blank rows of a CSV file as ``(line number, [stripped cells])``; DataError when unreadable."""
+    try:
+        fd = open_regular_file(path)  # never blocks on a named pipe called *.csv
+    except DecodeError as err:
+        raise DataError(f"{what} {str(path)!r} cannot be read: {err}") from None
+    try:
+        with open(fd, newline="", encoding="utf-8-sig") as f:
+            rows = [(n, [c.strip() for c in row]) for n, row in enumerate(csv.reader(f), 1)]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{what} {str(path)!r} cannot be read: {err}") from None
+    return [(n, row) for n, row in rows if any(row)]
 
 
 def _label_cell(row) -> str:

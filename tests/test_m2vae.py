@@ -1,0 +1,259 @@
+"""The conv-m2 family (Kingma's M2 on images): its loss against the per-class pieces, the embedding, training."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_digits
+from torch.nn import functional as F
+
+from cvae_features.errors import ConfigError
+from cvae_features.families import create_model, model_families
+from cvae_features.m2vae import ConvM2, M2VAEConfig
+from cvae_features.model import load_model
+from cvae_features.training import train
+
+SMALL = {"image_size": 8, "latent_dim": 3, "n_classes": 3, "widths": (4,), "alpha": 2.0}
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return ConvM2(**SMALL)
+
+
+def _images(n, seed=0):
+    return torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def _per_class(model, x):
+    """recon(x | y, z = mu_y) and KL(q(z | x, y)) for every class, shape (n, K), from the model's pieces."""
+    h = model.encoder(x.float() / 255)
+    k = model.config.n_classes
+    recon, kl = [], []
+    for c in range(k):
+        y1h = F.one_hot(torch.full((x.shape[0],), c), k).float()
+        mu, logvar = model._posterior(h, y1h)
+        recon.append(model.reconstruction_nll(model.decode(mu, y1h), x.float() / 255))
+        kl.append(0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1))
+    return torch.stack(recon, 1), torch.stack(kl, 1), F.softmax(model.classifier(h), dim=1)
+
+
+def test_loss_uses_the_label_where_known_and_marginalises_the_class_elsewhere(model):
+    x, labels = _images(6), torch.tensor([0, -1, 2, -1, 1, -1])
+    model.eval()  # z = mu: the terms are deterministic
+    out = model.loss({"images": x, "labels": labels, "index": torch.arange(6)}, beta=0.5)
+    recon_y, kl_y, q = _per_class(model, x)
+    lab = labels >= 0
+    rows = torch.arange(6)
+    expected_recon = torch.where(lab, recon_y[rows, labels.clamp_min(0)], (q * recon_y).sum(1))
+    expected_kl = torch.where(lab, kl_y[rows, labels.clamp_min(0)], (q * kl_y).sum(1))
+    torch.testing.assert_close(out.recon_per_sample, expected_recon)
+    torch.testing.assert_close(out.kl_per_sample, expected_kl, rtol=1e-4, atol=1e-5)
+    neg_entropy = torch.where(lab, torch.zeros(6), (q * q.log()).sum(1))
+    ce = torch.where(lab, -q[rows, labels.clamp_min(0)].log(), torch.zeros(6))
+    torch.testing.assert_close(out.per_sample_terms()["neg_entropy"], neg_entropy)
+    torch.testing.assert_close(out.per_sample_terms()["class_ce"], ce)
+    assert out.term_weights() == {"recon": 1.0, "kl": 0.5, "neg_entropy": 1.0, "class_ce": 2.0}
+    torch.testing.assert_close(out.loss, (expected_recon + 0.5 * expected_kl + neg_entropy + 2.0 * ce).mean(),
+                               rtol=1e-5, atol=1e-5)
+    # the training loop's contract: the loss is the weighted sum of the term means
+    torch.testing.assert_close(out.loss, sum(w * out.terms()[n] for n, w in out.term_weights().items()))
+
+
+def test_training_noise_is_keyed_and_shared_by_every_class(model):
+    batch = {"images": _images(4), "labels": torch.tensor([-1, 1, -1, 0]), "index": torch.arange(4),
+             "noise_key": torch.tensor(7)}
+    model.train()
+    a, b = model.loss(batch), model.loss(batch)
+    torch.testing.assert_close(a.loss, b.loss)  # keyed noise: the same batch, the same loss
+    other = model.loss(dict(batch, noise_key=torch.tensor(8)))
+    assert not torch.allclose(a.loss, other.loss)
+
+
+def test_the_embedding_is_the_mean_of_the_class_mixture(model):
+    x = _images(5, seed=1)
+    model.eval()
+    h = model.encoder(x.float() / 255)
+    q = F.softmax(model.classifier(h), dim=1)
+    mus, variances = [], []
+    for c in range(3):
+        mu, logvar = model._posterior(h, F.one_hot(torch.full((5,), c), 3).float())
+        mus.append(mu)
+        variances.append(logvar.exp())
+    mus, variances = torch.stack(mus, 1), torch.stack(variances, 1)
+    mean = (q.unsqueeze(2) * mus).sum(1)
+    var = (q.unsqueeze(2) * (variances + mus ** 2)).sum(1) - mean ** 2
+    mu, logvar = model.encode(x)
+    torch.testing.assert_close(mu, mean)
+    torch.testing.assert_close(logvar.exp(), var, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(model.embed(x), mean)
+    torch.testing.assert_close(model.class_probabilities(x), q)
+    scores = model.scores(x)
+    recon_y, kl_y, _ = _per_class(model, x)
+    torch.testing.assert_close(scores["recon_error"], (q * recon_y).sum(1))
+    torch.testing.assert_close(scores["neg_elbo"], (q * (recon_y + kl_y + q.log())).sum(1) + math.log(3),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_config_and_labels_are_checked(model):
+    assert "conv-m2" in model_families()
+    assert isinstance(create_model("conv-m2", {"image_size": 8, "widths": [4], "n_classes": 4}), ConvM2)
+    for bad in ({"n_classes": 1}, {"n_classes": True}, {"alpha": -1.0}, {"alpha": float("inf")},
+                {"classifier_hidden": 0}, {"latent_dim": 0}):
+        with pytest.raises(ConfigError):
+            M2VAEConfig(**bad)
+    with pytest.raises(ConfigError, match=r"conv-m2: label 3 for a model of 3 classes \(0..2\)"):
+        model.loss({"images": _images(2), "labels": torch.tensor([3, -1]), "index": torch.arange(2)})
+    assert M2VAEConfig.from_dict(M2VAEConfig(**SMALL).to_dict()) == M2VAEConfig(**SMALL)
+
+
+@pytest.fixture(scope="module")
+def labelled_folder(tmp_path_factory):
+    """Digits 0-2 as 8x8 PNGs: 10 labelled images per class in class folders, the other training images
+    unlabelled at the root; 150 held-out images with their labels."""
+    d = load_digits()
+    images, y = (d.images * 255 / 16).round().astype(np.uint8), d.target
+    keep = np.flatnonzero(y < 3)
+    np.random.default_rng(0).shuffle(keep)
+    held, rows = keep[:150], keep[150:]
+    root = tmp_path_factory.mktemp("m2") / "src"
+    for c in range(3):
+        (root / f"c{c}").mkdir(parents=True)
+    labelled = set()
+    for c in range(3):
+        for r in [r for r in rows if y[r] == c][:10]:
+            Image.fromarray(images[r]).save(root / f"c{c}" / f"{r}.png")
+            labelled.add(r)
+    for r in rows:
+        if r not in labelled:
+            Image.fromarray(images[r]).save(root / f"{r}.png")
+    yield root, torch.tensor(images[held][:, None]), y[held]
+    shutil.rmtree(root.parent)
+
+
+def test_training_on_a_few_labelled_images_classifies_held_out_ones(labelled_folder, tmp_path):
+    root, held, y_held = labelled_folder
+    torch.manual_seed(0)
+    result = train(str(root), tmp_path / "run", arch="conv-m2", progress=False,
+                   model_config={"image_size": 8, "latent_dim": 4, "n_classes": 3, "widths": [16]},
+                   train_config={"epochs": 8, "batch_size": 32})
+    model = result.model
+    assert isinstance(model, ConvM2)
+    assert {"train_class_ce", "val_neg_entropy"} <= set(result.history[-1])
+    accuracy = float(np.mean(model.class_probabilities(held).argmax(1).numpy() == y_held))
+    assert accuracy > 0.8, accuracy  # 30 labels, 357 unlabelled images; 0.92 when written
+    again = load_model(tmp_path / "run")
+    assert isinstance(again, ConvM2) and again.fingerprint() == model.fingerprint()
+    torch.testing.assert_close(again.embed(held), model.embed(held))
+
+
+# -- labels for some images: the label file, the labelled rows in every batch, cvae train --labels ------------
+
+def _unlabelled_folder(root, n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    d = load_digits()
+    rows = np.flatnonzero(d.target < 3)[:n]
+    root.mkdir(parents=True)
+    for r in rows:
+        Image.fromarray((d.images[r] * 255 / 16).round().astype(np.uint8)).save(root / f"{r:04d}.png")
+    return root, {f"{r:04d}.png": str(d.target[r]) for r in rng.permutation(rows)[:15]}
+
+
+def test_label_file_attaches_labels_by_key(tmp_path):
+    from cvae_features.data import open_source
+    from cvae_features.data.labelfile import read_label_file, with_labels
+    from cvae_features.errors import DataError, SourceNotFoundError
+
+    root, truth = _unlabelled_folder(tmp_path / "imgs")
+    csv_path = tmp_path / "labels.csv"
+    lines = ["Key,Label"] + [f"{k},{v}" for k, v in truth.items()] + ["0000.png,", "", "0001.png,-1"]
+    csv_path.write_text("\n".join(lines) + "\n")
+    read = read_label_file(csv_path)
+    assert read == truth  # header skipped, empty and -1 labels unknown, blank lines ignored
+    src = open_source(str(root))
+    labelled = with_labels(src, read)
+    assert labelled.label_names == ["0", "1", "2"] and not src.has_labels  # the source itself is left alone
+    for key, y in zip(labelled.keys, labelled.labels):
+        assert y == (int(truth[key]) if key in truth else -1)
+    assert "15 labelled from labels file" in labelled.description
+    assert with_labels(src, {"0000.png": "10", "0001.png": "9"}).label_names == ["9", "10"]  # numeric order
+    with pytest.raises(DataError, match=r"2 key\(s\) are not images of .* \(e\.g\. 'x\.png', 'y\.png'\)"):
+        with_labels(src, {"x.png": "1", "y.png": "2", "0000.png": "1"})
+    for text, words in (("a.png,1,2\n", "line 1: expected 'key,label', got 3 cell"), (",1\n", "line 1: empty key"),
+                        ("a.png,1\nb.png,2\na.png,3\n", "line 3: key 'a.png' is already listed on line 1")):
+        csv_path.write_text(text)
+        with pytest.raises(DataError, match=words):
+            read_label_file(csv_path)
+    with pytest.raises(SourceNotFoundError, match="does not exist"):
+        read_label_file(tmp_path / "missing.csv")
+
+
+def test_every_batch_gets_labelled_rows_drawn_seeded(tmp_path):
+    from cvae_features.training import TrainHook
+
+    class Batches(TrainHook):
+        def __init__(self):
+            self.seen = []
+
+        def on_batch_end(self, loop, epoch, batch_index, logs):
+            self.seen.append((logs["batch"]["index"].clone(), logs["batch"]["labels"].clone()))
+
+    images = _images(40, seed=3)
+    labels = np.full(40, -1)
+    labels[[3, 17, 29]] = [0, 1, 2]
+    from cvae_features.data import ArraySource
+
+    runs = []
+    for run in ("a", "b"):
+        hook = Batches()
+        train(ArraySource(images.numpy(), labels=labels), tmp_path / run, arch="conv-m2", progress=False,
+              hooks=[hook], model_config={"latent_dim": 2, "widths": [4]},
+              train_config={"epochs": 2, "batch_size": 16, "labelled_per_batch": 5, "val_fraction": 0.0})
+        runs.append(hook.seen)
+    first = runs[0]
+    assert [len(index) for index, _ in first] == [21, 21, 13] * 2  # 16, 16, 8 shuffled rows plus 5 drawn
+    shuffled = {int(i): int(v) for index, y in first for i, v in zip(index[:-5], y[:-5])}
+    assert len(shuffled) == 40 and sorted(v for v in shuffled.values() if v >= 0) == [0, 1, 2]
+    labelled = {i for i, v in shuffled.items() if v >= 0}
+    for index, y in first:  # the drawn rows are labelled rows, with their labels
+        assert set(index[-5:].tolist()) <= labelled and y[-5:].tolist() == [shuffled[int(i)] for i in index[-5:]]
+    assert [i[-5:].tolist() for i, _ in first] != [i[-5:].tolist() for i, _ in first[:1]] * len(first)
+    assert all(torch.equal(i, j) for (i, _), (j, _) in zip(first, runs[1]))  # seeded: the same draws again
+    with pytest.raises(ConfigError, match="labelled_per_batch=5: no training image has a label"):
+        train(images, tmp_path / "c", progress=False, model_config={"latent_dim": 2, "widths": [4]},
+              train_config={"epochs": 1, "labelled_per_batch": 5})
+
+
+def test_cli_train_with_a_labels_file(tmp_path):
+    from click.testing import CliRunner
+
+    from cvae_cli.main import cli
+
+    root, truth = _unlabelled_folder(tmp_path / "imgs")
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("".join(f"{k},{v}\n" for k, v in truth.items()))
+    runner = CliRunner()
+    common = ["--epochs", "1", "--batch-size", "16", "--latent-dim", "2", "--no-progress"]
+    result = runner.invoke(cli, ["train", str(root), "-o", str(tmp_path / "run"), "--labels", str(csv_path),
+                                 "--labelled-per-batch", "4", *common])
+    assert result.exit_code == 0, result.output
+    model = load_model(tmp_path / "run")
+    assert isinstance(model, ConvM2) and model.config.n_classes == 3
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train_config"]["labelled_per_batch"] == 4 and config["arch"] == "conv-m2"
+    cases = [(["--labelled-per-batch", "4"], "needs --labels"),
+             (["--labels", str(tmp_path / "nope.csv")], "does not exist"),
+             (["--labels", "source"], "has labelled images of 0 class(es)")]
+    csv_path.write_text("0000.png,1\nelsewhere.png,2\n")
+    cases.append((["--labels", str(csv_path)], "1 key(s) are not images of"))
+    for extra, words in cases:
+        result = runner.invoke(cli, ["train", str(root), "-o", str(tmp_path / "bad"), *extra, *common])
+        assert result.exit_code != 0 and words in result.output, result.output
+        assert "Traceback" not in result.output, result.output
+        if result.exit_code != 2:  # click's usage errors come with their usage lines
+            assert len(result.output.strip().splitlines()) == 1, result.output
