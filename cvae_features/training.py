@@ -92,7 +92,8 @@ class TrainConfig:
     labelled_per_batch : int, default=0
         Labelled training images drawn (seeded, with replacement) into every batch besides its
         ``batch_size`` shuffled images, so that few labels reach every step of a semi-supervised
-        model (``conv-m2``); 0 draws none. Needs labelled training images when > 0.
+        model (``conv-m2``); 0 draws none. Needs labelled training images when > 0, and then keeps
+        every labelled image in the training split (validation takes unlabelled images first).
     """
 
     epochs: int = 20
@@ -372,6 +373,9 @@ def _train_in(dist, device, source, run_dir, tcfg, overrides, config_class, arch
     if n - n_val < 1:
         raise DataError(f"only {n} image(s) in {data.description}: need at least 1 to train")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(tcfg.seed, "split")))
+    if tcfg.labelled_per_batch:  # few labels: every labelled image trains; validation takes unlabelled ones first
+        known = data.labels[perm] >= 0
+        perm = torch.cat([perm[~known], perm[known]])
     val_images, train_images = data.images[perm[:n_val]], data.images[perm[n_val:]]
     val_labels, train_labels = data.labels[perm[:n_val]], data.labels[perm[n_val:]]
 

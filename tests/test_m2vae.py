@@ -205,7 +205,7 @@ def test_every_batch_gets_labelled_rows_drawn_seeded(tmp_path):
 
     images = _images(40, seed=3)
     labels = np.full(40, -1)
-    labels[[3, 17, 29]] = [0, 1, 2]
+    labels[[0, 4, 17]] = [0, 1, 2]  # 0 and 4 fall in the validation half of a plain seeded split
     from cvae_features.data import ArraySource
 
     runs = []
@@ -224,6 +224,12 @@ def test_every_batch_gets_labelled_rows_drawn_seeded(tmp_path):
         assert set(index[-5:].tolist()) <= labelled and y[-5:].tolist() == [shuffled[int(i)] for i in index[-5:]]
     assert [i[-5:].tolist() for i, _ in first] != [i[-5:].tolist() for i, _ in first[:1]] * len(first)
     assert all(torch.equal(i, j) for (i, _), (j, _) in zip(first, runs[1]))  # seeded: the same draws again
+    hook = Batches()  # half the images validate, yet all three labelled ones train
+    train(ArraySource(images.numpy(), labels=labels), tmp_path / "half", arch="conv-m2", progress=False, hooks=[hook],
+          model_config={"latent_dim": 2, "widths": [4]},
+          train_config={"epochs": 1, "batch_size": 16, "labelled_per_batch": 2, "val_fraction": 0.5})
+    shuffled = {int(i): int(v) for index, y in hook.seen for i, v in zip(index[:-2], y[:-2])}
+    assert len(shuffled) == 20 and sorted(v for v in shuffled.values() if v >= 0) == [0, 1, 2]
     with pytest.raises(ConfigError, match="labelled_per_batch=5: no training image has a label"):
         train(images, tmp_path / "c", progress=False, model_config={"latent_dim": 2, "widths": [4]},
               train_config={"epochs": 1, "labelled_per_batch": 5})
