@@ -12,7 +12,8 @@ and runs, for each mutant, those tests (``-x``) with the mutant switched on: a f
 it. This script runs mutmut on the functions listed in ``GROUPS`` (the store's commit protocol
 and readers, extraction planning and resume, the probes' selection, draws and scores, the model's
 loss and prior, joined stores, the Ray engine's logic that runs without Ray, the unlabelled commands'
-checks, records and contact sheets, nearest neighbours and duplicates with their approximate index), then writes
+checks, records and contact sheets, nearest neighbours and duplicates with their approximate index, model files
+and their fingerprints, resolving what holds a model, the image cache and keyed noise), then writes
 ``benchmarks/results/mutation.{md,json}``: per module the mutants generated, killed, survived
 (including "no tests": no selected test calls the function), timed out, crashed (the test run
 died: caught), skipped, and those judged equivalent (they change nothing observable: the reasons
@@ -125,6 +126,25 @@ GROUPS = {
             f"x{C}ApproximateIndex{C}_probe", f"x{C}ApproximateIndex{C}search",
             f"x{C}ApproximateIndex{C}range_search", "x_build_index", "x__read_sidecar", "x_stale_reason",
             "x_open_index"]},
+    # model files and what identifies them, resolving what holds a model, the image cache training reads, keyed
+    # noise: a model file's fingerprint, writing and checks on reading (format, version, family, config, weights'
+    # names, shapes and finiteness), torch files read safely, a run dir / model file / store told apart, the cache's
+    # identity, build, resume, reads and fingerprint, SplitMix64 and Box-Muller (tests/test_model.py,
+    # tests/test_model_hostile.py, tests/test_families.py, tests/test_cache.py, tests/test_noise.py). Not mutated:
+    # ResolvedModel.label and ImageCache.fingerprint (properties: decorated, which mutmut leaves out).
+    "files": {
+        "cvae_features/modelfile.py": [
+            "x_fingerprint_state", "x_model_fingerprint", "x_save_model", "x_model_from_state", "x_read_model_file",
+            "x_check_state_dict", "x_first_non_finite", "x_read_torch_file", "x__first_line", "x__some"],
+        "cvae_features/resolve.py": ["x_resolve_model", "x_load_model", "x__from_store", "x__as_tensors",
+                                     "x__run_config"],
+        "cvae_features/data/cache.py": [
+            "x_cache_identity", f"x{C}CachedImages{C}__init__", f"x{C}CachedImages{C}__len__",
+            f"x{C}CachedImages{C}__getstate__", f"x{C}CachedImages{C}__del__", f"x{C}CachedImages{C}numel",
+            f"x{C}CachedImages{C}_read", f"x{C}CachedImages{C}index_select", f"x{C}CachedImages{C}__getitem__",
+            f"x{C}CachedImages{C}fingerprint", f"x{C}ImageCache{C}__init__", "x_build_cache", "x_open_cache",
+            "x_remove_cache", "x__read_meta", "x__write_meta", "x__read_skips", "x__clear"],
+        "cvae_features/noise.py": ["x__lsr", "x__mix", "x_keyed_normal"]},
 }
 
 # Surviving mutants that change nothing observable: mutant name -> why (one line).
@@ -137,7 +157,8 @@ if _EQ_FILE.exists():
 # have a function of that name (tests/test_mutation_survivors.py; for the join group
 # tests/test_join.py; for the ray group tests/test_ray_engine_units.py; for the unlabelled group tests/test_groups.py,
 # tests/test_outliers.py and tests/test_cli_unlabelled.py; for the neighbors group tests/test_neighbors.py and
-# tests/test_index.py).
+# tests/test_index.py; for the files group tests/test_model_hostile.py, tests/test_families.py, tests/test_cache.py
+# and tests/test_noise.py).
 NEW_TESTS = {
     f"x{C}FeatureStore{C}iter_rows": ["test_iter_rows_by_one_and_by_the_default_65536"],
     f"x{C}FeatureStore{C}read_rows": ["test_read_rows_clips_to_the_committed_rows"],
@@ -325,6 +346,37 @@ NEW_TESTS = {
     "x_stale_reason": ["test_stale_reasons_name_what_changed"],
     "x__read_sidecar": ["test_a_sidecar_of_another_format_or_an_index_of_other_rows_is_rebuilt"],
     "x_open_index": ["test_a_sidecar_of_another_format_or_an_index_of_other_rows_is_rebuilt"],
+    # the files group (tests/test_model_hostile.py, tests/test_families.py, tests/test_cache.py, tests/test_noise.py)
+    "x_cache_identity": ["test_the_identity_of_a_source_stays_what_earlier_versions_computed"],
+    **{f"x{C}CachedImages{C}{name}": ["test_cached_images_read_any_rows_views_pickle_and_close_their_file"]
+       for name in ("__init__", "__del__", "__getstate__", "numel", "__getitem__", "index_select", "_read")},
+    f"x{C}CachedImages{C}fingerprint": ["test_the_fingerprint_of_more_rows_than_one_chunk"],
+    "x_build_cache": ["test_a_build_shows_its_progress_from_the_rows_already_cached_and_records_its_meta",
+                      "test_a_complete_cache_is_reused_without_reading_it_again",
+                      "test_one_decodable_image_is_enough_and_none_is_one_line"],
+    "x__read_skips": ["test_skip_reasons_survive_lines_cut_short_and_default_to_could_not_be_decoded"],
+    "x__read_meta": ["test_what_is_not_a_complete_cache_and_removing_one"],
+    "x__clear": ["test_what_is_not_a_complete_cache_and_removing_one"],
+    "x__write_meta": ["test_what_is_not_a_complete_cache_and_removing_one",
+                      "test_a_complete_cache_is_reused_without_reading_it_again"],
+    "x__first_line": ["test_the_first_line_of_an_error_or_its_type"],
+    "x__some": ["test_weights_that_do_not_fit_name_three_and_count_the_rest"],
+    "x_read_model_file": ["test_malformed_model_file_is_one_clear_model_error",
+                          "test_model_files_record_the_family_and_version_1_files_still_load"],
+    "x_save_model": ["test_save_model_makes_its_folders_and_records_the_tool_version"],
+    "x_read_torch_file": [
+        "test_a_file_written_on_a_gpu_loads_on_the_cpu_and_files_are_called_model_files_by_default",
+        "test_unreadable_bytes_are_one_clear_model_error",
+        "test_unsafe_pickle_is_refused_without_advice_to_unpickle_it"],
+    "x_first_non_finite": ["test_the_first_non_finite_tensor_is_named_past_other_values"],
+    "x_check_state_dict": ["test_checks_without_a_source_name_no_file_and_name_extra_weights"],
+    "x_model_from_state": ["test_checks_without_a_source_name_no_file_and_name_extra_weights"],
+    "x_fingerprint_state": ["test_the_fingerprint_reads_every_dtype_bit_for_bit"],
+    **{name: ["test_the_resolver_reads_the_weights_a_store_carries_and_a_run_config_only_as_a_dict"]
+       for name in ("x__from_store", "x__run_config", "x_resolve_model")},
+    "x_keyed_normal": ["test_keyed_normal_is_splitmix64_through_box_muller",
+                       "test_indices_and_keys_of_other_integer_types_and_devices",
+                       "test_the_smallest_32_bit_half_still_gives_a_finite_value"],
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
@@ -457,8 +509,12 @@ NOTES = [
     "engine without Ray started) and the tests of `cvae cluster` and `cvae outliers` (`tests/test_groups.py`, "
     "`tests/test_outliers.py`, `tests/test_cli_unlabelled.py`: about 10 s, one store made by a 1-epoch "
     "`cvae extract`), and those of `cvae neighbors` and `cvae duplicates` with the approximate index "
-    "(`tests/test_neighbors.py`, `tests/test_index.py`: real faiss, about 6 s); the benchmark-script, package-walk, show/report, data-source and transformer "
-    "tests are left out, and so is `tests/test_ray_engine.py` (a real local Ray: seconds to start, about 40 s for "
+    "(`tests/test_neighbors.py`, `tests/test_index.py`: real faiss, about 6 s), and for model files, the "
+    "resolver, the image cache and keyed noise `tests/test_families.py`, `tests/test_cache.py` (a few 2-epoch "
+    "trainings on 40 digits) and `tests/test_noise.py`; the benchmark-script, package-walk, show/report, "
+    "data-source and transformer tests are left out (and `tests/test_distributed.py`: two real processes, about a "
+    "minute; `tests/test_noise.py` checks the keyed noise instead), and so is `tests/test_ray_engine.py` (a real "
+    "local Ray: seconds to start, about 40 s for "
     "the file; `RayEngine.iter_batches`, which only it reaches, is not mutated). The disk-full test (a real tmpfs "
     "and two CLI runs, 10 s or more per mutant) is deselected; in-process tests of a failing disk stand in for it.",
     "The tests run from `mutants/` with `PYTHONPATH=mutants`, so tests that start Python subprocesses (the "
@@ -517,6 +573,21 @@ NOTES = [
     "equivalent (dtype defaults, numpy's default axis, fills that the table drops, float64 copies of float32 "
     "similarities, temporary file names, faiss converting queries itself) and run once more by name after the "
     "last tests: all survive (100 s, not counted in the wall time).",
+    "Files group (`cvae_features/modelfile.py`, `cvae_features/resolve.py`, `cvae_features/data/cache.py`, "
+    "`cvae_features/noise.py`, added later): a model file's fingerprint, writing and the checks on reading it, "
+    "torch files read safely, what holds a model told apart (object, run dir, model file, store), the image "
+    "cache's identity, build, resume, reads, fingerprint and removal, and the keyed noise (SplitMix64 and "
+    "Box-Muller, checked against the recipe written with Python integers in `tests/test_noise.py`, which joined the "
+    "selection with `tests/test_families.py` and `tests/test_cache.py`). Not mutated: `ResolvedModel.label` and "
+    "`ImageCache.fingerprint` (properties). The first run (`--module files`, 2026-12-03, a fresh `mutants/` for "
+    "the new test selection) left 212 of 984 mutants alive (78.5 %); tests for them went into "
+    "`tests/test_model_hostile.py`, `tests/test_families.py`, `tests/test_cache.py` and `tests/test_noise.py`, "
+    "`--only survivors` killed 162 of the 180 rerun (32 had been judged equivalent by then), tests for ten more "
+    "(the exact reasons a torch file is refused with, a cache object whose initialisation failed) killed those on a "
+    "second rerun, and 40 were judged equivalent (dtype defaults, getattr defaults never used, torch's zip errors "
+    "naming both words tested, weights_only's default under torch 2.14, temporary names renamed at once, the "
+    "order of the cache's reads, float32 rounding of the noise's halves one step earlier) and run once more by "
+    "name after the last tests: all survive (368 s, not counted in the wall time).",
 ]
 
 
@@ -530,7 +601,8 @@ def markdown(rec: dict) -> str:
         "counted (commit protocol and readers of the store, extraction planning and resume, probe selection, "
         "draws and scores, the model's loss and prior, joined stores, the Ray engine's logic that runs without "
         "Ray, the unlabelled commands' checks, records and sheets, nearest neighbours and duplicates with their "
-        "approximate index). Survived includes \"no tests\" (no "
+        "approximate index, model files and their fingerprints, resolving models, the image cache and keyed "
+        "noise). Survived includes \"no tests\" (no "
         "selected test calls the function); crashed: the test run died (an HDF5 abort on the damaged file the "
         "mutant made), "
         "which fails the suite, so it counts as caught. "
@@ -578,7 +650,9 @@ def markdown(rec: dict) -> str:
     lines += [f"{len(killed_new)} mutants, killed on rerunning them (`--only survivors`) by the tests in "
               "`tests/test_mutation_survivors.py` (join group: `tests/test_join.py`, ray group: "
               "`tests/test_ray_engine_units.py`, unlabelled group: `tests/test_groups.py`, `tests/test_outliers.py`, "
-              "`tests/test_cli_unlabelled.py`, neighbors group: `tests/test_neighbors.py`, `tests/test_index.py`); "
+              "`tests/test_cli_unlabelled.py`, neighbors group: `tests/test_neighbors.py`, `tests/test_index.py`, "
+              "files group: `tests/test_model_hostile.py`, `tests/test_families.py`, `tests/test_cache.py`, "
+              "`tests/test_noise.py`); "
               "the test written for each "
               "function:", ""] if killed_new else ["None.", ""]
     if killed_new:
