@@ -2,6 +2,7 @@
 family defined here (one class, one registration) trained, extracted and reloaded from a store."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -49,6 +50,8 @@ def test_model_files_record_the_family_and_version_1_files_still_load(tmp_path):
     old["format_version"] = 1
     torch.save(old, tmp_path / "v1.pt")
     assert load_model(tmp_path / "v1.pt").fingerprint() == model.fingerprint() == payload["fingerprint"]
+    torch.save({k: v for k, v in old.items() if k != "format_version"}, tmp_path / "unversioned.pt")  # version 1
+    assert load_model(tmp_path / "unversioned.pt").fingerprint() == model.fingerprint()
     # the default family's fingerprint leaves its name out (version-1 stores keep matching)
     assert fingerprint_state("conv-vae", model.config.to_dict(), model.state_dict()) == model.fingerprint()
     assert fingerprint_state("other", model.config.to_dict(), model.state_dict()) != model.fingerprint()
@@ -74,6 +77,55 @@ def test_the_resolver_tells_what_it_loaded(tmp_path):
         resolve_model(tmp_path)
     with pytest.raises(ModelError, match="invalid model of type int"):
         resolve_model(3)
+
+
+def test_the_fingerprint_reads_every_dtype_bit_for_bit():
+    config = {"latent_dim": 3}
+    base = {"a": torch.tensor([1.0, 2.0], dtype=torch.float64), "b": torch.tensor([1.5], dtype=torch.bfloat16)}
+    first = fingerprint_state("conv-vae", config, base)
+    assert len(first) == 16 and int(first, 16) >= 0
+    nudged = {**base, "a": torch.tensor([1.0, 2.0 + 1e-12], dtype=torch.float64)}  # below float32's resolution
+    assert fingerprint_state("conv-vae", config, nudged) != first
+    assert fingerprint_state("conv-vae", config, {**base, "b": torch.tensor([1.0], dtype=torch.bfloat16)}) != first
+    assert fingerprint_state("conv-vae", config, {"b": base["b"], "a": base["a"]}) == first  # order of the names
+
+
+def test_save_model_makes_its_folders_and_records_the_tool_version(tmp_path):
+    from cvae_features._version import __version__
+
+    path = save_model(_tiny(), tmp_path / "a" / "b" / "run")
+    assert path == tmp_path / "a" / "b" / "run" / "model.pt" and [p.name for p in path.parent.iterdir()] == ["model.pt"]
+    payload = torch.load(path, weights_only=True)
+    assert sorted(payload) == ["arch", "config", "fingerprint", "format", "format_version", "state_dict",
+                               "tool_version"]
+    assert payload["tool_version"] == __version__ and payload["format"] == "cvae-model"
+    assert save_model(_tiny(), tmp_path / "x" / "m.pt") == tmp_path / "x" / "m.pt"
+
+
+def test_the_resolver_reads_the_weights_a_store_carries_and_a_run_config_only_as_a_dict(tmp_path):
+    from cvae_features.store import StoreWriter
+
+    from _stores import vae_fields
+
+    model = _tiny()
+    pre = {"size": 8, "channels": 1, "resize": "crop"}
+    store = tmp_path / "s.h5"
+    with StoreWriter.create(store, feature_kind="vae", dim=3, preprocess=pre, source="x", plan_keys=["a"],
+                            **vae_fields(model)):
+        pass
+    got = resolve_model(store)
+    assert (got.origin, got.path, got.preprocess, got.label) == ("store", store, pre, str(store))
+    assert got.model.fingerprint() == model.fingerprint() and got.meta["feature_kind"] == "vae"
+    save_model(model, tmp_path / "run")
+    for text, want in (('{"preprocess": [8, 1]}', {"preprocess": [8, 1]}), ("[1, 2]", {}), ("{not json", {})):
+        (tmp_path / "run" / "config.json").write_text(text)
+        run = resolve_model(tmp_path / "run")
+        assert (run.meta, run.preprocess, run.label) == (want, None, str(tmp_path / "run"))
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"preprocess": pre, "epochs": 2}))
+    file = resolve_model(tmp_path / "run" / "model.pt")  # the run's config.json beside the file still counts
+    assert (file.origin, file.path, file.preprocess, file.meta) == ("model-file", tmp_path / "run" / "model.pt", pre,
+                                                                    {"preprocess": pre, "epochs": 2})
+    assert resolve_model(model).label == "(in-memory model)"
 
 
 # -- a new family: one class and one registration ------------------------------------------------

@@ -64,6 +64,7 @@ _MALFORMED = {
     "int_widths": (lambda p: {**p, "config": {**p["config"], "widths": 4}}, "invalid model config"),
     "tensor_fingerprint": (lambda p: {**p, "fingerprint": torch.zeros(2)}, "fingerprint is of type Tensor"),
     "no_format_tag": (lambda p: _without(p, "format"), "is not a cvae model file (no format tag"),
+    "other_format_tag": (lambda p: {**p, "format": "lightning-checkpoint"}, "is not a cvae model file (no format tag"),
     "a_list": (lambda p: [1, 2], "is not a cvae model file: it holds a list"),
     "a_checkpoint": (lambda p: {"format": "cvae-checkpoint"}, "is a training checkpoint, not a model file"),
 }
@@ -77,17 +78,75 @@ def test_malformed_model_file_is_one_clear_model_error(tmp_path, payload, case):
     assert phrase in _refused(path)
 
 
+def test_weights_that_do_not_fit_name_three_and_count_the_rest(tmp_path, payload):
+    names = list(payload["state_dict"])
+    for drop, tail in ((names[:5], " and 2 more"), (names[:3], "")):
+        path = tmp_path / f"without_{len(drop)}.pt"
+        torch.save({**payload, "state_dict": {k: v for k, v in payload["state_dict"].items() if k not in drop}}, path)
+        shown = ", ".join(repr(k) for k in drop[:3])
+        assert _refused(path).endswith(f"weights do not fit the model config: missing {shown}{tail}")
+
+
+def test_a_file_written_on_a_gpu_loads_on_the_cpu_and_files_are_called_model_files_by_default(tmp_path, payload,
+                                                                                                monkeypatch):
+    from cvae_features.modelfile import read_torch_file
+
+    path = tmp_path / "gpu.pt"
+    with monkeypatch.context() as m:
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")  # as torch.save tags CUDA tensors
+        torch.save(payload, path)
+    assert load_model(path).fingerprint() == payload["fingerprint"]
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ModelError, match="empty.pt is empty: not a cvae model file$"):
+        read_torch_file(tmp_path / "empty.pt")
+
+
+def test_the_first_non_finite_tensor_is_named_past_other_values():
+    from cvae_features.modelfile import first_non_finite
+
+    state = {"step": 3, "counts": torch.tensor([1, 2]), "w": torch.tensor([0.0, float("nan"), float("inf")]),
+             "z": torch.tensor([complex(0, float("nan"))])}
+    assert first_non_finite(state) == ("w", 2, 3) and first_non_finite({"step": 3}) is None
+
+
+def test_checks_without_a_source_name_no_file_and_name_extra_weights(payload):
+    from cvae_features.modelfile import check_state_dict, model_from_state
+
+    with pytest.raises(ModelError, match=r"^weight 'a' is of type int: expected a tensor$"):
+        check_state_dict({"a": 1})
+    with pytest.raises(ModelError, match=r"^unknown model family 'nope'"):
+        model_from_state("nope", {}, {})
+    extra = {**payload["state_dict"], "extra": torch.zeros(1)}
+    with pytest.raises(ModelError, match=r"^weights do not fit the model config: unexpected 'extra'$"):
+        model_from_state("conv-vae", payload["config"], extra)
+    both = {k: v for k, v in extra.items() if k != "to_latent.bias"}
+    with pytest.raises(ModelError, match=r"^m.pt: weights do not fit the model config: missing 'to_latent.bias'; "
+                                         r"unexpected 'extra'$"):
+        model_from_state("conv-vae", payload["config"], both, source="m.pt")
+
+
+def test_the_first_line_of_an_error_or_its_type():
+    from cvae_features.modelfile import _first_line
+
+    assert _first_line(ValueError("first\nsecond")) == "first" and _first_line(ValueError("  ")) == "ValueError"
+    assert _first_line(RuntimeError()) == "RuntimeError"
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's, about pickled.pt
 def test_unreadable_bytes_are_one_clear_model_error(tmp_path):
     good = _tiny().save(tmp_path / "good.pt").read_bytes()
-    files = {"empty.pt": (b"", "is empty"),
-             "truncated.pt": (good[: len(good) // 3], "damaged or truncated"),
+    files = {"empty.pt": (b"", "is empty: not a cvae model file"),
+             "truncated.pt": (good[: len(good) // 3], "load safely: it is damaged or truncated"),
              "random.pt": (bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(1),
                                                dtype=torch.uint8).tolist()), "load safely"),
-             "text.pt": (b"just some notes\n", "load safely")}
+             "text.pt": (b"just some notes\n", "load safely: it is truncated or not a torch file"),
+             "pickled.pt": (pickle.dumps([1, 2]), "load safely: it is not a torch file of tensors and plain values"),
+             "legacy.pt": (pickle.dumps([1, 2], protocol=2), "load safely: torch cannot read it")}
     for name, (data, phrase) in files.items():
         path = tmp_path / name
         path.write_bytes(data)
-        assert phrase in _refused(path), name
+        message = _refused(path)
+        assert phrase in message and (name == "random.pt" or message.endswith(phrase)), name
 
 
 def test_directories_without_a_model_file(tmp_path):
@@ -119,7 +178,8 @@ def test_unsafe_pickle_is_refused_without_advice_to_unpickle_it(tmp_path, payloa
         path.write_bytes(pickle.dumps(evil, protocol=2))
     message = _refused(path)
     assert "not a cvae model file this tool can load safely" in message
-    assert "never unpickled" in message
+    assert message.endswith("it holds Python objects other than tensors and plain values, which are refused, never "
+                            "unpickled")
     assert "weights_only" not in message.replace(" ", "") and "False" not in message
     assert not marker.exists()
 

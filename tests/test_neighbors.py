@@ -12,10 +12,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import cvae_features.neighbors as nb
 from cvae_cli.main import cli
 from cvae_features.extraction import extract
-from cvae_features.neighbors import (DEFAULT_THRESHOLD, _Components, find_duplicates, nearest_neighbors,
-                                     store_neighbors)
+from cvae_features.errors import ConfigError, StoreError
+from cvae_features.index import index_paths, normalize_rows
+from cvae_features.neighbors import (DEFAULT_THRESHOLD, METRIC, _Components, find_duplicates, nearest_neighbors,
+                                     store_duplicates, store_neighbors)
 from cvae_features.store import StoreWriter
 
 from _stores import save_tiny_model
@@ -239,3 +242,253 @@ def test_help_states_the_library_defaults():
     text = " ".join(run("duplicates", "--help").output.split())
     assert f"exact up to {EXACT_MAX_ROWS:,} rows" in text and f"Default: {DEFAULT_NPROBE}." in text
     assert f"Default: {DEFAULT_THRESHOLD:g} " in text
+
+
+# ------------------------------------------------------------------------------------------------ units
+
+def test_block_sizes_checks_and_the_search_choice_at_their_boundaries():
+    block = nb.BLOCK_BYTES
+    assert nb._rows_per_block(10, 16) == block // 64 and nb._rows_per_block(300, 16) == block // 1200
+    assert nb._rows_per_block(3, 500) == block // 2000 and nb._rows_per_block(0, 0) == block // 4
+    assert nb._rows_per_block(1, block) == 1  # a block is never empty
+    assert nb.choose_search("auto", nb.EXACT_MAX_ROWS) == "exact"
+    assert nb.choose_search("auto", nb.EXACT_MAX_ROWS + 1) == "approximate"
+    assert nb.choose_search("exact", 10**9) == "exact" and nb.choose_search("approximate", 1) == "approximate"
+    for bad in (0, -1, True, 1.5, "3", None):
+        with pytest.raises(ConfigError, match="invalid k="):
+            nb._check_k(bad)
+    assert nb._check_k(1) == 1 and type(nb._check_k(np.int64(3))) is int
+    for bad in (-0.001, 2.001, float("nan"), "abc", None, [0.1]):
+        with pytest.raises(ConfigError, match="invalid threshold="):
+            nb._check_threshold(bad)
+    assert (nb._check_threshold(0), nb._check_threshold(2), nb._check_threshold("0.5")) == (0.0, 2.0, 0.5)
+
+
+def test_nearest_neighbors_defaults_names_ties_and_the_clamp_of_k():
+    X = np.array([[1, 0], [0, 1], [1, 0], [1, 1], [2, 0], [-1, 0]], dtype=np.float64)
+    t = nearest_neighbors(X, X[[0]])  # no keys, no own rows: k=10 clamped to the 6 rows; ties: lower row first
+    assert t["query"].tolist() == ["0"] * 6 and t["rank"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert t["row"].tolist() == [0, 2, 4, 3, 1, 5] and t["key"].tolist() == ["0", "2", "4", "3", "1", "5"]
+    np.testing.assert_allclose(t["distance"], [0, 0, 0, 1 - np.sqrt(0.5), 1, 2], atol=1e-6)
+    assert nearest_neighbors(X, X[[3, 1]], k=1)[["query", "row"]].values.tolist() == [["0", 3], ["1", 1]]
+    keys = list("abcdef")
+    t = nearest_neighbors(X, X[[0, 3, 1]], k=9, keys=keys, query_rows=[0, -1, 1])
+    # k is clamped to the rows but one when a query is a row (its own row is left out)
+    assert t.groupby("query", sort=False).size().to_dict() == {"a": 5, "1": 5, "b": 5}
+    assert t[t["query"] == "a"]["key"].tolist() == ["c", "e", "d", "b", "f"]
+    assert t[t["query"] == "1"]["key"].tolist() == ["d", "a", "b", "c", "e"]  # a, b, c, e tie
+    one = nearest_neighbors(X, X[[0]], k=9, keys=keys, query_rows=[0])
+    assert one["key"].tolist() == ["c", "e", "d", "b", "f"] and one["query"].tolist() == ["a"] * 5
+    mixed = nearest_neighbors(X, X[[0, 3]], k=9, query_rows=[0, -1])  # row 0 is a query's own row too
+    assert mixed.groupby("query", sort=False).size().to_dict() == {"0": 5, "1": 5}
+    column = nearest_neighbors(X, X[[0, 1]], k=2, query_rows=np.array([[0], [1]]))
+    assert column["row"].tolist() == [2, 4, 3, 0]
+    empty = [nearest_neighbors(X[:1], X[:1], query_rows=[0]), nearest_neighbors(X, np.zeros((0, 2)))]
+    for e in empty:
+        assert e.empty and list(e.columns) == ["query", "rank", "key", "row", "distance"]
+        assert e.dtypes[["rank", "row", "distance"]].tolist() == t.dtypes[["rank", "row", "distance"]].tolist()
+    with pytest.raises(ConfigError, match="1 query_rows for 2 queries"):
+        nearest_neighbors(X, X[[0, 1]], query_rows=[0])
+    assert len(nearest_neighbors(np.random.default_rng(0).normal(size=(15, 4)), X[:1].repeat(2, 1))) == 10
+
+
+def test_top_k_across_blocks_at_their_boundaries_and_for_k_of_one(monkeypatch):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(50, 8))
+    monkeypatch.setattr(nb, "BLOCK_BYTES", 4 * 8 * 7)  # blocks of 7 rows
+    own = [0, 6, 7, 13, 14, 49]
+    for k in (1, 2, 7, 8):
+        table = nearest_neighbors(X, X[own], k=k, query_rows=own)
+        for o in own:
+            want, dist = brute_force(X, X[o], k, o)
+            rows = table[table["query"] == str(o)]
+            assert rows["row"].tolist() == want.tolist(), (k, o)
+            np.testing.assert_allclose(rows["distance"], dist, atol=1e-5)
+    assert nearest_neighbors(X, X[[0]] + 1e-3, k=1)["row"].tolist() == [0]
+    monkeypatch.undo()
+    X = rng.normal(size=(300, 8))  # one block of 300 rows
+    table = nearest_neighbors(X, X[:20], k=1, query_rows=np.arange(20))
+    assert table["row"].tolist() == [brute_force(X, X[i], 1, i)[0][0] for i in range(20)]
+
+
+def _rounding_rows():
+    """Rows u, u, -u, e0 whose float32 unit rows give u·u > 1 and 1 - u·(-u) > 2 (in float32) as the searches
+    compute them."""
+    for seed in range(5000):
+        u = np.random.default_rng(seed).normal(size=(1, 16))
+        X = np.vstack([u, u, -u, np.eye(16)[:1]])
+        Xn = normalize_rows(X)
+        s = (Xn[:1] @ Xn.T)[0]
+        e = np.einsum("ij,ij->i", Xn[[0, 1, 2]], Xn[[0, 0, 0]])
+        if s[1] > 1 and np.float32(1) - s[2] > 2 and e[1] > 1 and e[2] < -1:
+            return X
+    pytest.skip("no row here whose float32 similarities round past +-1")
+
+
+def test_distances_stay_within_0_and_2_where_float32_rounding_leaves_them():
+    X = _rounding_rows()
+    d = nearest_neighbors(X, X[[0]], k=4)["distance"].tolist()
+    assert d[0] == d[1] == 0.0 and d[3] == 2.0
+    groups = find_duplicates(X[:3], threshold=2.0)
+    assert groups["row"].tolist() == [0, 1, 2] and groups["distance"].tolist() == [0.0, 0.0, 2.0]
+
+
+def test_duplicate_pairs_are_found_once_across_blocks(monkeypatch):
+    X = normalize_rows(np.eye(16)[[0, 0, 1, 0, 1]] * [[1], [1], [1], [2], [3]])
+    monkeypatch.setattr(nb, "BLOCK_BYTES", 4 * 16 * 2)  # blocks of 2 rows
+    pairs = [(int(r), int(c)) for rs, cs in nb._exact_pairs(X, 1.0) for r, c in zip(rs, cs)]
+    assert sorted(pairs) == [(0, 1), (0, 3), (1, 3), (2, 4)] and len(pairs) == 4
+
+
+def test_duplicate_groups_ordered_by_their_first_row_with_distances_to_it():
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(8, 16))
+    X[5], X[3] = X[0] * 2, X[1] + 0.01  # groups [0, 5] and [1, 3]: by the second row they would swap
+    table = find_duplicates(X)
+    assert table["group"].tolist() == [1, 1, 2, 2] and table["row"].tolist() == [0, 5, 1, 3]
+    assert table["key"].tolist() == ["0", "5", "1", "3"]
+    loose = find_duplicates(X, threshold=1.9)  # one group, members far from the first
+    assert loose["row"].tolist() == list(range(8)) and loose["distance"].iloc[0] == 0.0
+    U = normalize_rows(X)
+    want = np.clip(1.0 - np.einsum("ij,ij->i", U, U[[0] * 8]).astype(np.float64), 0, 2)
+    want[0] = 0.0
+    np.testing.assert_array_equal(loose["distance"].to_numpy(), want)
+    none = find_duplicates(X[[0, 1, 2]])
+    assert none.empty and none.dtypes[["group", "row", "distance"]].tolist() == [np.int64, np.int64, np.float64]
+
+
+def test_components_compact_their_edges_past_four_per_row_plus_the_slack(monkeypatch):
+    monkeypatch.setattr(_Components, "slack", 2)
+    comps = _Components(5)  # compacted above 4 * 5 + 2 = 22 edges
+    comps.add(np.zeros(11, np.int64), np.ones(11, np.int64))
+    comps.add(np.full(11, 3), np.full(11, 4))
+    assert comps.count == 22 and len(comps.r) == 2  # at the bound: kept as they came
+    comps.add(np.array([1]), np.array([2]))  # one more: one edge per grouped row, to its group's first row
+    assert comps.count == 3 and [a.tolist() for a in comps.r] == [[1, 2, 4]]
+    assert [a.tolist() for a in comps.c] == [[0, 0, 3]]
+    comps.add(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert comps.count == 3 and [g.tolist() for g in comps.groups()] == [[0, 1, 2], [3, 4]]
+
+
+# ------------------------------------------------------------------------------------------------ store units
+
+def _dup_rows():
+    """14 rows of width 16: near-copies (0, 3), (2, 6), (5, 9); (10, 11) 5e-6 past a 0.3 threshold (within the
+    rounding slack), (12, 13) 2e-5 past it (outside)."""
+    X = np.random.default_rng(7).normal(size=(14, 16))
+    X[3] = X[0] + 0.01
+    X[6] = 1.5 * X[2]
+    X[9] = X[5] + 0.05 * np.random.default_rng(8).normal(size=16)
+    for a, b, c in ((10, 11, 0.7 - 5e-6), (12, 13, 0.7 - 2e-5)):
+        X[a] = X[b] = 0
+        X[a, a - 10] = 3.0
+        X[b, a - 10], X[b, a - 9] = 2 * c, 2 * np.sqrt(1 - c * c)
+    return X
+
+
+def test_store_results_and_their_json_records(tmp_path):
+    X = _dup_rows()
+    path = written(tmp_path / "r.h5", X)
+    res = store_neighbors(path, ["row/0000", "row/0003"])  # k=10, exact, as the defaults say
+    assert (res.store, res.k, res.search, res.notes, res.index) == (str(path), 10, "exact", [], None)
+    d = res.to_dict()
+    assert list(d) == ["store", "metric", "search", "k", "queries", "notes", "index"]
+    assert (d["store"], d["metric"], d["search"], d["k"], d["notes"], d["index"]) == (str(path), METRIC, "exact",
+                                                                                       10, [], None)
+    assert [(q["query"], q["kind"], len(q["neighbors"])) for q in d["queries"]] == [("row/0000", "key", 10),
+                                                                                    ("row/0003", "key", 10)]
+    first = d["queries"][0]["neighbors"][0]
+    assert list(first) == ["rank", "key", "row", "distance"] and first["key"] == "row/0003" and first["rank"] == 1
+
+    dup = store_duplicates(path, 0.3)
+    assert (dup.store, dup.threshold, dup.n_rows, dup.search, dup.notes, dup.index) == (str(path), 0.3, 14, "exact",
+                                                                                        [], None)
+    pd.testing.assert_frame_equal(dup.table, find_duplicates(X, [f"row/{i:04d}" for i in range(14)], 0.3))
+    d = dup.to_dict()
+    assert list(d) == ["store", "metric", "threshold", "search", "n_rows", "n_groups", "n_images_in_groups",
+                       "groups", "notes", "index"]
+    assert [d[k] for k in ("store", "metric", "threshold", "search", "n_rows", "n_groups", "n_images_in_groups",
+                           "notes", "index")] == [str(path), METRIC, 0.3, "exact", 14, 4, 8, [], None]
+    assert [[m["row"] for m in g["members"]] for g in d["groups"]] == [[0, 3], [2, 6], [5, 9], [10, 11]]
+    assert [g["group"] for g in d["groups"]] == [1, 2, 3, 4] and list(d["groups"][0]) == ["group", "members"]
+    assert list(d["groups"][0]["members"][1]) == ["key", "row", "distance"]
+    assert d["groups"][0]["members"][1]["key"] == "row/0003"
+    assert store_duplicates(path).table["row"].tolist() == [0, 3, 2, 6, 5, 9]  # the default threshold, 0.01
+
+
+def test_approximate_duplicates_equal_exact_ones_across_blocks(tmp_path, monkeypatch):
+    path = written(tmp_path / "r.h5", _dup_rows())
+    monkeypatch.setattr(nb, "BLOCK_BYTES", 4 * 16 * 3)  # members are fetched 3 rows at a time
+    monkeypatch.setattr(nb, "QUERY_BLOCK", 4)  # range searches of 4 rows
+    exact = store_duplicates(path, 0.3, search="exact")
+    approx = store_duplicates(path, 0.3, search="approximate")
+    pd.testing.assert_frame_equal(approx.table, exact.table, check_exact=True)
+    index_file = index_paths(path)[0]
+    assert approx.search == "approximate" and approx.notes == [f"building the approximate index {index_file} (14 rows)"]
+    assert approx.index["path"] == str(index_file) and approx.index["built_now"] is True
+    assert approx.index["index"]["n_lists"] == 1 and approx.n_rows == 14 and approx.store == str(path)
+    assert store_duplicates(path, 0.3, search="approximate").index["built_now"] is False
+
+
+def _clusters(tmp_path):
+    """312 rows in 8 tight clusters of 39 (an index of 8 lists)."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, 16)) * 10
+    return written(tmp_path / "blobs.h5", centres[np.arange(312) % 8] + rng.normal(size=(312, 16)))
+
+
+def test_nprobe_reaches_the_index_and_a_short_list_is_noted(tmp_path):
+    path = _clusters(tmp_path)
+    keys = [f"row/{i:04d}" for i in range(8)]  # one per cluster
+    short = store_neighbors(path, keys, 50, search="approximate", nprobe=1)  # one list: about 39 rows
+    counts = short.table.groupby("query").size()
+    n_short = int((counts < 50).sum())
+    assert n_short > 0 and (short.table["row"] >= 0).all() and (short.table["distance"] < 1).all()
+    assert not (short.table["query"] == short.table["key"]).any()
+    assert short.notes[-1] == (f"the approximate index found fewer than 50 neighbours for {n_short} queries (raise "
+                               "--nprobe, or --search exact)")
+    full = store_neighbors(path, keys, 50, search="approximate")  # 16 lists probed: all 8
+    assert full.table.groupby("query").size().tolist() == [50] * 8 and full.notes == []
+    assert full.index["path"] == str(index_paths(path)[0])
+    assert store_duplicates(path, 2.0, search="approximate", nprobe=1).n_groups == 8  # each list on its own
+    assert store_duplicates(path, 2.0, search="approximate").n_groups == 1
+
+
+def test_queries_by_key_and_by_file_and_how_many_neighbours_they_get(tmp_path):
+    P = np.random.default_rng(11).integers(0, 256, (6, 16))
+    path = written(tmp_path / "r.h5", P / 255.0)
+    png = tmp_path / "q.png"
+    _png(png, P[4].reshape(4, 4))
+    both = store_neighbors(path, ["row/0000", str(png)], 6)
+    assert both.queries == [{"query": "row/0000", "kind": "key"}, {"query": str(png), "kind": "file"}]
+    assert both.notes == ["k=6 is more than the 5 other rows: showing 5"] and both.k == 5
+    by_file = both.table[both.table["query"] == str(png)]
+    by_key = both.table[both.table["query"] == "row/0000"]
+    pd.testing.assert_frame_equal(by_key, store_neighbors(path, ["row/0000"], 5).table)
+    assert by_file["key"].iloc[0] == "row/0004" and by_file["distance"].iloc[0] < 1e-6
+    alone = store_neighbors(path, [str(png)], 6)  # a file has no own row: all 6 rows
+    assert alone.notes == [] and alone.k == 6 and len(alone.table) == 6
+    pd.testing.assert_frame_equal(store_neighbors(path, [str(png)], 6, model=path).table, alone.table)
+    two = store_neighbors(written(tmp_path / "two.h5", P[:2] / 255.0), ["row/0001"], 1)
+    assert two.table["key"].tolist() == ["row/0000"] and two.notes == [] and two.k == 1
+
+
+def test_store_notes_an_incomplete_store_and_a_missing_faiss(tmp_path, monkeypatch):
+    import sys
+
+    X = np.random.default_rng(12).normal(size=(6, 16)).astype(np.float32)
+    part = tmp_path / "part.h5"
+    with StoreWriter.create(part, feature_kind="raw", dim=16, preprocess=PRE, source="generated",
+                            plan_keys=[f"row/{i:04d}" for i in range(5)]) as w:
+        w.write_batch(np.arange(3), X[:3], np.full(3, -1))
+    assert store_neighbors(part, ["row/0000"], 2).notes == [
+        f"{part} is incomplete (2 files pending): searching its 3 committed rows"]
+    path = written(tmp_path / "r.h5", X)
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    monkeypatch.setattr(nb, "EXACT_MAX_ROWS", 5)
+    res = store_neighbors(path, ["row/0000"], 2)
+    assert res.search == "exact" and res.notes == [
+        "6 rows would use the approximate index, but faiss is not installed (pip install 'cvae-features[index]'): "
+        "searching exactly"]
+    with pytest.raises(StoreError, match="holds no rows"):
+        store_neighbors(written(tmp_path / "empty.h5", np.zeros((0, 16)), keys=["a"]), ["a"])
