@@ -127,7 +127,7 @@ def markdown(rec: dict) -> str:
               f"{t['batch_size']}; training {rec['training']['seconds'] / 60:.1f} min.", "",
               f"Anchor: {KINGMA}. Target (issue #12, best few-label method): "
               f"{TARGETS.get(rec['labels_per_class'], '-')}.", ""]
-    lines += bc.md_table(["classifier q(y | x)", "accuracy (%)"],
+    lines += bc.md_table(["classifier q(y\\|x)", "accuracy (%)"],
                          [["test split (10,000)", bc.pct(rec["test_accuracy"])],
                           ["unlabelled training images", bc.pct(rec["unlabelled_train_accuracy"])]]) + [""]
     return "\n".join(lines) + "\n"
