@@ -107,6 +107,11 @@ def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress, con
         raise ConfigError(f"n_classes={mcfg.n_classes} but {description} has {len(label_names)} classes")
     if isinstance(images, torch.Tensor):
         digest = hashlib.blake2b(np.ascontiguousarray(images.numpy()).data, digest_size=8).hexdigest()
+    if with_classes:  # a model that learns from the labels: other labels are other data (resume refuses them)
+        names = "\n".join(label_names).encode()
+        digest = hashlib.blake2b(digest.encode() + names + labels.numpy().astype("<i8").tobytes(),
+                                 digest_size=8).hexdigest()
+    if isinstance(images, torch.Tensor):
         return Data(images.contiguous(), mcfg, pre, description, skipped, digest, spec, labels)
     return Data(images, mcfg, pre, description, skipped, digest, spec, labels, cache_dir=Path(cache_dir))
 

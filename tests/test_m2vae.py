@@ -235,6 +235,23 @@ def test_every_batch_gets_labelled_rows_drawn_seeded(tmp_path):
               train_config={"epochs": 1, "labelled_per_batch": 5})
 
 
+def test_resume_refuses_other_labels(tmp_path):
+    from cvae_features.data import ArraySource
+
+    images = _images(30, seed=4).numpy()
+    labels = np.full(30, -1)
+    labels[:6] = [0, 1, 2, 0, 1, 2]
+    kwargs = {"arch": "conv-m2", "progress": False, "model_config": {"latent_dim": 2, "widths": [4]},
+              "train_config": {"epochs": 1, "batch_size": 16, "labelled_per_batch": 2}}
+    first = train(ArraySource(images, labels=labels), tmp_path / "run", **kwargs)
+    again = train(ArraySource(images, labels=labels), tmp_path / "run", resume=True, **kwargs)  # same labels: done
+    assert again.model.fingerprint() == first.model.fingerprint()
+    moved = labels.copy()
+    moved[6] = 2  # one more image labelled: other data for a model that learns from labels
+    with pytest.raises(ConfigError, match="cannot resume: the data differ from the checkpoint's"):
+        train(ArraySource(images, labels=moved), tmp_path / "run", resume=True, **kwargs)
+
+
 def test_cli_train_with_a_labels_file(tmp_path):
     from click.testing import CliRunner
 
