@@ -46,12 +46,14 @@ def parse_args(argv):
     p.add_argument("--labels-per-class", default="1,10,100")
     p.add_argument("--seeds", type=int, default=3, help="draws 0..N-1 per size")
     p.add_argument("--validation-rows", type=int, default=10_000)
+    p.add_argument("--m2-steps", type=int, default=None, help="M2 optimiser steps (default M2Config's; quick 300)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None, help="results path without suffix")
     args = p.parse_args(argv)
     args.labels_per_class = tuple(int(v) for v in args.labels_per_class.split(",") if v.strip())
     if args.quick:
         args.labels_per_class, args.seeds = (10,), 1
+        args.m2_steps = args.m2_steps or 300
     args.stores = Path(args.stores or bc.WORK / "fashion_mnist")
     return args
 
@@ -96,7 +98,7 @@ def choose_settings(X, y, args) -> dict:
         bc.say(f"  {name}: validation accuracy {100 * acc:.1f}")
     grid = GRID[:2] if args.quick else GRID
     for change in grid:
-        config = M2Config(**change, **({"steps": 300} if args.quick else {}))
+        config = M2Config(**change, **({"steps": args.m2_steps} if args.m2_steps else {}))
         t = time.perf_counter()
         model = fit_m2(Z[lab], y[lab], Z[unl], config, seed=0)
         acc = float(np.mean(model.predict(Z[val]) == y[val]))

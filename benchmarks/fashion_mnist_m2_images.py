@@ -32,11 +32,14 @@ TARGETS = {10: 82.0, 100: 88.0}  # issue #12, percent (the best few-label method
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--train-source", default="fashion-mnist:train")
+    p.add_argument("--test-source", default="fashion-mnist:test")
     p.add_argument("--labels-per-class", type=int, default=10)
     p.add_argument("--draw-seed", type=int, default=0)
     p.add_argument("--max-train-images", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--latent-dim", type=int, default=None)
+    p.add_argument("--widths", default=None, help="encoder widths, comma-separated (default the model's)")
     p.add_argument("--labelled-per-batch", type=int, default=32)
     p.add_argument("--quick", action="store_true", help="10k training images, 3 epochs")
     p.add_argument("--out-dir", default=None)
@@ -69,8 +72,8 @@ def run(args, argv) -> dict:
     rec = bc.record_header("fashion_mnist_m2_images" + ("_quick" if args.quick else ""), __file__, argv)
     t0 = time.perf_counter()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    train_src = bc.subset(open_source("fashion-mnist:train"), args.max_train_images, seed=0)
-    test_src = open_source("fashion-mnist:test")
+    train_src = bc.subset(open_source(args.train_source), args.max_train_images, seed=0)
+    test_src = open_source(args.test_source)
     lab = draw_labelled(train_src.labels, args.labels_per_class, args.draw_seed)
     labels_csv = args.out_dir / "labels.csv"
     labels_csv.write_text("key,label\n" + "".join(f"{train_src.keys[i]},{train_src.label_names[train_src.labels[i]]}\n"
@@ -78,6 +81,8 @@ def run(args, argv) -> dict:
     labelled = with_labels(train_src, read_label_file(labels_csv), what=str(labels_csv.name))
     names = labelled.label_names
     model_config = {} if args.latent_dim is None else {"latent_dim": args.latent_dim}
+    if args.widths:
+        model_config["widths"] = [int(w) for w in args.widths.split(",")]
     train_config = {"labelled_per_batch": args.labelled_per_batch, **({"epochs": args.epochs} if args.epochs else {})}
     bc.say(f"training conv-m2 on {len(train_src)} images, {lab.size} labelled")
     result = train(labelled, args.out_dir / "run", arch="conv-m2", model_config=model_config or None,
@@ -92,7 +97,8 @@ def run(args, argv) -> dict:
     unl_src = train_src.subset(unl)
     unl_images, kept_u, _ = load_images(unl_src, pre)
     y_unl = np.asarray([to_model[train_src.label_names[c]] for c in unl_src.labels[kept_u]])
-    rec.update({"n_train": len(train_src), "n_labelled": int(lab.size), "labels_per_class": args.labels_per_class,
+    rec.update({"train_source": args.train_source, "test_source": args.test_source, "n_test": int(len(y_test)),
+                "n_train": len(train_src), "n_labelled": int(lab.size), "labels_per_class": args.labels_per_class,
                 "draw_seed": args.draw_seed, "model_config": model.config.to_dict(),
                 "train_config": result_config(result), "training": result.to_dict(),
                 "history": result.history,
@@ -128,7 +134,8 @@ def markdown(rec: dict) -> str:
               f"Anchor: {KINGMA}. Target (issue #12, best few-label method): "
               f"{TARGETS.get(rec['labels_per_class'], '-')}.", ""]
     lines += bc.md_table(["classifier q(y\\|x)", "accuracy (%)"],
-                         [["test split (10,000)", bc.pct(rec["test_accuracy"])],
+                         [["test split" + (f" ({rec['n_test']:,})" if "n_test" in rec else ""),
+                           bc.pct(rec["test_accuracy"])],
                           ["unlabelled training images", bc.pct(rec["unlabelled_train_accuracy"])]]) + [""]
     return "\n".join(lines) + "\n"
 

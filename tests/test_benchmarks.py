@@ -150,3 +150,55 @@ def test_inpainting_script_records_every_mask(tmp_path):
         for key in ("mse_grey", "mse_rounds", "mse_inpaint"):
             assert 0.0 < r[key] < 1.0
     assert "| right | 32 |" in (tmp_path / "inp.md").read_text()
+
+
+def _digits_store(path, X, y, kind):
+    from cvae_features.data import Preprocess
+    from cvae_features.store import StoreWriter
+
+    keys = [f"d/{i:04d}" for i in range(len(y))]
+    with StoreWriter.create(path, feature_kind=kind, dim=X.shape[1], preprocess=Preprocess(8, 1),
+                            source="digits", plan_keys=keys, label_names=[str(c) for c in range(10)]) as w:
+        w.write_batch(np.arange(len(y)), X.astype(np.float32), y)
+
+
+def test_m2_script_chooses_on_training_rows_and_writes_the_readme_table(tmp_path):
+    from sklearn.datasets import load_digits
+
+    m2 = _load("fashion_mnist_m2")
+    X, y = load_digits(return_X_y=True)
+    for kind in ("vae", "pca", "raw"):  # three small stores with the digits' pixels: the script only reads them
+        _digits_store(tmp_path / f"{kind}_train.h5", X[:1200], y[:1200], "raw")
+        _digits_store(tmp_path / f"{kind}_test.h5", X[1200:], y[1200:], "raw")
+    m2.main(["--quick", "--stores", str(tmp_path), "--validation-rows", "300", "--m2-steps", "20",
+             "--out", str(tmp_path / "m2")])
+    rec = json.loads((tmp_path / "m2.json").read_text())
+    s = rec["settings"]
+    assert s["split"] == {"validation_rows": 300, "labelled": 100, "unlabelled": 800, "labels_per_class": 10,
+                          "seed": 0}
+    assert [g["change"] for g in s["grid"]] == list(m2.GRID[:2]) and all(g["config"]["steps"] == 20 for g in s["grid"])
+    best = max(g["val_accuracy"] for g in s["grid"])
+    assert s["chosen"] == next(g["config"] for g in s["grid"] if g["val_accuracy"] == best)
+    for kind in ("vae", "pca", "raw"):
+        curves = rec["curves"][kind]
+        assert curves["methods"] == list(m2.METHODS) and curves["settings"]["m2"] == s["chosen"]
+        assert 0.5 < curves["curves"]["label_spreading"]["10"]["mean"] <= 1
+    header, rows = m2.test_table(rec)
+    assert header[2:5] == ["VAE μ", "PCA", "raw pixels"] and [r[:2] for r in rows] == [
+        [10, "logistic regression"], [10, "label spreading"], [10, "M2"]]
+    assert rows[0][-1].startswith("≥ 82 (") and "(kept)" in (tmp_path / "m2.md").read_text()
+
+
+def test_m2_images_script_on_digits(tmp_path):
+    script = _load("fashion_mnist_m2_images")
+    script.main(["--train-source", "digits:train", "--test-source", "digits:test", "--max-train-images", "400",
+                 "--labels-per-class", "3", "--epochs", "6", "--latent-dim", "4", "--widths", "8",
+                 "--labelled-per-batch", "8", "--out-dir", str(tmp_path / "work"), "--out", str(tmp_path / "img")])
+    rec = json.loads((tmp_path / "img.json").read_text())
+    assert rec["n_train"] == 400 and rec["n_labelled"] == 30 and rec["n_test"] == 450
+    assert rec["model_config"]["n_classes"] == 10 and rec["train_config"]["labelled_per_batch"] == 8
+    labels = (tmp_path / "work" / "labels.csv").read_text().splitlines()
+    assert labels[0] == "key,label" and len(labels) == 31 and labels[1].startswith("digits:train/")
+    # chance is 0.1; 0.47 and 0.45 when written (30 labels, 6 epochs): a wrong class order would fall to chance
+    assert rec["test_accuracy"] > 0.3 and rec["unlabelled_train_accuracy"] > 0.3
+    assert "| test split (450) |" in (tmp_path / "img.md").read_text()
