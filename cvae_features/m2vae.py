@@ -139,12 +139,20 @@ class ConvM2(ConvVAE):
         """Mean and log-variance of q(z | x) = sum_y q(y | x) q(z | x, y) (the mixture's moments), each (n, latent)."""
         h = self.encoder(to_unit_float(x))
         q = F.softmax(self.classifier(h), dim=1)
-        return self._mixture(h, q)
+        mu_y, logvar_y, _ = self._class_posteriors(h)
+        return self._mixture(mu_y, logvar_y, q)
 
-    def _mixture(self, h, q):
+    def _class_posteriors(self, h):
+        """q(z | x, y) for every row and class: mean and log-variance (n * K, latent), row-major, and the
+        one-hot class rows (n * K, K) they were computed with."""
         k = self.config.n_classes
-        eye = torch.eye(k, device=h.device, dtype=h.dtype)
-        mu_y, logvar_y = self._posterior(h.repeat_interleave(k, 0), eye.repeat(h.shape[0], 1))
+        classes = torch.eye(k, device=h.device, dtype=h.dtype).repeat(h.shape[0], 1)
+        mu_y, logvar_y = self._posterior(h.repeat_interleave(k, 0), classes)
+        return mu_y, logvar_y, classes
+
+    def _mixture(self, mu_y, logvar_y, q):
+        """Mean and log-variance of sum_y q_y N(mu_y, var_y) from the per-class posteriors (n * K, latent)."""
+        k = self.config.n_classes
         mu_y, var_y = mu_y.view(-1, k, mu_y.shape[1]), logvar_y.exp().view(-1, k, logvar_y.shape[1])
         w = q.unsqueeze(2)
         mu = (w * mu_y).sum(1)
@@ -174,10 +182,9 @@ class ConvM2(ConvVAE):
             noise = torch.randn(n, self.config.latent_dim, device=x.device)
         lab = labels >= 0
         # every row with every class (labelled rows need only theirs, but one pass keeps the code plain)
-        eye = torch.eye(k, device=x.device)
-        mu_y, logvar_y = self._posterior(h.repeat_interleave(k, 0), eye.repeat(n, 1))
+        mu_y, logvar_y, classes = self._class_posteriors(h)
         z = mu_y if noise is None else mu_y + noise.to(mu_y.dtype).repeat_interleave(k, 0) * (0.5 * logvar_y).exp()
-        out = self.decode(z, eye.repeat(n, 1))
+        out = self.decode(z, classes)
         recon_y = self.reconstruction_nll(out.float(), x.repeat_interleave(k, 0)).view(n, k)
         kl_y = self.prior.kl(mu_y, logvar_y).view(n, k)
         onehot = F.one_hot(labels.clamp_min(0), k).to(q.dtype)
@@ -187,7 +194,7 @@ class ConvM2(ConvVAE):
         neg_entropy = torch.where(lab, torch.zeros_like(recon), (q * log_q).sum(1))
         class_ce = torch.where(lab, -(onehot * log_q).sum(1), torch.zeros_like(recon))
         loss = (recon + b * kl + neg_entropy + self.config.alpha * class_ce).mean()
-        mu, logvar = self._mixture(h, torch.where(lab.unsqueeze(1), onehot, q.detach()))
+        mu, logvar = self._mixture(mu_y, logvar_y, torch.where(lab.unsqueeze(1), onehot, q.detach()))
         chosen = weight.argmax(1)
         decoder_out = out.view(n, k, *out.shape[1:])[torch.arange(n, device=x.device), chosen]
         return M2Output(loss, recon.mean(), kl.mean(), mu, logvar, recon, kl, decoder_out, b,
