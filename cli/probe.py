@@ -7,11 +7,16 @@ import click
 from ._common import echo_json, library_errors
 
 
+def _name_list(ctx, param, value):
+    """A comma-separated option as a tuple of its non-empty names (None when not given)."""
+    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
 def _int_list(ctx, param, value):
     if value is None:
         return None
     try:
-        items = tuple(int(v) for v in value.split(",") if v.strip())
+        items = tuple(int(v) for v in _name_list(ctx, param, value))
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers such as 1,5,10,100, got {value!r}") from None
     if not items or min(items) < 1:
@@ -75,13 +80,11 @@ def _labels(train_path, compare_path):
 @click.option("--clusters", "n_clusters", default=None, type=click.IntRange(min=2),
               help="Clusters for the cluster task. Default: the number of classes (10 without labels).")
 @click.option("--cluster-methods", "cluster_methods", default=None, metavar="M,M,...",
-              callback=lambda ctx, param, value: None if value is None else tuple(
-                  v.strip() for v in value.split(",") if v.strip()),
+              callback=_name_list,
               help="Cluster task methods: kmeans, gmm, umap-gmm (UMAP + full GMM, the N2D recipe; needs "
                    "the umap extra). Default: kmeans,gmm.")
 @click.option("--fewshot-methods", "fewshot_methods", default=None, metavar="M,M,...",
-              callback=lambda ctx, param, value: None if value is None else tuple(
-                  v.strip() for v in value.split(",") if v.strip()),
+              callback=_name_list,
               help="Few-label task methods: logistic, knn, label_spreading, self_training, m2 (Kingma's "
                    "semi-supervised VAE on the features; about a minute per draw on 2 cores), or any "
                    "registered one. Default: all but m2.")

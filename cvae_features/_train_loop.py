@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 
 from ._train_hooks import CallbackHook, RunDirWriter
-from .errors import ConfigError
 from ._train_setup import derive_seed
 from ._version import __version__
-from .errors import TrainingError
+from .errors import ConfigError, TrainingError
 from ._distributed import Dist, LossModule
 from .model import ConvVAE
 

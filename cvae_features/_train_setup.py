@@ -94,7 +94,7 @@ def load_data(source, tcfg, overrides: dict, preprocess, data_dir, progress, con
     with_classes = "n_classes" in {f.name for f in dataclasses.fields(config_class)}  # a semi-supervised family
     if with_classes and "n_classes" not in overrides:
         derived["n_classes"] = len(label_names)
-    n_known = int(torch.unique(labels[labels >= 0]).numel())
+    n_known = int(torch.unique(labels[labels >= 0]).numel()) if with_classes else 0
     if with_classes and n_known < 2:
         raise ConfigError(f"a model with classes learns them from labelled images, and {description} has labelled "
                           f"images of {n_known} class(es); label some images of at least 2 classes (class "
