@@ -34,10 +34,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import ConfigError
+from .model import LOGVAR_MAX, LOGVAR_MIN  # the encoder's log-variance range, as in the ConvVAE
 
-#: Floors and ceilings that keep the Gaussian terms finite (as in the ConvVAE).
-LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
-LOG_SIGMA_MIN = -4.5  # log standard deviation of the decoder's Gaussian: sigma >= ~0.011
+#: Floor of the decoder Gaussian's log standard deviation (sigma >= ~0.011): its terms stay finite.
+LOG_SIGMA_MIN = -4.5
 
 
 @dataclass(frozen=True)
