@@ -76,8 +76,7 @@ def load(stores: Path) -> dict:
 
 def choose_settings(X, y, args) -> dict:
     """Fit each M2 setting on a validation split of the training rows; the best validation accuracy wins."""
-    from cvae_features.probes import FeaturePrep, draw_labelled
-    from cvae_features.probes.fewshot import _label_spreading_predict, _logistic_predict
+    from cvae_features.probes import FeaturePrep, draw_labelled, get_fewshot_method
     from cvae_features.semisup import M2Config, fit_m2
 
     rng = np.random.default_rng(123)
@@ -91,9 +90,9 @@ def choose_settings(X, y, args) -> dict:
     params = {"C": 1.0, "max_iter": 1000, "spreading_neighbors": 10, "spreading_alpha": 0.9, "n_jobs": None}
     out = {"split": {"validation_rows": int(val.size), "labelled": int(lab.size), "unlabelled": int(unl.size),
                      "labels_per_class": 10, "seed": 0}, "references": {}, "grid": []}
-    for name, fn in (("logistic", _logistic_predict), ("label_spreading", _label_spreading_predict)):
+    for name in ("logistic", "label_spreading"):  # as fewshot_curve runs them, with its default settings
         t = time.perf_counter()
-        acc = float(np.mean(fn(Z[lab], y[lab], Z[unl], Z[val], params) == y[val]))
+        acc = float(np.mean(get_fewshot_method(name).predict(Z[lab], y[lab], Z[unl], Z[val], params) == y[val]))
         out["references"][name] = {"val_accuracy": acc, "seconds": round(time.perf_counter() - t, 1)}
         bc.say(f"  {name}: validation accuracy {100 * acc:.1f}")
     grid = GRID[:2] if args.quick else GRID

@@ -16,6 +16,7 @@ Results: ``benchmarks/results/fashion_mnist_m2_images[_quick].{md,json}``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -64,7 +65,7 @@ def accuracy(model, images, labels, batch: int = 1000) -> float:
 
 def run(args, argv) -> dict:
     from cvae_features import open_source
-    from cvae_features.data import load_images
+    from cvae_features.data import Preprocess, load_images
     from cvae_features.data.labelfile import read_label_file, with_labels
     from cvae_features.probes import draw_labelled
     from cvae_features.training import train
@@ -90,7 +91,8 @@ def run(args, argv) -> dict:
     model = result.model
     # score q(y | x); labels by name, since the label file's classes are ordered by name
     to_model = {name: c for c, name in enumerate(names)}
-    pre = model_preprocess(result)
+    run_config = json.loads((result.run_dir / "config.json").read_text())  # the resolved configs and preprocessing
+    pre = Preprocess.from_dict(run_config["preprocess"])
     test_images, kept, _ = load_images(test_src, pre)
     y_test = np.asarray([to_model[test_src.label_names[c]] for c in test_src.labels[kept]])
     unl = np.setdiff1d(np.arange(len(train_src)), lab)
@@ -100,27 +102,12 @@ def run(args, argv) -> dict:
     rec.update({"train_source": args.train_source, "test_source": args.test_source, "n_test": int(len(y_test)),
                 "n_train": len(train_src), "n_labelled": int(lab.size), "labels_per_class": args.labels_per_class,
                 "draw_seed": args.draw_seed, "model_config": model.config.to_dict(),
-                "train_config": result_config(result), "training": result.to_dict(),
+                "train_config": run_config["train_config"], "training": result.to_dict(),
                 "history": result.history,
                 "test_accuracy": accuracy(model, test_images, y_test),
                 "unlabelled_train_accuracy": accuracy(model, unl_images, y_unl)})
     rec["wall_s"] = round(time.perf_counter() - t0, 1)
     return rec
-
-
-def model_preprocess(result):
-    import json
-
-    from cvae_features.data import Preprocess
-
-    cfg = json.loads((result.run_dir / "config.json").read_text())
-    return Preprocess.from_dict(cfg["preprocess"])
-
-
-def result_config(result) -> dict:
-    import json
-
-    return json.loads((result.run_dir / "config.json").read_text())["train_config"]
 
 
 def markdown(rec: dict) -> str:

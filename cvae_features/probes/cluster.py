@@ -108,8 +108,8 @@ def fit_clusters(Xp: np.ndarray, n_clusters: int, method: str = "kmeans", *, n_i
 
     'kmeans': ``KMeans`` with ``n_init`` seeded restarts (centres in ``cluster_centers_``);
     'gmm': a diagonal-covariance ``GaussianMixture`` (one start from k-means; centres in ``means_``)
-    whose ``reg_covar`` is :func:`gmm_reg_covar` (1e-4 of the rows' total variance); 'umap-gmm': :class:`UmapGmm` (needs umap-learn). All have
-    ``predict``. Convergence and UMAP's warnings are silenced: on tiny data they say nothing useful.
+    whose ``reg_covar`` is :func:`gmm_reg_covar` (1e-4 of the rows' total variance);
+    'umap-gmm': :class:`UmapGmm` (needs umap-learn). All have ``predict``. Convergence and UMAP's warnings are silenced: on tiny data they say nothing useful.
     """
     from sklearn.cluster import KMeans
     from sklearn.mixture import GaussianMixture
