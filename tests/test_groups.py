@@ -191,11 +191,6 @@ def _hand_result(**kw):
     return GroupsResult(**base)
 
 
-class _Written:
-    def to_dict(self):
-        return {"files": {"group_00": "x.png"}}
-
-
 def test_exemplars_closest_first_ties_in_row_order_and_the_json_record():
     result = _hand_result()
     # group 0: d and b tie at 0.25 (row order: b first), g closer; group 1: c closer than a; f is no exemplar
@@ -206,9 +201,15 @@ def test_exemplars_closest_first_ties_in_row_order_and_the_json_record():
         "preprocessing": "l2", "sizes": [4, 3], "n_exemplars": 3, "seed": 5,
         "exemplars": {"0": ["g", "b", "d"], "1": ["c", "a"]}}
     crit = {"name": "silhouette", "values": {2: 0.5}, "rows": 7, "k_range": [2, 2]}
-    d = _hand_result(store="s.h5", criterion=crit, chosen_by="silhouette", sheets=_Written()).to_dict()
+    from pathlib import Path
+
+    from cvae_features.sheets import SheetsResult
+
+    written = SheetsResult(Path("out"), Path("out/index.html"), {"group_00": Path("out/x.png")}, [], {})
+    d = _hand_result(store="s.h5", criterion=crit, chosen_by="silhouette", sheets=written).to_dict()
     assert d["store"] == "s.h5" and d["criterion"] == crit and d["chosen_by"] == "silhouette"
-    assert d["sheets"] == {"files": {"group_00": "x.png"}}
+    assert d["sheets"] == {"out_dir": "out", "index": "out/index.html", "files": {"group_00": "out/x.png"},
+                           "skipped": [], "missing": {}}
 
 
 def test_group_sheets_exemplars_then_a_seeded_sample_in_rows_of_eight_and_no_sheet_for_an_empty_group():

@@ -143,11 +143,6 @@ def _hand_result(n_top=3, **kw):
     return OutliersResult(**base)
 
 
-class _Written:
-    def to_dict(self):
-        return {"files": {"outliers_01": "x.png"}}
-
-
 def test_outliers_json_record_lists_the_top_rows_with_their_scores_and_neighbours():
     result = _hand_result()
     f = result.frame
@@ -161,8 +156,14 @@ def test_outliers_json_record_lists_the_top_rows_with_their_scores_and_neighbour
                  "nearest_normal": [] if r == 1 else ["r0", "r1"]}
                 for key, r, i in (("r5", 1, 5), ("r4", 2, 4), ("r3", 3, 3))]}
     assert [type(t["rank"]) for t in d["top"]] == [int] * 3 and [type(t["is_outlier"]) for t in d["top"]] == [bool] * 3
-    d = _hand_result(store="s.h5", sheets=_Written()).to_dict()
-    assert d["store"] == "s.h5" and d["sheets"] == {"files": {"outliers_01": "x.png"}}
+    from pathlib import Path
+
+    from cvae_features.sheets import SheetsResult
+
+    written = SheetsResult(Path("out"), Path("out/index.html"), {"outliers_01": Path("out/x.png")}, [], {})
+    d = _hand_result(store="s.h5", sheets=written).to_dict()
+    assert d["store"] == "s.h5" and d["sheets"] == {"out_dir": "out", "index": "out/index.html",
+                                                    "files": {"outliers_01": "out/x.png"}, "skipped": [], "missing": {}}
 
 
 def test_outlier_sheets_pages_of_25_rows_each_the_image_then_its_nearest_normal_ones():
