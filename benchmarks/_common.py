@@ -33,7 +33,7 @@ MODEL_OPTIONS = {"latent_dim": "latent_dim", "beta": "beta", "likelihood": "like
                  "convs_per_level": "convs_per_level", "batch_norm": "batch_norm", "widths": "widths"}
 TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "schedule": "schedule",
                  "beta_warmup_epochs": "beta_warmup_epochs", "val_fraction": "val_fraction",
-                 "patience": "patience", "train_seed": "seed", "device": "device"}
+                 "patience": "patience", "train_seed": "seed", "device": "device", "augment": "augment"}
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +54,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--patience", type=int, default=None)
     g.add_argument("--train-seed", type=int, default=None, help="TrainConfig.seed")
     g.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--augment", default=None, metavar="SPEC", help="TrainConfig.augment, e.g. shift=2,noise=0.1")
 
 
 def _int_tuple(text: str) -> tuple:

@@ -17,7 +17,8 @@ _MODEL_OPTIONS = {"latent_dim": "latent_dim", "beta": "beta", "likelihood": "lik
 _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device",
                   "val_fraction": "val_fraction", "patience": "patience", "schedule": "schedule",
                   "beta_warmup": "beta_warmup_epochs", "max_images": "max_images", "workers": "workers",
-                  "cache_dir": "cache_dir", "keep_cache": "keep_cache", "labelled_per_batch": "labelled_per_batch"}
+                  "cache_dir": "cache_dir", "keep_cache": "keep_cache", "labelled_per_batch": "labelled_per_batch",
+                  "augment": "augment"}
 #: Labelled images drawn into every batch of a --labels run unless --labelled-per-batch says otherwise.
 LABELLED_PER_BATCH = 32
 
@@ -65,6 +66,10 @@ LABELLED_PER_BATCH = 32
                    "level; a manifest's label column, empty for unlabelled).")
 @click.option("--labelled-per-batch", "labelled_per_batch", type=click.IntRange(0, 65536), default=None,
               help=f"With --labels: labelled images drawn into every batch (default {LABELLED_PER_BATCH}).")
+@click.option("--augment", default=None, metavar="SPEC",
+              help="Perturb the encoder's input while training, e.g. shift=2, crop=0.8, flip, noise=0.1, erase=0.25 "
+                   "(joined by commas); the decoder reconstructs the clean image unless target=same is added "
+                   "(default: none).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @library_errors
 def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data_dir, nproc, labels, **options):

@@ -2,8 +2,12 @@
 
 The loop feeds the model batches ``{"images": uint8 (b, C, H, W), "labels": int64 (b,)
 (-1 = unknown), "index": int64 (b,)}`` (``index``: rows of the training set, or of
-the validation set for validation batches) and trains on ``model.loss(batch, beta)``;
-it reads only ``loss`` and the terms of what that returns (``terms()``,
+the validation set for validation batches) and trains on ``model.loss(batch, beta)``.
+With ``TrainConfig.augment`` (:mod:`cvae_features.augment`) training batches also carry
+``"inputs"``, float (b, C, H, W): the perturbed images the encoder is to see while the
+decoder is scored against ``"images"`` (families that accept this set ``accepts_inputs =
+True``); with ``target=same`` the perturbed images replace ``"images"`` instead. The loop
+reads only ``loss`` and the terms of what that returns (``terms()``,
 ``per_sample_terms()``, ``term_weights()``), logged as ``train_<term>`` and
 ``val_<term>``. Everything else (run-dir files, the callback) is done by hooks
 (:mod:`cvae_features._train_hooks`), called on the main process only.
@@ -25,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ._train_hooks import CallbackHook, RunDirWriter
+from .augment import Augment
 from ._train_setup import derive_seed
 from ._version import __version__
 from .errors import ConfigError, TrainingError
@@ -71,6 +76,11 @@ class Loop:
             self.ddp = DistributedDataParallel(LossModule(self.model),
                                                device_ids=[device.index] if device.type == "cuda" else None)
         self.beta = mcfg.beta
+        self.augment = Augment.parse(tcfg.augment)
+        if self.augment.active and self.augment.target == "clean" and not getattr(self.model, "accepts_inputs", False):
+            raise ConfigError(f"augment={tcfg.augment!r}: model family {getattr(self.model, 'arch', '?')!r} does not "
+                              "take separate encoder inputs, so it cannot reconstruct the clean image; add "
+                              "'target=same' to train on the perturbed images instead")
         train_labels = _labels_for(train_images, train_labels)
         val_labels = _labels_for(val_images, val_labels)
         cuda = device.type == "cuda"
@@ -177,6 +187,7 @@ class Loop:
         noise_seed = derive_seed(tcfg.seed, "noise", epoch)
         torch.manual_seed(noise_seed)
         noise_key = torch.tensor(noise_seed, dtype=torch.int64)
+        augment_key = derive_seed(tcfg.seed, "augment", epoch)
         sums, names = None, None  # per batch: loss and the model's terms, named at the first batch
         sizes = torch.tensor([min(bs, self.n_train - b * bs) for b in range(n_batches)], dtype=torch.float64)
         warm = tcfg.beta_warmup_epochs
@@ -199,6 +210,9 @@ class Loop:
                      "noise_key": noise_key}
             if images.device != device:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            if self.augment.active:  # keyed by (seed, epoch, row): the same whatever the batch or process
+                perturbed = self.augment(batch["images"], augment_key, batch["index"])
+                batch["images" if self.augment.target == "same" else "inputs"] = perturbed
             beta = self.beta if warm == 0 else self.beta * min(1.0, (epoch - 1 + (b + 1) / n_batches) / warm)
             with autocast:
                 out = model.loss(batch, beta=beta) if self.ddp is None else self.ddp(batch, beta)

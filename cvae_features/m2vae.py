@@ -165,16 +165,16 @@ class ConvM2(ConvVAE):
         key = batch.get("noise_key")
         noise = None if key is None or not self.training else \
             keyed_normal(key, batch["index"], self.config.latent_dim)
-        return self._elbo(batch["images"], beta, noise, batch.get("labels"))
+        return self._elbo(batch["images"], beta, noise, batch.get("labels"), batch.get("inputs"))
 
-    def _elbo(self, x, beta, noise=None, labels=None) -> M2Output:
+    def _elbo(self, x, beta, noise=None, labels=None, inputs=None) -> M2Output:
         x = to_unit_float(x)
         n, k = x.shape[0], self.config.n_classes
         labels = torch.full((n,), -1, dtype=torch.int64, device=x.device) if labels is None else labels
         if labels.numel() and int(labels.max()) >= k:
             raise ConfigError(f"conv-m2: label {int(labels.max())} for a model of {k} classes (0..{k - 1})")
         b = self.config.beta if beta is None else beta
-        h = self.encoder(x)
+        h = self.encoder(x if inputs is None else to_unit_float(inputs))
         logits = self.classifier(h)
         log_q = F.log_softmax(logits.float(), dim=1)
         q = log_q.exp()

@@ -205,6 +205,7 @@ class ConvVAE(nn.Module):
 
     arch = "conv-vae"  # its name in the model-family registry (cvae_features.families)
     config_class = VAEConfig
+    accepts_inputs = True  # loss() encodes batch["inputs"] when given (training-time augmentation)
 
     def __init__(self, config: Optional[VAEConfig] = None, **overrides):
         super().__init__()
@@ -287,8 +288,10 @@ class ConvVAE(nn.Module):
         ----------
         batch : dict
             ``{"images": (n, C, H, W) uint8 or float in [0, 1], "labels": int64 (n,) with -1 for
-            unknown, "index": int64 (n,), "noise_key": 0-d int64 (optional)}``, as the training loop
-            builds it. With ``noise_key`` the reparameterisation noise of each image is
+            unknown, "index": int64 (n,), "noise_key": 0-d int64 (optional), "inputs": float (n, C, H, W)
+            (optional)}``, as the training loop builds it. With ``inputs`` (perturbed images, see
+            :mod:`cvae_features.augment`) the encoder sees them and the decoder is scored against
+            ``images``. With ``noise_key`` the reparameterisation noise of each image is
             :func:`~cvae_features.noise.keyed_normal` of (noise_key, index): the same whatever batch
             or process the image is in; without it, ``torch.randn``.
         beta : float or None
@@ -297,15 +300,16 @@ class ConvVAE(nn.Module):
         key = batch.get("noise_key")
         noise = None if key is None or not self.training else \
             keyed_normal(key, batch["index"], self.config.latent_dim)
-        return self._elbo(batch["images"], beta, noise)
+        return self._elbo(batch["images"], beta, noise, batch.get("inputs"))
 
     def forward(self, x: torch.Tensor, beta: Optional[float] = None) -> VAEOutput:
         """:meth:`loss` of the images ``x`` alone (a tensor of shape (n, C, H, W)): the same output."""
         return self._elbo(x, beta)
 
-    def _elbo(self, x: torch.Tensor, beta: Optional[float], noise: Optional[torch.Tensor] = None) -> VAEOutput:
+    def _elbo(self, x: torch.Tensor, beta: Optional[float], noise: Optional[torch.Tensor] = None,
+              inputs: Optional[torch.Tensor] = None) -> VAEOutput:
         x = to_unit_float(x)
-        mu, logvar = self.encode(x)
+        mu, logvar = self.encode(x if inputs is None else inputs)
         if self.training:
             eps = torch.randn_like(mu) if noise is None else noise.to(mu.dtype)
             z = mu + eps * (0.5 * logvar).exp()

@@ -32,6 +32,7 @@ from ._train_hooks import TrainHook
 from ._train_loop import Loop
 from ._train_setup import (agree, agree_preprocess, claim_run_dir, derive_seed, load_data, lock_run_dir,
                            model_overrides)
+from .augment import check_augment
 from .errors import ConfigError, DataError
 from ._distributed import from_env, local_device
 from .families import DEFAULT_ARCH, model_class
@@ -94,6 +95,10 @@ class TrainConfig:
         ``batch_size`` shuffled images, so that few labels reach every step of a semi-supervised
         model (``conv-m2``); 0 draws none. Needs labelled training images when > 0, and then keeps
         every labelled image in the training split (validation takes unlabelled images first).
+    augment : str or None, default=None
+        Perturb the encoder's input during training, e.g. ``"shift=2"``, ``"noise=0.1"`` or
+        ``"shift=2,target=same"`` (see :mod:`cvae_features.augment`): by default the decoder still
+        reconstructs the clean image. None: no augmentation. Kept in canonical form.
     """
 
     epochs: int = 20
@@ -114,6 +119,7 @@ class TrainConfig:
     cache_dir: Optional[str] = None
     keep_cache: bool = False
     labelled_per_batch: int = 0
+    augment: Optional[str] = None
 
     def __post_init__(self):
         def bad(name, expected):
@@ -165,6 +171,7 @@ class TrainConfig:
             object.__setattr__(self, "cache_dir", str(self.cache_dir))
         if not isinstance(self.keep_cache, bool):
             bad("keep_cache", "True or False")
+        object.__setattr__(self, "augment", check_augment(self.augment))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
