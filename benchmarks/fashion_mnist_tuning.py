@@ -142,7 +142,7 @@ def summarize(folder: Path) -> Path:
         km = v["cluster"]["l2"]
         rows.append([
             f"`{r['name']}`", mc["latent_dim"], mc["beta"], ",".join(map(str, mc["widths"] or ["default"])),
-            mc["convs_per_level"], "yes" if mc["batch_norm"] else "no", tc["epochs"],
+            mc["convs_per_level"], "yes" if mc["batch_norm"] else "no", tc.get("augment") or "none", tc["epochs"],
             f"{r['train_s'] / 60:.0f}", bc.pct(v["linear"]["accuracy"]), bc.pct(v["knn"]["accuracy"]),
             f"{bc.pct(km['acc'])} / {bc.pct(km['nmi'])}",
             " · ".join(f"{p} {bc.pct(v['cluster'][p]['acc'])}" for p in CLUSTER_PREPS if p != "l2"),
@@ -161,7 +161,7 @@ def summarize(folder: Path) -> Path:
         "the runs here went two at a time, one thread each, on the 2 shared cores.",
         "",
     ]
-    lines += bc.md_table(["setting", "latent", "β", "widths", "convs/level", "BN", "epochs", "train min",
+    lines += bc.md_table(["setting", "latent", "β", "widths", "convs/level", "BN", "augment", "epochs", "train min",
                           "linear", "k-NN", "k-means ACC / NMI", "k-means ACC, other prep",
                           "logistic @10", "label spreading @10", "what it tries"], rows)
     if recs:

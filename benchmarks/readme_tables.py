@@ -108,18 +108,24 @@ def fashion_mnist_tuning() -> str:
                              -METRICS["linear"](r["validation"])))
     cands, best = choose(recs)
     chosen = best["name"] if best else None
-    out = ["| setting | role | latent | β | convs/level, BN | epochs | seed | train min | linear | k-NN "
-           "| k-means ACC / NMI | label spreading @10 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| setting | role | latent | β | convs/level, BN | augment | epochs | seed | train min | linear | k-NN "
+           "| k-means ACC / NMI | label spreading @10 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         v, m = r["validation"], r["model_config"]
         km = v["cluster"]["l2"]
         role = ("**chosen**" if r["name"] == chosen else "candidate") if r in cands else "later check"
         out.append(f"| `{r['name']}` | {role} | {m['latent_dim']} | {m['beta']} | {m['convs_per_level']}, "
-                   f"{'BN' if m['batch_norm'] else 'no BN'} | {r['train_config']['epochs']} | "
+                   f"{'BN' if m['batch_norm'] else 'no BN'} | {_augment(r)} | {r['train_config']['epochs']} | "
                    f"{r['train_config']['seed']} | "
                    f"{r['train_s'] / 60:.0f} | {bc.pct(v['linear']['accuracy'])} | {bc.pct(v['knn']['accuracy'])} | "
                    f"{bc.pct(km['acc'])} / {bc.pct(km['nmi'])} | {bc.pct(v['fewshot10']['label_spreading']['mean'])} |")
     return "\n".join(out)
+
+
+def _augment(rec) -> str:
+    """A tuning row's input augmentation (rows recorded before it existed had none)."""
+    spec = rec["train_config"].get("augment")
+    return f"`{spec}`" if spec else "none"
 
 
 def inpainting(name: str) -> str:

@@ -243,3 +243,14 @@ def test_a_store_of_an_unregistered_family_is_one_line(tmp_path, tiny_family):
     with pytest.raises(ModelError, match=r"f.h5: unknown model family 'tiny-mlp-vae'"):
         load_model(tmp_path / "f.h5")
     register_model_family("tiny-mlp-vae", TinyVAE)  # the fixture removes it again
+
+
+def test_a_family_without_separate_inputs_trains_augmented_only_on_the_perturbed_images(tmp_path, tiny_family):
+    from cvae_features.training import train
+
+    kw = dict(arch="tiny-mlp-vae", model_config={"latent_dim": 3}, progress=False)
+    with pytest.raises(ConfigError, match="'tiny-mlp-vae' does not take separate encoder inputs.*target=same"):
+        train("digits:train", tmp_path / "a", train_config={"epochs": 1, "augment": "noise=0.1"}, **kw)
+    result = train("digits:train", tmp_path / "b", train_config={"epochs": 1, "augment": "noise=0.1,target=same"},
+                   **kw)
+    assert result.epochs_run == 1

@@ -280,3 +280,19 @@ def test_cli_train_with_a_labels_file(tmp_path):
         assert "Traceback" not in result.output, result.output
         if result.exit_code != 2:  # click's usage errors come with their usage lines
             assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_augmented_inputs_reach_the_classifier_and_encoder_while_the_clean_images_are_reconstructed():
+    torch.manual_seed(0)
+    model = ConvM2(**SMALL).eval()
+    g = torch.Generator().manual_seed(3)
+    clean = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8, generator=g)
+    inputs = torch.rand(5, 1, 8, 8, generator=g)
+    labels = torch.tensor([1, -1, 0, -1, 2])
+    out = model.loss({"images": clean, "inputs": inputs, "labels": labels, "index": torch.arange(5)})
+    assert torch.allclose(out.logits, model.classifier(model.encoder(inputs)))
+    plain = model.loss({"images": clean, "labels": labels, "index": torch.arange(5)})
+    assert torch.allclose(plain.logits, model.classifier(model.encoder(clean.float() / 255)))
+    # the same codes decoded against the clean images give the same reconstruction term
+    swapped = model.loss({"images": inputs, "inputs": inputs, "labels": labels, "index": torch.arange(5)})
+    assert torch.allclose(swapped.mu, out.mu) and not torch.allclose(swapped.recon_per_sample, out.recon_per_sample)
