@@ -12,6 +12,7 @@ from cvae_features.augment import Augment, check_augment
 from cvae_features.errors import ConfigError
 from cvae_features.model import ConvVAE, VAEConfig
 from cvae_features.training import TrainConfig, train
+from test_train_seams import _RecordingVAE  # a ConvVAE that keeps every batch it is given
 
 
 # -- the spec string -----------------------------------------------------------------------------
@@ -156,22 +157,12 @@ def test_the_encoder_sees_the_inputs_and_the_decoder_is_scored_against_the_image
     assert torch.equal(plain.mu, model.encode(clean)[0]) and not torch.allclose(plain.mu, out.mu)
 
 
-class _Recording(ConvVAE):
-    def __init__(self, config):
-        super().__init__(config)
-        self.seen = []
-
-    def loss(self, batch, beta=None):
-        self.seen.append((self.training, {k: v.clone() for k, v in batch.items()}))
-        return super().loss(batch, beta)
-
-
 def _loop_batches(tmp_path, augment):
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=g)
     tcfg = TrainConfig(epochs=2, batch_size=16, device="cpu", seed=3, augment=augment)
     loop = Loop(VAEConfig(image_size=8, latent_dim=4, widths=(8,)), tcfg, torch.device("cpu"), None,
-                images[8:], images[:8], False, model_class=_Recording, is_main_process=False)
+                images[8:], images[:8], False, model_class=_RecordingVAE, is_main_process=False)
     (tmp_path / "run").mkdir()
     loop.run(tmp_path / "run", {})
     return images[8:], loop.model.seen
