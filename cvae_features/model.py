@@ -313,10 +313,15 @@ class ConvVAE(nn.Module):
             z = mu
         out = self.decode(z)
         recon = self.reconstruction_nll(out.float(), x)
-        kl = self.prior.kl(mu, logvar)  # float32 even under autocast
+        kl = self.loss_prior.kl(mu, logvar)  # float32 even under autocast
         b = self.config.beta if beta is None else beta
         loss = (recon + b * kl).mean()
         return VAEOutput(loss, recon.mean(), kl.mean(), mu, logvar, recon, kl, out, b)
+
+    @property
+    def loss_prior(self):
+        """The prior the loss's KL term refers to: ``prior`` (a family may use another for a while)."""
+        return self.prior
 
     # -- feature path -------------------------------------------------------
     @torch.no_grad()
