@@ -208,10 +208,7 @@ class ConvVAE(nn.Module):
 
     def __init__(self, config: Optional[VAEConfig] = None, **overrides):
         super().__init__()
-        if config is None:
-            config = VAEConfig(**overrides)
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
+        config = self.family_config(config, overrides)
         self.config = config
         widths = config.level_widths
         bn = config.batch_norm
@@ -246,6 +243,19 @@ class ConvVAE(nn.Module):
             self.log_sigma2 = nn.Parameter(torch.zeros(()))
         # A plain object, not a module: the prior has no parameters and adds no state_dict keys.
         self.prior = StandardNormal(config.latent_dim)
+
+    @classmethod
+    def family_config(cls, config, overrides: dict):
+        """``config`` (None: the defaults) with ``overrides`` applied; ConfigError unless it is the family's
+        ``config_class`` (or a subclass)."""
+        if config is None:
+            config = cls.config_class(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        if not isinstance(config, cls.config_class):
+            raise ConfigError(f"{cls.arch} takes a config of type {cls.config_class.__name__}, "
+                              f"not {type(config).__name__}")
+        return config
 
     # -- the two halves -------------------------------------------------
     def encode(self, x: torch.Tensor):

@@ -30,7 +30,6 @@ pretraining, the mixture after.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Mapping, Optional
@@ -129,12 +128,7 @@ class ConvVaDE(ConvVAE):
     config_class = VaDEConfig
 
     def __init__(self, config: Optional[VaDEConfig] = None, **overrides):
-        if config is None:
-            config = VaDEConfig(**overrides)
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
-        if not isinstance(config, VaDEConfig):
-            raise ConfigError(f"conv-vade takes a VaDEConfig, not a {type(config).__name__}")
+        config = self.family_config(config, overrides)
         if config.pretrain_steps and torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             raise ConfigError("conv-vade with pretrain_steps > 0 trains in one process only (each process would fit "
