@@ -97,6 +97,10 @@ def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data
             raise click.BadParameter(f"--labels trains the conv-m2 family, not {arch}", param_hint="--arch")
         source, arch = _labelled_source(source, labels, data_dir), "conv-m2"
         train_config.setdefault("labelled_per_batch", LABELLED_PER_BATCH)
+    elif not resume and arch != "conv-vade" and ({"n_clusters", "pretrain_steps"} & set(model_config)):
+        option = "--clusters" if "n_clusters" in model_config else "--pretrain-steps"
+        raise click.BadParameter("needs --arch conv-vade (it shapes the mixture prior of that family)",
+                                 param_hint=option)
     elif "labelled_per_batch" in train_config:
         raise click.BadParameter("needs --labels (it draws labelled images into the batches of semi-supervised "
                                  "training)", param_hint="--labelled-per-batch")

@@ -250,3 +250,5 @@ def test_cli_train_extract_and_probe_report_the_prior_clusters(tmp_path):
     result = runner.invoke(cli, ["train", str(root), "-o", str(tmp_path / "m2"), "--arch", "conv-vade",
                                  "--labels", "source"])
     assert result.exit_code != 0 and "--labels trains the conv-m2 family, not conv-vade" in result.output
+    result = runner.invoke(cli, ["train", str(root), "-o", str(tmp_path / "plain"), "--clusters", "5"])
+    assert result.exit_code != 0 and "--clusters: needs --arch conv-vade" in result.output.replace("'", "")
