@@ -132,7 +132,8 @@ class ConvVaDE(ConvVAE):
         if config.pretrain_steps and torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             raise ConfigError("conv-vade with pretrain_steps > 0 trains in one process only (each process would fit "
-                              "its own mixture to its own codes): drop --nproc, or set pretrain_steps=0")
+                              "its own mixture to its own codes): drop --nproc, or set --pretrain-steps 0 "
+                              "(pretrain_steps=0)")
         super().__init__(config)
         self.prior = MixturePrior(config.n_clusters, config.latent_dim)
         self._pretrain_prior = StandardNormal(config.latent_dim)

@@ -127,7 +127,7 @@ def fit_clusters(Xp: np.ndarray, n_clusters: int, method: str = "kmeans", *, n_i
 
 
 def prior_assignments(prior, X: np.ndarray) -> np.ndarray:
-    """``prior.assign`` of the rows ``X`` (codes μ, shape (n_samples, dim)) as int64 cluster ids, shape (n_samples,)."""
+    """``prior.assign`` of the rows ``X`` (codes μ, shape (n_samples, dim)): int64 cluster ids of shape (n_samples,)."""
     import torch
 
     X = np.asarray(X, dtype=np.float32)
@@ -158,7 +158,8 @@ def gmm_reg_covar(Xp: np.ndarray) -> float:
 class ClusterProbeResult(ResultRecord):
     """Outcome of :func:`cluster_probe`.
 
-    ``methods`` maps each method ('kmeans', 'gmm', 'umap-gmm', 'prior') to a dict with ``cluster_sizes`` and ``silhouette``
+    ``methods`` maps each method ('kmeans', 'gmm', 'umap-gmm', 'prior') to a dict with ``cluster_sizes`` and
+    ``silhouette``
     (no labels needed) and, when labels were given, ``acc`` (Hungarian), ``nmi`` and ``ari``
     measured on the labelled rows. ``assignments`` (per-row cluster ids) stays out of ``to_dict``.
     """
