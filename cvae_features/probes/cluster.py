@@ -158,10 +158,9 @@ def gmm_reg_covar(Xp: np.ndarray) -> float:
 class ClusterProbeResult(ResultRecord):
     """Outcome of :func:`cluster_probe`.
 
-    ``methods`` maps each method ('kmeans', 'gmm', 'umap-gmm', 'prior') to a dict with ``cluster_sizes`` and
-    ``silhouette``
-    (no labels needed) and, when labels were given, ``acc`` (Hungarian), ``nmi`` and ``ari``
-    measured on the labelled rows. ``assignments`` (per-row cluster ids) stays out of ``to_dict``.
+    ``methods`` maps each method ('kmeans', 'gmm', 'umap-gmm', 'prior') to a dict with
+    ``cluster_sizes`` and ``silhouette`` (no labels needed) and, when labels were given,
+    ``acc`` (Hungarian), ``nmi`` and ``ari`` measured on the labelled rows. ``assignments`` (per-row cluster ids) stays out of ``to_dict``.
     """
 
     probe = "cluster"
