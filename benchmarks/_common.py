@@ -196,6 +196,16 @@ def write_results(stem, record: dict, markdown: str) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def write_run(name: str, args: argparse.Namespace, record: dict, markdown: str) -> tuple[Path, Path]:
+    """Record the parsed ``args`` in ``record`` (``arguments``), write it where :func:`results_stem` says
+    (``args.quick``, ``args.out``) and say where."""
+    record["arguments"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    paths = write_results(results_stem(name, getattr(args, "quick", False), getattr(args, "out", None)), record,
+                          markdown)
+    say(f"wrote {paths[0]} and {paths[1]}")
+    return paths
+
+
 def results_stem(name: str, quick: bool, out=None) -> Path:
     """Where results go: ``--out`` when given, else ``benchmarks/results/<name>[_quick]``."""
     if out:

@@ -82,7 +82,8 @@ def _labels(train_path, compare_path):
 @click.option("--cluster-methods", "cluster_methods", default=None, metavar="M,M,...",
               callback=_name_list,
               help="Cluster task methods: kmeans, gmm, umap-gmm (UMAP + full GMM, the N2D recipe; needs "
-                   "the umap extra). Default: kmeans,gmm.")
+                   "the umap extra), prior (the clusters of the store's conv-vade model: argmax of its "
+                   "mixture prior's p(c | mu)). Default: kmeans,gmm.")
 @click.option("--fewshot-methods", "fewshot_methods", default=None, metavar="M,M,...",
               callback=_name_list,
               help="Few-label task methods: logistic, knn, label_spreading, self_training, m2 (Kingma's "

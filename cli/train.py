@@ -13,7 +13,8 @@ from ._common import echo_json, library_errors
 # Option name -> (config it belongs to, field). Only options given on the command line are passed,
 # so the library's defaults stay the single source of truth.
 _MODEL_OPTIONS = {"latent_dim": "latent_dim", "beta": "beta", "likelihood": "likelihood",
-                  "image_size": "image_size", "channels": "channels"}
+                  "image_size": "image_size", "channels": "channels", "n_clusters": "n_clusters",
+                  "pretrain_steps": "pretrain_steps"}
 _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device",
                   "val_fraction": "val_fraction", "patience": "patience", "schedule": "schedule",
                   "beta_warmup": "beta_warmup_epochs", "max_images": "max_images", "workers": "workers",
@@ -70,9 +71,18 @@ LABELLED_PER_BATCH = 32
               help="Perturb the encoder's input while training, e.g. shift=2, crop=0.8, flip, noise=0.1, erase=0.25 "
                    "(joined by commas); the decoder reconstructs the clean image unless target=same is added "
                    "(default: none).")
+@click.option("--arch", default=None, metavar="FAMILY",
+              help="Model family: conv-vae (the default), conv-vade (a mixture prior whose components are "
+                   "clusters, read with cvae probe --cluster-methods prior), conv-m2 (needs --labels, which "
+                   "implies it), or one a plug-in registered.")
+@click.option("--clusters", "n_clusters", type=click.IntRange(min=2), default=None,
+              help="conv-vade: components of the mixture prior (default 10).")
+@click.option("--pretrain-steps", "pretrain_steps", type=click.IntRange(min=0), default=None,
+              help="conv-vade: steps against N(0, I) before the mixture is fitted to the codes (default 200).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @library_errors
-def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data_dir, nproc, labels, **options):
+def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data_dir, nproc, labels, arch,
+                  **options):
     """Train a convolutional VAE on SOURCE (a folder, a .csv manifest or a data set name such as digits)."""
     if nproc is not None and nproc > 1 and "RANK" not in os.environ:
         from cvae_features.training import TrainConfig
@@ -87,10 +97,15 @@ def train_command(source, run_dir, resume, overwrite, no_progress, as_json, data
     given = {k: v for k, v in options.items() if v is not None}
     model_config = {_MODEL_OPTIONS[k]: v for k, v in given.items() if k in _MODEL_OPTIONS}
     train_config = {_TRAIN_OPTIONS[k]: v for k, v in given.items() if k in _TRAIN_OPTIONS}
-    arch = None
     if labels is not None:
+        if arch not in (None, "conv-m2"):
+            raise click.BadParameter(f"--labels trains the conv-m2 family, not {arch}", param_hint="--arch")
         source, arch = _labelled_source(source, labels, data_dir), "conv-m2"
         train_config.setdefault("labelled_per_batch", LABELLED_PER_BATCH)
+    elif not resume and arch != "conv-vade" and ({"n_clusters", "pretrain_steps"} & set(model_config)):
+        option = "--clusters" if "n_clusters" in model_config else "--pretrain-steps"
+        raise click.BadParameter("needs --arch conv-vade (it shapes the mixture prior of that family)",
+                                 param_hint=option)
     elif "labelled_per_batch" in train_config:
         raise click.BadParameter("needs --labels (it draws labelled images into the batches of semi-supervised "
                                  "training)", param_hint="--labelled-per-batch")

@@ -55,6 +55,8 @@ _FAMILIES: Dict[str, ModelFamily] = {
                               "convolutional VAE, Gaussian posterior, N(0, I) prior (the default)"),
     "conv-m2": ModelFamily("conv-m2", "cvae_features.m2vae:ConvM2",
                            "Kingma's M2: the conv VAE with a class head, trained on labelled and unlabelled images"),
+    "conv-vade": ModelFamily("conv-vade", "cvae_features.vade:ConvVaDE",
+                             "VaDE: the conv VAE with a learnable mixture-of-gaussians prior, one component a cluster"),
 }
 
 

@@ -97,12 +97,7 @@ class ConvM2(ConvVAE):
     config_class = M2VAEConfig
 
     def __init__(self, config: Optional[M2VAEConfig] = None, **overrides):
-        if config is None:
-            config = M2VAEConfig(**overrides)
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
-        if not isinstance(config, M2VAEConfig):
-            raise ConfigError(f"conv-m2 takes an M2VAEConfig, not a {type(config).__name__}")
+        config = self.family_config(config, overrides)
         super().__init__(config)
         k, latent, flat = config.n_classes, config.latent_dim, self.to_latent.in_features
         self.to_latent = nn.Linear(flat + k, 2 * latent)

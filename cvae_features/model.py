@@ -209,10 +209,7 @@ class ConvVAE(nn.Module):
 
     def __init__(self, config: Optional[VAEConfig] = None, **overrides):
         super().__init__()
-        if config is None:
-            config = VAEConfig(**overrides)
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
+        config = self.family_config(config, overrides)
         self.config = config
         widths = config.level_widths
         bn = config.batch_norm
@@ -247,6 +244,19 @@ class ConvVAE(nn.Module):
             self.log_sigma2 = nn.Parameter(torch.zeros(()))
         # A plain object, not a module: the prior has no parameters and adds no state_dict keys.
         self.prior = StandardNormal(config.latent_dim)
+
+    @classmethod
+    def family_config(cls, config, overrides: dict):
+        """``config`` (None: the defaults) with ``overrides`` applied; ConfigError unless it is the family's
+        ``config_class`` (or a subclass)."""
+        if config is None:
+            config = cls.config_class(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        if not isinstance(config, cls.config_class):
+            raise ConfigError(f"{cls.arch} takes a config of type {cls.config_class.__name__}, "
+                              f"not {type(config).__name__}")
+        return config
 
     # -- the two halves -------------------------------------------------
     def encode(self, x: torch.Tensor):
@@ -317,10 +327,15 @@ class ConvVAE(nn.Module):
             z = mu
         out = self.decode(z)
         recon = self.reconstruction_nll(out.float(), x)
-        kl = self.prior.kl(mu, logvar)  # float32 even under autocast
+        kl = self.loss_prior.kl(mu, logvar)  # float32 even under autocast
         b = self.config.beta if beta is None else beta
         loss = (recon + b * kl).mean()
         return VAEOutput(loss, recon.mean(), kl.mean(), mu, logvar, recon, kl, out, b)
+
+    @property
+    def loss_prior(self):
+        """The prior the loss's KL term refers to: ``prior`` (a family may use another for a while)."""
+        return self.prior
 
     # -- feature path -------------------------------------------------------
     @torch.no_grad()

@@ -202,3 +202,30 @@ def test_m2_images_script_on_digits(tmp_path):
     # chance is 0.1; 0.47 and 0.45 when written (30 labels, 6 epochs): a wrong class order would fall to chance
     assert rec["test_accuracy"] > 0.3 and rec["unlabelled_train_accuracy"] > 0.3
     assert "| test split (450) |" in (tmp_path / "img.md").read_text()
+
+
+def test_fashion_mnist_vade_on_fake_files(tmp_path):
+    from _images import write_fake_mnist
+
+    vade = _load("fashion_mnist_vade")
+    folder = tmp_path / "fmnist"
+    write_fake_mnist(folder, n_train=60, n_test=30)
+    argv = ["--data-dir", str(folder), "--epochs", "2", "--seeds", "2", "--pretrain-epochs", "1", "--batch-size",
+            "16", "--widths", "4,4,4", "--out-dir", str(tmp_path / "work"), "--out", str(tmp_path / "v"),
+            "--no-progress"]
+    assert vade.main(argv) == 0
+    rec = json.loads((tmp_path / "v.json").read_text())
+    assert rec["model_overrides"]["pretrain_steps"] == 4  # 54 training rows (6 validate) in batches of 16
+    assert [s["seed"] for s in rec["seeds"]] == [0, 1] and rec["n_train"] == 60 and rec["n_test"] == 30
+    seeds, summary = rec["seeds"], rec["summary"]
+    chosen = min(seeds, key=lambda s: s["best_val_loss"])
+    assert summary["selected_seed"] == chosen["seed"]
+    for side in ("test", "train"):
+        for m in vade.METHODS:
+            values = [s[side][m]["acc"] for s in seeds]
+            assert summary[side][m]["acc"]["mean"] == pytest.approx(np.mean(values))
+            assert summary[side][m]["acc"]["std"] == pytest.approx(np.std(values))
+            assert summary[side][m]["acc"]["selected"] == chosen[side][m]["acc"]
+    assert sum(rec["seeds"][0]["test"]["prior"]["cluster_sizes"]) == 30
+    text = (tmp_path / "v.md").read_text()
+    assert "VaDE prior, argmax p(c\\|μ)" in text and "mean ± std over 2 seeds" in text

@@ -150,7 +150,7 @@ def test_refusals_are_one_line(stores):
         ((stores["train"], "--labels-per-class", "1,500", "--task", "fewshot"), "500 labels per class requested"),
         ((stores["train"].parent / "missing.h5",), "missing.h5"),
         ((stores["train"], "--task", "cluster", "--cluster-methods", "kmeans,dbscan"),
-         "cluster methods: expected one of ['kmeans', 'gmm', 'umap-gmm'], got 'dbscan'"),
+         "cluster methods: expected one of ['kmeans', 'gmm', 'umap-gmm', 'prior'], got 'dbscan'"),
         ((stores["train"], "--task", "fewshot,linear", "--fewshot-methods", "knn,svm"),
          "few-label methods: expected one of ['logistic', 'knn', 'label_spreading', 'self_training', 'm2'], "
          "got 'svm'"),

@@ -113,3 +113,111 @@ def test_terms_and_weights_make_the_loss():
     for k in terms:
         torch.testing.assert_close(per_sample[k].mean(), terms[k])
     assert model.loss(_batch()).term_weights()["kl"] == 0.05  # beta=None: the config's
+
+
+# --------------------------------------------------------------------------- the mixture prior
+
+def _mixture(k=3, dim=2, seed=0):
+    from cvae_features.priors import MixturePrior
+
+    torch.manual_seed(seed)
+    prior = MixturePrior(k, dim)
+    with torch.no_grad():
+        prior.logits.copy_(torch.randn(k))
+        prior.means.mul_(2.0)
+        prior.logvars.copy_(torch.randn(k, dim) * 0.5)
+    return prior
+
+
+def _reference(prior):
+    from torch.distributions import Categorical, Independent, MixtureSameFamily
+
+    comps = Independent(Normal(prior.means.detach(), (0.5 * prior.logvars.detach()).exp()), 1)
+    return MixtureSameFamily(Categorical(logits=prior.logits.detach()), comps), comps
+
+
+def test_mixture_log_prob_moments_and_responsibilities_match_torch_distributions():
+    prior = _mixture()
+    reference, comps = _reference(prior)
+    z = torch.randn(7, 2, generator=torch.Generator().manual_seed(1)) * 3
+    torch.testing.assert_close(prior.log_prob(z), reference.log_prob(z), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(prior.mean, reference.mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(prior.stddev, reference.stddev, rtol=1e-5, atol=1e-6)
+    # p(c | z) by Bayes with the reference's component densities
+    joint = torch.log_softmax(prior.logits.detach(), 0) + comps.log_prob(z.unsqueeze(1))
+    gamma = prior.responsibilities(z)
+    torch.testing.assert_close(gamma, torch.softmax(joint, 1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gamma.sum(1), torch.ones(7))
+    assert torch.equal(prior.assign(z), joint.argmax(1))
+    assert prior.assign(z).dtype == torch.int64
+
+
+def test_mixture_kl_is_the_hershey_olsen_bound_and_splits_exactly_over_dimensions():
+    prior = _mixture()
+    _, comps = _reference(prior)
+    mu = torch.tensor([[0.5, -1.0], [3.0, 2.0], [0.0, 0.0]])
+    logvar = torch.tensor([[0.0, -1.0], [0.5, 0.2], [-2.0, 1.0]])
+    q = _independent_normal(mu, logvar)
+    kl_c = torch.stack([kl_divergence(q, _independent_normal(prior.means[c].detach(), prior.logvars[c].detach()))
+                        for c in range(3)], 1)
+    log_pi = torch.log_softmax(prior.logits.detach(), 0)
+    torch.testing.assert_close(prior.kl(mu, logvar), -torch.logsumexp(log_pi - kl_c, 1), rtol=1e-5, atol=1e-5)
+    per_dim = prior.kl_per_dim(mu, logvar)
+    assert per_dim.shape == (3, 2)
+    torch.testing.assert_close(per_dim.sum(1), prior.kl(mu, logvar), rtol=1e-6, atol=1e-5)
+    # the split: each dimension's expected component KL plus half the categorical KL(gamma || pi)
+    gamma = prior.responsibilities(mu, logvar)
+    torch.testing.assert_close(gamma, torch.softmax(log_pi - kl_c, 1), rtol=1e-5, atol=1e-6)
+    kl_d = torch.stack([kl_divergence(Normal(mu, (0.5 * logvar).exp()),
+                                      Normal(prior.means[c].detach(), (0.5 * prior.logvars[c].detach()).exp()))
+                        for c in range(3)], 1)
+    cat = (gamma * (gamma.log() - log_pi)).sum(1, keepdim=True)
+    torch.testing.assert_close(per_dim, (gamma.unsqueeze(2) * kl_d).sum(1) + cat / 2, rtol=1e-5, atol=1e-5)
+
+
+def _independent_normal(mu, logvar):
+    from torch.distributions import Independent
+
+    return Independent(Normal(mu, (0.5 * logvar).exp()), 1)
+
+
+def test_mixture_kl_bounds_the_monte_carlo_kl_and_is_exact_for_one_component():
+    prior = _mixture(k=3, dim=2, seed=2)
+    reference, _ = _reference(prior)
+    mu, logvar = torch.tensor([[0.3, 0.8], [1.5, -0.5]]), torch.tensor([[0.2, -0.3], [0.0, 0.5]])
+    z = _independent_normal(mu, logvar).sample((200_000,))  # (S, n, dim)
+    mc = (_independent_normal(mu, logvar).log_prob(z) - reference.log_prob(z.reshape(-1, 2)).view(z.shape[:2])).mean(0)
+    bound = prior.kl(mu, logvar)
+    assert (bound >= mc - 0.01).all() and (bound - mc).max() > 0.02  # an upper bound, not the KL itself
+    one = _mixture(k=1, dim=2, seed=3)
+    exact = kl_divergence(_independent_normal(mu, logvar),
+                          _independent_normal(one.means[0].detach(), one.logvars[0].detach()))
+    torch.testing.assert_close(one.kl(mu, logvar), exact, rtol=1e-5, atol=1e-6)
+
+
+def test_mixture_samples_follow_the_mixture_and_are_repeatable():
+    prior = _mixture()
+    a = prior.sample(40_000, generator=torch.Generator().manual_seed(4))
+    b = prior.sample(40_000, generator=torch.Generator().manual_seed(4))
+    assert a.shape == (40_000, 2) and torch.equal(a, b)
+    torch.testing.assert_close(a.mean(0), prior.mean, atol=0.06, rtol=0)
+    torch.testing.assert_close(a.std(0), prior.stddev, atol=0.06, rtol=0)
+    shares = torch.bincount(prior.assign(a), minlength=3).float() / len(a)
+    # components overlap a little, so assignment shares are near, not at, the weights
+    torch.testing.assert_close(shares, torch.softmax(prior.logits.detach(), 0), atol=0.08, rtol=0)
+
+
+def test_mixture_parameters_are_model_state_and_log_variances_are_clamped():
+    from cvae_features.priors import COMPONENT_LOGVAR_MAX, MixturePrior
+
+    prior = MixturePrior(2, 3)
+    assert sorted(prior.state_dict()) == ["logits", "logvars", "means"]
+    with torch.no_grad():
+        prior.logvars.fill_(50.0)
+    assert torch.equal(prior.component_logvars(), torch.full((2, 3), COMPONENT_LOGVAR_MAX))
+    assert torch.isfinite(prior.kl(torch.zeros(1, 3), torch.zeros(1, 3))).all()
+    prior.set_components(torch.tensor([0.25, 0.75]), torch.ones(2, 3), torch.full((2, 3), 4.0))
+    torch.testing.assert_close(prior.log_weights().exp(), torch.tensor([0.25, 0.75]))
+    torch.testing.assert_close(prior.stddev, torch.full((3,), 2.0))
+    with pytest.raises(ValueError, match="n_components"):
+        MixturePrior(0, 3)

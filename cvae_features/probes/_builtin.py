@@ -46,7 +46,32 @@ def _cluster_methods(ctx) -> tuple:
 def _check_cluster(data: ProbeData, ctx):
     from .cluster import check_methods
 
-    check_methods(_cluster_methods(ctx), "cluster methods")
+    if "prior" in check_methods(_cluster_methods(ctx), "cluster methods"):
+        _store_prior(data)
+
+
+def _store_prior(data: ProbeData):
+    """The mixture prior of the model that made the stores' features (the 'prior' cluster method's clusters).
+
+    ConfigError (one line) when the features come from no store, the store carries no model, or its
+    model's prior is not a mixture.
+    """
+    from ..errors import ModelError
+    from ..resolve import resolve_model
+
+    path = data.sources.get("train")
+    if path is None:
+        raise ConfigError("cluster method 'prior': the features come from no store, so there is no model whose "
+                          "mixture prior could assign them")
+    try:
+        model = resolve_model(path).model
+    except ModelError as err:
+        raise ConfigError(f"cluster method 'prior' needs the store's model (conv-vade): {err}") from None
+    prior = getattr(model, "prior", None)
+    if not callable(getattr(prior, "assign", None)):
+        raise ConfigError(f"cluster method 'prior': {path} was made by a {type(model).arch} model, whose prior "
+                          f"({type(prior).__name__}) has no clusters; it needs a mixture-prior model (conv-vade)")
+    return prior
 
 
 def _run_cluster(data: ProbeData, ctx):
@@ -57,7 +82,9 @@ def _run_cluster(data: ProbeData, ctx):
     if y is None and ctx.n_clusters is None:
         ctx.note("cluster: no test labels, so 10 clusters and no ACC/NMI/ARI (set the count with --clusters)")
     try:
-        return cluster_probe(data.X_test, y, n_clusters=k, methods=_cluster_methods(ctx), seed=ctx.seed)
+        methods = _cluster_methods(ctx)
+        return cluster_probe(data.X_test, y, n_clusters=k, methods=methods, seed=ctx.seed,
+                             prior=_store_prior(data) if "prior" in methods else None)
     except DataTooSmall as err:
         raise DataTooSmall(f"on the test rows, {err}") from None
 
@@ -192,7 +219,7 @@ register_probe("linear", _run_linear, needs_labels=True, plots=_plot_linear,
                description="logistic regression")
 register_probe("knn", _run_knn, needs_labels=True, description="k-NN classifier")
 register_probe("cluster", _run_cluster, needs_labels=False, check=_check_cluster,
-               description="k-means and GMM clusters of the test rows")
+               description="k-means and GMM clusters of the test rows (or a conv-vade model's own)")
 register_probe("fewshot", _run_fewshot, needs_labels=True, plots=_plot_fewshot, check=_check_fewshot,
                description="accuracy with few labels per class")
 register_probe("anomaly", _run_anomaly, needs_labels=False, records=("anomaly", "one_class"),

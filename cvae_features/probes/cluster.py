@@ -1,5 +1,6 @@
 """Clustering probe: k-means, a diagonal Gaussian mixture and UMAP + a full Gaussian mixture (the N2D recipe) on the
-features, scored against labels when known."""
+features, scored against labels when known; and 'prior', the clusters of a mixture-prior model (conv-vade) read from
+its prior, argmax_c p(c | z = μ)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ..errors import ConfigError, MissingExtraError
 from ._common import (PREPROCESSINGS, DataTooSmall, FeaturePrep, ResultRecord, check_choices, check_features,
                       check_labels, small_data_single_thread, timed)
 
-METHODS = ("kmeans", "gmm", "umap-gmm")
+METHODS = ("kmeans", "gmm", "umap-gmm", "prior")
 DEFAULT_METHODS = ("kmeans", "gmm")  # umap-gmm needs the umap extra and costs seconds to minutes: asked for by name
 UMAP_EXTRA = 'pip install "cvae-features[umap]"'
 # N2D (McConville et al. 2019): UMAP to as many dimensions as clusters, 20 neighbours, min_dist 0, then a
@@ -125,6 +126,22 @@ def fit_clusters(Xp: np.ndarray, n_clusters: int, method: str = "kmeans", *, n_i
                                random_state=seed).fit(Xp)
 
 
+def prior_assignments(prior, X: np.ndarray) -> np.ndarray:
+    """``prior.assign`` of the rows ``X`` (codes μ, shape (n_samples, dim)): int64 cluster ids of shape (n_samples,)."""
+    import torch
+
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2 or X.shape[1] != getattr(prior, "dim", X.shape[1]):
+        raise ConfigError(f"the 'prior' cluster method: rows of width {X.shape[1:]} for a prior over codes of "
+                          f"width {prior.dim}")
+    param = next(iter(prior.parameters()), None) if hasattr(prior, "parameters") else None
+    with torch.no_grad():
+        codes = torch.from_numpy(X)
+        if param is not None:
+            codes = codes.to(param.device)
+        return prior.assign(codes).cpu().numpy().astype(np.int64)
+
+
 def gmm_reg_covar(Xp: np.ndarray) -> float:
     """The diagonal GMM's variance floor: 1e-4 of the rows' total variance (sum over columns).
 
@@ -141,9 +158,9 @@ def gmm_reg_covar(Xp: np.ndarray) -> float:
 class ClusterProbeResult(ResultRecord):
     """Outcome of :func:`cluster_probe`.
 
-    ``methods`` maps each method ('kmeans', 'gmm', 'umap-gmm') to a dict with ``cluster_sizes`` and ``silhouette``
-    (no labels needed) and, when labels were given, ``acc`` (Hungarian), ``nmi`` and ``ari``
-    measured on the labelled rows. ``assignments`` (per-row cluster ids) stays out of ``to_dict``.
+    ``methods`` maps each method ('kmeans', 'gmm', 'umap-gmm', 'prior') to a dict with
+    ``cluster_sizes`` and ``silhouette`` (no labels needed) and, when labels were given,
+    ``acc`` (Hungarian), ``nmi`` and ``ari`` measured on the labelled rows. ``assignments`` (per-row cluster ids) stays out of ``to_dict``.
     """
 
     probe = "cluster"
@@ -170,7 +187,7 @@ class ClusterProbeResult(ResultRecord):
 
 @small_data_single_thread
 def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=DEFAULT_METHODS, preprocessing: str = "l2",
-                  n_init: int = 10, max_silhouette_rows: int = 5000, seed: int = 0) -> ClusterProbeResult:
+                  n_init: int = 10, max_silhouette_rows: int = 5000, seed: int = 0, prior=None) -> ClusterProbeResult:
     """Cluster the given features and measure the clusters.
 
     The protocol clusters the test features; labels (when given) only score the result.
@@ -187,7 +204,9 @@ def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=DEFAULT_M
     methods : sequence of {'kmeans', 'gmm', 'umap-gmm'}
         Default ('kmeans', 'gmm'): k-means (``n_init`` seeded restarts) and a GaussianMixture with
         diagonal covariances. 'umap-gmm': the N2D recipe (:class:`UmapGmm`; umap-learn, the
-        ``umap`` extra), its settings fixed by the recipe.
+        ``umap`` extra), its settings fixed by the recipe. 'prior': each row's component under
+        ``prior`` (``prior.assign(X)``, on the rows as given, without preprocessing); its
+        clusters are the prior's components, however many ``n_clusters`` says.
     preprocessing : {'l2', 'standardize', 'none'}
         Default 'l2': centre, then scale rows to unit norm (cosine geometry).
     n_init : int
@@ -196,6 +215,9 @@ def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=DEFAULT_M
         The silhouette is computed on a seeded subsample of at most this many rows (quadratic cost).
     seed : int
         Seeds k-means, the GMM and the silhouette subsample.
+    prior : MixturePrior or None
+        The mixture prior of the model whose codes ``X`` are (:class:`~cvae_features.priors.MixturePrior`,
+        or anything with ``assign(mu) -> component ids``); needed by the 'prior' method only.
 
     Returns
     -------
@@ -204,6 +226,9 @@ def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=DEFAULT_M
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
     methods = check_methods(methods)  # before any work
+    if "prior" in methods and not callable(getattr(prior, "assign", None)):
+        raise ConfigError("the 'prior' cluster method needs the mixture prior of the model that made the features "
+                          f"(prior=model.prior of a conv-vade model), got {prior!r}")
     check_choices("preprocessing", (preprocessing,), PREPROCESSINGS)
     X = check_features(X, "X")
     labelled = None
@@ -234,8 +259,9 @@ def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=DEFAULT_M
     results, assignments = {}, {}
     for name in methods:
         with timed(timings, f"{name}_s"):
-            pred = fit_clusters(Xp, n_clusters, name, n_init=n_init, seed=seed).predict(Xp)
-        sizes = np.bincount(pred, minlength=n_clusters)
+            pred = (prior_assignments(prior, X) if name == "prior"
+                    else fit_clusters(Xp, n_clusters, name, n_init=n_init, seed=seed).predict(Xp))
+        sizes = np.bincount(pred, minlength=prior.n_components if name == "prior" else n_clusters)
         entry = {"cluster_sizes": sizes.tolist(), "n_empty": int((sizes == 0).sum()),
                  # the silhouette is defined for 2 .. n-1 distinct clusters among the rows it is computed on
                  "silhouette": (float(silhouette_score(Xp[sil_rows], pred[sil_rows]))
