@@ -155,6 +155,25 @@ GROUPS = {
         f"x{C}M2Net{C}neg_elbo", f"x{C}M2Net{C}unlabelled_loss", f"x{C}M2Net{C}objective",
         f"x{C}M2Classifier{C}transform", f"x{C}M2Classifier{C}predict_proba", f"x{C}M2Classifier{C}predict",
         "x_warmup_weight", "x__projection", "x_fit_m2"]},
+    # training-time input augmentation: the setting's checks, the spec string parsed and written canonically, the
+    # keyed draws mapped to (0, 1), the erased patch, the pixel noise and the one resampling of shift, crop and flip
+    # (tests/test_augment.py). Not mutated: Augment.active and Augment.geometric (properties: decorated).
+    "augment": {"cvae_features/augment.py": [
+        f"x{C}Augment{C}__post_init__", f"x{C}Augment{C}parse", f"x{C}Augment{C}spec", f"x{C}Augment{C}__call__",
+        f"x{C}Augment{C}_warp", "x__uniform", "x_check_augment"]},
+    # the semi-supervised convolutional VAE (family conv-m2) and the labels file that gives it labels: the settings'
+    # checks, the heads' widths, q(z | x, y), the class-conditional decoder, the embedding as the class mixture's
+    # moments, the labelled and unlabelled terms and their weights, keyed noise shared by every class; the key,label
+    # CSV read and the labels attached by key (tests/test_m2vae.py). Not mutated: ConvM2.class_probabilities and
+    # ConvM2.scores (under torch.no_grad: decorated).
+    "m2vae": {
+        "cvae_features/m2vae.py": [
+            f"x{C}M2VAEConfig{C}__post_init__", f"x{C}M2Output{C}terms", f"x{C}M2Output{C}per_sample_terms",
+            f"x{C}M2Output{C}term_weights", f"x{C}ConvM2{C}__init__", f"x{C}ConvM2{C}_posterior",
+            f"x{C}ConvM2{C}decode", f"x{C}ConvM2{C}class_logits", f"x{C}ConvM2{C}encode",
+            f"x{C}ConvM2{C}_class_posteriors", f"x{C}ConvM2{C}_mixture", f"x{C}ConvM2{C}loss", f"x{C}ConvM2{C}_elbo",
+            f"x{C}ConvM2{C}forward"],
+        "cvae_features/data/labelfile.py": ["x_read_label_file", "x_with_labels"]},
 }
 
 # Surviving mutants that change nothing observable: mutant name -> why (one line).
