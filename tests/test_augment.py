@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -259,7 +260,9 @@ def test_shift_crop_and_flip_move_each_image_by_its_own_draws():
     rows = torch.arange(n) * 7 + 3
     gx, gy = torch.arange(w, dtype=torch.float64) / (w - 1), torch.arange(h, dtype=torch.float64) / (h - 1)
     x = torch.stack([gx.repeat(h, 1), gy[:, None].repeat(1, w)]).float()[None].repeat(n, 1, 1, 1)
-    y = Augment(shift=2, crop=0.6, flip=True)(x, key, rows.int())  # any integer rows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (torch warns when align_corners is left to its default)
+        y = Augment(shift=2, crop=0.6, flip=True)(x, key, rows.int())  # any integer rows
     u = _u(key, rows).double()
     dx, dy = (u[:, 0] * 5).floor() - 2, (u[:, 1] * 5).floor() - 2
     scale = 0.6 + 0.4 * u[:, 2]
@@ -298,6 +301,10 @@ def test_erase_and_noise_use_their_own_draws_on_images_that_are_not_square():
     y = Augment(erase=0.3, noise=0.5)(x, torch.tensor(key), rows)
     erased = Augment(erase=0.3)(x, key, rows)
     torch.testing.assert_close(y, (erased + 0.5 * eps).clamp(0, 1), rtol=0, atol=1e-6)
+    top = 2 ** 31 - 1  # the second key is one more, in 64 bits, whatever integer type the key came in
+    y = Augment(noise=0.5)(x, torch.tensor(top, dtype=torch.int32), rows)
+    eps = keyed_normal(2 ** 31, rows, 2 * h * w).view(n, 2, h, w)
+    torch.testing.assert_close(y, (x.float() / 255 + 0.5 * eps).clamp(0, 1), rtol=0, atol=1e-6)
 
 
 def test_the_setting_checks_its_values_types_and_bounds():
@@ -316,3 +323,26 @@ def test_the_setting_checks_its_values_types_and_bounds():
         with pytest.raises(ConfigError) as err:
             Augment(**bad)
         assert str(err.value).startswith("invalid augment ") and words in str(err.value)
+
+
+def test_a_draw_of_exactly_one_half_does_not_flip():
+    row = torch.tensor([18376697])  # key 3: its flip draw is exactly 0 (u = 0.5), found by a search over rows
+    assert float(keyed_normal(3, row, 8)[0, 5]) == 0.0 and float(_uniform(keyed_normal(3, row, 8))[0, 5]) == 0.5
+    x = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4) * 16
+    assert torch.equal(Augment(flip=True)(x, 3, row), x.float() / 255)  # flipped only below one half
+    assert torch.equal(Augment(flip=True)(x, 3, row + 1), x.float().flip(-1) / 255)
+
+
+def test_images_on_another_device_keep_every_tensor_there_and_the_default_dtype_does_not_matter():
+    """The meta device stands in for an accelerator: any tensor made on the CPU beside it fails."""
+    aug = Augment(shift=1, crop=0.9, flip=True, noise=0.1, erase=0.2)
+    y = aug(torch.zeros(3, 1, 8, 8, device="meta"), 5, torch.arange(3))  # rows on the CPU
+    assert y.device.type == "meta" and y.shape == (3, 1, 8, 8) and y.dtype == torch.float32
+    x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    expected = aug(x, 5, torch.arange(3))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert torch.equal(aug(x, 5, torch.arange(3)), expected)
+    finally:
+        torch.set_default_dtype(default)
