@@ -4,6 +4,7 @@ import json
 import math
 import re
 import shutil
+import sys
 import warnings
 
 import numpy as np
@@ -404,8 +405,10 @@ def test_settings_at_their_boundaries_and_the_heads_widths():
     flat = net.encoder(torch.zeros(1, 1, 8, 8)).shape[1]
     assert (net.to_latent.in_features, net.to_latent.out_features) == (flat + 3, 6)
     assert (net.from_latent.in_features, net.from_latent.out_features) == (3 + 3, flat)
-    assert [(m.in_features, m.out_features) for m in net.classifier if isinstance(m, torch.nn.Linear)] == \
-        [(flat, 7), (7, 3)]
+    first, last = (m for m in net.classifier if isinstance(m, torch.nn.Linear))
+    assert [(m.in_features, m.out_features) for m in (first, last)] == [(flat, 7), (7, 3)]
+    h = torch.randn(4, flat, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(net.classifier(h), last(F.silu(first(h))))  # SiLU between the two layers
     with pytest.raises(ConfigError, match="conv-m2 takes an M2VAEConfig, not a VAEConfig"):
         ConvM2(VAEConfig(image_size=8))
 
@@ -434,3 +437,39 @@ def test_label_file_edge_cases_and_the_labels_attached(tmp_path):
     assert out.label_names == ["a", "b"] and out.description == f"{src.description}, 3 labelled from my file"
     with pytest.raises(DataError, match=r"^my file: 4 key\(s\) are not images of .* \(e\.g\. 'w', 'x', 'y'\); keys"):
         with_labels(src, {"w": "1", "x": "1", keys[0]: "1", "y": "2", "z": "2"}, what="my file")
+
+
+def test_the_loss_makes_its_tensors_on_the_images_device_and_keeps_the_codes_in_the_autocast_dtype(model, monkeypatch):
+    """On an accelerator a tensor made without ``device=`` lands on the CPU: every tensor conv-m2 makes names it."""
+    made = []
+    for name in ("full", "randn", "arange", "eye"):
+        def spy(*args, _real=getattr(torch, name), _name=name, **kwargs):
+            if sys._getframe(1).f_code.co_filename.endswith("m2vae.py"):
+                made.append((_name, kwargs.get("device")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(torch, name, spy)
+    x = _images(4, seed=6)
+    model.train()
+    out = model(x)  # no labels: all unlabelled; no key: torch.randn
+    model.encode(x)
+    model.decode(torch.zeros(2, 3))
+    assert {n for n, _ in made} == {"full", "randn", "arange", "eye"}
+    assert all(d == torch.device("cpu") for _, d in made), made
+    assert out.recon == out.recon_per_sample.mean() and out.kl == out.kl_per_sample.mean()
+    codes = []
+    real_decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda z, y=None: codes.append(z.dtype) or real_decode(z, y))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.loss({"images": x, "index": torch.arange(4), "noise_key": torch.tensor(3)})
+    assert codes == [torch.bfloat16]  # mu + noise * sigma in the posterior's own dtype
+
+
+def test_an_unreadable_label_file_is_named(tmp_path):
+    from cvae_features.data.labelfile import read_label_file
+    from cvae_features.errors import DataError
+
+    path = tmp_path / "labels.csv"
+    path.write_bytes(b"a.png,1\n\xff\xfe,2\n")
+    with pytest.raises(DataError, match=f"^labels file {re.escape(repr(str(path)))} cannot be read: "):
+        read_label_file(path)
