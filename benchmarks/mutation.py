@@ -14,7 +14,8 @@ and readers, extraction planning and resume, the probes' selection, draws and sc
 loss and prior, joined stores, the Ray engine's logic that runs without Ray, the unlabelled commands'
 checks, records and contact sheets, nearest neighbours and duplicates with their approximate index, model files
 and their fingerprints, resolving what holds a model, the image cache and keyed noise, Kingma's M2 on feature
-vectors), then writes
+vectors, training-time input augmentation, the semi-supervised convolutional VAE conv-m2 and its labels file),
+then writes
 ``benchmarks/results/mutation.{md,json}``: per module the mutants generated, killed, survived
 (including "no tests": no selected test calls the function), timed out, crashed (the test run
 died: caught), skipped, and those judged equivalent (they change nothing observable: the reasons
@@ -155,6 +156,25 @@ GROUPS = {
         f"x{C}M2Net{C}neg_elbo", f"x{C}M2Net{C}unlabelled_loss", f"x{C}M2Net{C}objective",
         f"x{C}M2Classifier{C}transform", f"x{C}M2Classifier{C}predict_proba", f"x{C}M2Classifier{C}predict",
         "x_warmup_weight", "x__projection", "x_fit_m2"]},
+    # training-time input augmentation: the setting's checks, the spec string parsed and written canonically, the
+    # keyed draws mapped to (0, 1), the erased patch, the pixel noise and the one resampling of shift, crop and flip
+    # (tests/test_augment.py). Not mutated: Augment.active and Augment.geometric (properties: decorated).
+    "augment": {"cvae_features/augment.py": [
+        f"x{C}Augment{C}__post_init__", f"x{C}Augment{C}parse", f"x{C}Augment{C}spec", f"x{C}Augment{C}__call__",
+        f"x{C}Augment{C}_warp", "x__uniform", "x_check_augment"]},
+    # the semi-supervised convolutional VAE (family conv-m2) and the labels file that gives it labels: the settings'
+    # checks, the heads' widths, q(z | x, y), the class-conditional decoder, the embedding as the class mixture's
+    # moments, the labelled and unlabelled terms and their weights, keyed noise shared by every class; the key,label
+    # CSV read and the labels attached by key (tests/test_m2vae.py). Not mutated: ConvM2.class_probabilities and
+    # ConvM2.scores (under torch.no_grad: decorated).
+    "m2vae": {
+        "cvae_features/m2vae.py": [
+            f"x{C}M2VAEConfig{C}__post_init__", f"x{C}M2Output{C}terms", f"x{C}M2Output{C}per_sample_terms",
+            f"x{C}M2Output{C}term_weights", f"x{C}ConvM2{C}__init__", f"x{C}ConvM2{C}_posterior",
+            f"x{C}ConvM2{C}decode", f"x{C}ConvM2{C}class_logits", f"x{C}ConvM2{C}encode",
+            f"x{C}ConvM2{C}_class_posteriors", f"x{C}ConvM2{C}_mixture", f"x{C}ConvM2{C}loss", f"x{C}ConvM2{C}_elbo",
+            f"x{C}ConvM2{C}forward"],
+        "cvae_features/data/labelfile.py": ["x_read_label_file", "x_with_labels"]},
 }
 
 # Surviving mutants that change nothing observable: mutant name -> why (one line).
@@ -168,7 +188,8 @@ if _EQ_FILE.exists():
 # tests/test_join.py; for the ray group tests/test_ray_engine_units.py; for the unlabelled group tests/test_groups.py,
 # tests/test_outliers.py and tests/test_cli_unlabelled.py; for the neighbors group tests/test_neighbors.py and
 # tests/test_index.py; for the files group tests/test_model_hostile.py, tests/test_families.py, tests/test_cache.py
-# and tests/test_noise.py; for the semisup group tests/test_semisup.py).
+# and tests/test_noise.py; for the semisup group tests/test_semisup.py; for the augment group tests/test_augment.py;
+# for the m2vae group tests/test_m2vae.py).
 NEW_TESTS = {
     f"x{C}FeatureStore{C}iter_rows": ["test_iter_rows_by_one_and_by_the_default_65536"],
     f"x{C}FeatureStore{C}read_rows": ["test_read_rows_clips_to_the_committed_rows"],
@@ -395,6 +416,21 @@ NEW_TESTS = {
     f"x{C}M2Classifier{C}predict_proba": ["test_the_classifier_transforms_in_float64_and_answers_in_float64"],
     "x__projection": ["test_projection_keeps_all_axes_unrotated_and_guards_its_scale"],
     "x_fit_m2": ["test_the_fit_is_its_loop_written_out"],
+    # the augment group (tests/test_augment.py)
+    f"x{C}Augment{C}__post_init__": ["test_the_setting_checks_its_values_types_and_bounds"],
+    "x__uniform": ["test_uniform_is_the_normal_distribution_function_kept_inside_0_and_1"],
+    f"x{C}Augment{C}__call__": [
+        "test_erase_and_noise_use_their_own_draws_on_images_that_are_not_square",
+        "test_images_on_another_device_keep_every_tensor_there_and_the_default_dtype_does_not_matter"],
+    f"x{C}Augment{C}_warp": [
+        "test_shift_crop_and_flip_move_each_image_by_its_own_draws", "test_a_draw_of_exactly_one_half_does_not_flip",
+        "test_images_on_another_device_keep_every_tensor_there_and_the_default_dtype_does_not_matter"],
+    # the m2vae group (tests/test_m2vae.py)
+    "x_read_label_file": ["test_an_unreadable_label_file_is_named"],
+    f"x{C}ConvM2{C}__init__": ["test_settings_at_their_boundaries_and_the_heads_widths"],
+    **{f"x{C}ConvM2{C}{name}": [
+        "test_the_loss_makes_its_tensors_on_the_images_device_and_keeps_the_codes_in_the_autocast_dtype"]
+       for name in ("_class_posteriors", "_elbo", "decode")},
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
@@ -529,7 +565,9 @@ NOTES = [
     "`cvae extract`), and those of `cvae neighbors` and `cvae duplicates` with the approximate index "
     "(`tests/test_neighbors.py`, `tests/test_index.py`: real faiss, about 6 s), and for model files, the "
     "resolver, the image cache and keyed noise `tests/test_families.py`, `tests/test_cache.py` (a few 2-epoch "
-    "trainings on 40 digits) and `tests/test_noise.py`, and for M2 `tests/test_semisup.py` (about 10 s); the benchmark-script, package-walk, show/report, "
+    "trainings on 40 digits) and `tests/test_noise.py`, and for M2 `tests/test_semisup.py` (about 10 s), for "
+    "augmentation `tests/test_augment.py` and for conv-m2 and its labels file `tests/test_m2vae.py` (a few seconds "
+    "each: short trainings on 8x8 images); the benchmark-script, package-walk, show/report, "
     "data-source and transformer tests are left out (and `tests/test_distributed.py`: two real processes, about a "
     "minute; `tests/test_noise.py` checks the keyed noise instead), and so is `tests/test_ray_engine.py` (a real "
     "local Ray: seconds to start, about 40 s for "
@@ -624,6 +662,34 @@ NOTES = [
     "fork_rng with no CUDA device) and run once more by name after the last tests (66 s, not counted in the wall "
     "time): 19 survive; two were killed and taken off the list (`_projection`'s `n_components or ...`, by the "
     "one-row projection test, and `one_hot` left to infer the classes, which the meta-device test refuses).",
+    "Augment group (`cvae_features/augment.py`, training-time input augmentation, added later): the setting's checks, "
+    "the spec string parsed and written canonically, the keyed draws mapped to (0, 1), the one resampling of shift, "
+    "crop and flip, the erased patch and the pixel noise (`tests/test_augment.py` joined the selection). Not "
+    "mutated: `Augment.active` and `Augment.geometric` (properties). The first run (`--module augment`, "
+    "2026-12-03, a fresh `mutants/` for the new test selection) left 72 of 399 mutants alive (82.0 %: the "
+    "perturbations had been tested by their spread, not by where each image's own draws put them); tests for them "
+    "went into `tests/test_augment.py` (the geometric draws read back from two ramps against the pixel-coordinate "
+    "formula, the erased square and the noise on non-square images against the recipe, the distribution function "
+    "at its clamps, a row whose flip draw is exactly one half, found by a search, images on the meta device, "
+    "torch's default dtype set to float64, the align_corners warnings, an int32 key at 2^31 - 1), "
+    "`--only survivors` killed 51 of the 72, and 21 were judged equivalent (clamps of the shift and of the erased "
+    "square that never bind because the draws lie in [1e-7, 1 - 1e-7], grid_sample's default mode and padding, "
+    "the rows' integer type, which keyed_normal converts itself, a `.to` of the device the noise is already on).",
+    "m2vae group (`cvae_features/m2vae.py`, the convolutional M2 `conv-m2`, and `cvae_features/data/labelfile.py`, "
+    "its labels file, added later): the settings' checks, the heads' widths, q(z | x, y) with its clamp, the "
+    "class-conditional decoder, the embedding as the class mixture's moments, the labelled and unlabelled terms and "
+    "their weights, the keyed noise shared by every class, the codes and reconstructions of a batch; the key,label "
+    "CSV and the labels attached by key (`tests/test_m2vae.py` joined the selection). Not mutated: "
+    "`ConvM2.class_probabilities` and `ConvM2.scores` (under `torch.no_grad`: decorated; the tests check both "
+    "against the heads). The first run (`--module m2vae`, 2026-12-03, with tests written beforehand for the noise "
+    "term, the batch's codes, the clamps, the settings' bounds and the label file's edge cases) left 28 of 525 "
+    "mutants alive (94.7 %); tests for them went into `tests/test_m2vae.py` (the tensors the loss makes, spied on, "
+    "all named on the images' device, since the loss reads `labels.max()` and cannot run on the meta device; the "
+    "codes kept in the autocast dtype; the batch means; the classifier's SiLU; an unreadable labels file named), "
+    "`--only survivors` killed 17 of the 28, and 11 were judged equivalent (dtype defaults that torch.full, "
+    "np.full, torch.eye or type promotion give anyway, -2 for -1 as the unlabelled mark, the mixture's lower "
+    "log-variance clamp below its variance floor). The 32 equivalent mutants of the two groups were run once more "
+    "by name after the last tests: all survive (69 s, not counted in the wall time).",
 ]
 
 
@@ -638,7 +704,8 @@ def markdown(rec: dict) -> str:
         "draws and scores, the model's loss and prior, joined stores, the Ray engine's logic that runs without "
         "Ray, the unlabelled commands' checks, records and sheets, nearest neighbours and duplicates with their "
         "approximate index, model files and their fingerprints, resolving models, the image cache and keyed "
-        "noise, Kingma's M2 on feature vectors). Survived includes \"no tests\" (no "
+        "noise, Kingma's M2 on feature vectors, training-time augmentation, the convolutional M2 conv-m2 and its "
+        "labels file). Survived includes \"no tests\" (no "
         "selected test calls the function); crashed: the test run died (an HDF5 abort on the damaged file the "
         "mutant made), "
         "which fails the suite, so it counts as caught. "
@@ -688,7 +755,8 @@ def markdown(rec: dict) -> str:
               "`tests/test_ray_engine_units.py`, unlabelled group: `tests/test_groups.py`, `tests/test_outliers.py`, "
               "`tests/test_cli_unlabelled.py`, neighbors group: `tests/test_neighbors.py`, `tests/test_index.py`, "
               "files group: `tests/test_model_hostile.py`, `tests/test_families.py`, `tests/test_cache.py`, "
-              "`tests/test_noise.py`, semisup group: `tests/test_semisup.py`); "
+              "`tests/test_noise.py`, semisup group: `tests/test_semisup.py`, augment group: `tests/test_augment.py`, "
+              "m2vae group: `tests/test_m2vae.py`); "
               "the test written for each "
               "function:", ""] if killed_new else ["None.", ""]
     if killed_new:

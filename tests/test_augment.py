@@ -1,6 +1,8 @@
 """Training-time augmentation: the spec string, each perturbation's values, the keyed draws and the loop's use."""
 
 import json
+import math
+import warnings
 
 import pytest
 import torch
@@ -8,9 +10,10 @@ from click.testing import CliRunner
 
 from cvae_features._train_loop import Loop
 from cvae_features._train_setup import derive_seed
-from cvae_features.augment import Augment, check_augment
+from cvae_features.augment import Augment, _uniform, check_augment
 from cvae_features.errors import ConfigError
 from cvae_features.model import ConvVAE, VAEConfig
+from cvae_features.noise import keyed_normal
 from cvae_features.training import TrainConfig, train
 from test_train_seams import _RecordingVAE  # a ConvVAE that keeps every batch it is given
 
@@ -232,3 +235,114 @@ def test_cli_augment_option_and_its_one_line_error(tmp_path):
                                    "--no-progress"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
     assert bad.output.strip().splitlines() == [bad.output.strip()] and "unknown augmentation 'blur'" in bad.output
+
+
+# -- each draw where the recipe puts it (the values, not only their spread) ----------------------
+
+def _u(key, rows):
+    """The draws of each row mapped to (0, 1) by the normal distribution function (float64 erfc, then float32)."""
+    z = keyed_normal(key, rows, 8).double()
+    return torch.tensor([[0.5 * math.erfc(-v / math.sqrt(2)) for v in r] for r in z.tolist()]).float() \
+        .clamp(1e-7, 1 - 1e-7)
+
+
+def test_uniform_is_the_normal_distribution_function_kept_inside_0_and_1():
+    z = torch.tensor([-40.0, -6.0, -1.0, 0.0, 0.5, 2.0, 6.0, 40.0])
+    expected = torch.tensor([1e-7, 1e-7] + [0.5 * math.erfc(-v / math.sqrt(2)) for v in (-1.0, 0.0, 0.5, 2.0)]
+                            + [1 - 1e-7, 1 - 1e-7], dtype=torch.float32)
+    got = _uniform(z)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+
+
+def test_shift_crop_and_flip_move_each_image_by_its_own_draws():
+    """Two ramps (x in channel 0, y in channel 1) read back where each output pixel was sampled from."""
+    h, w, n, key = 12, 16, 96, 11
+    rows = torch.arange(n) * 7 + 3
+    gx, gy = torch.arange(w, dtype=torch.float64) / (w - 1), torch.arange(h, dtype=torch.float64) / (h - 1)
+    x = torch.stack([gx.repeat(h, 1), gy[:, None].repeat(1, w)]).float()[None].repeat(n, 1, 1, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (torch warns when align_corners is left to its default)
+        y = Augment(shift=2, crop=0.6, flip=True)(x, key, rows.int())  # any integer rows
+    u = _u(key, rows).double()
+    dx, dy = (u[:, 0] * 5).floor() - 2, (u[:, 1] * 5).floor() - 2
+    scale = 0.6 + 0.4 * u[:, 2]
+    sign = torch.where(u[:, 5] < 0.5, -1.0, 1.0)
+    # output pixel centre j at (2j + 1) / w - 1; it samples the source at sign * scale * that + centre + shift
+    ox = (2 * torch.arange(w, dtype=torch.float64) + 1) / w - 1
+    oy = (2 * torch.arange(h, dtype=torch.float64) + 1) / h - 1
+    sx = sign[:, None] * scale[:, None] * ox + ((2 * u[:, 3] - 1) * (1 - scale) + 2 * dx / w)[:, None]
+    sy = scale[:, None] * oy + ((2 * u[:, 4] - 1) * (1 - scale) + 2 * dy / h)[:, None]
+    px, py = ((sx + 1) * w - 1) / 2, ((sy + 1) * h - 1) / 2  # in source pixels
+    inside = ((px >= 0) & (px <= w - 1))[:, None, :] & ((py >= 0) & (py <= h - 1))[:, :, None]
+    expected = torch.stack([(px / (w - 1))[:, None, :].expand(n, h, w), (py / (h - 1))[:, :, None].expand(n, h, w)], 1)
+    mask = inside[:, None].expand(n, 2, h, w)
+    assert int(inside.sum()) > n * h * w // 2
+    torch.testing.assert_close(y[mask].double(), expected[mask], rtol=0, atol=2e-5)
+    outside = ((px < -1) | (px > w))[:, None, :] | ((py < -1) | (py > h))[:, :, None]
+    assert bool((y.permute(1, 0, 2, 3)[:, outside] == 0).all())  # zeros come in
+    assert set(dx.tolist()) == set(dy.tolist()) == {-2.0, -1.0, 0.0, 1.0, 2.0} and 0 < int((sign < 0).sum()) < n
+
+
+def test_erase_and_noise_use_their_own_draws_on_images_that_are_not_square():
+    h, w, n, key = 10, 14, 40, 5
+    rows = torch.arange(n) + 1000
+    x = torch.randint(1, 256, (n, 2, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    u = _u(key, rows)
+    for erase, side in ((0.3, 3), (0.04, 1), (1.0, 10)):  # side = round(erase * min(h, w)), at least 1
+        y = Augment(erase=erase)(x, key, rows)
+        expected = x.float() / 255
+        for i in range(n):
+            top, left = int(u[i, 6] * (h - side + 1)), int(u[i, 7] * (w - side + 1))
+            expected[i, :, top:top + side, left:left + side] = 0
+        assert torch.equal(y, expected), erase
+    tops = (u[:, 6] * 8).floor()
+    assert int(tops.min()) == 0 and int(tops.max()) == 7  # every position occurs, both ends included
+    eps = keyed_normal(key + 1, rows, 2 * h * w).view(n, 2, h, w)  # a second key for the pixel noise
+    y = Augment(erase=0.3, noise=0.5)(x, torch.tensor(key), rows)
+    erased = Augment(erase=0.3)(x, key, rows)
+    torch.testing.assert_close(y, (erased + 0.5 * eps).clamp(0, 1), rtol=0, atol=1e-6)
+    top = 2 ** 31 - 1  # the second key is one more, in 64 bits, whatever integer type the key came in
+    y = Augment(noise=0.5)(x, torch.tensor(top, dtype=torch.int32), rows)
+    eps = keyed_normal(2 ** 31, rows, 2 * h * w).view(n, 2, h, w)
+    torch.testing.assert_close(y, (x.float() / 255 + 0.5 * eps).clamp(0, 1), rtol=0, atol=1e-6)
+
+
+def test_the_setting_checks_its_values_types_and_bounds():
+    assert Augment(shift=64).shift == 64 and Augment(erase=1).erase == 1.0
+    for name in ("crop", "noise", "erase"):
+        value = getattr(Augment(**{name: 1}), name)
+        assert type(value) is float and value == 1.0  # int given: stored as float
+    for bad, words in (({"shift": True}, "shift=True: expected an integer from 0 to 64"),
+                       ({"shift": 2.0}, "shift=2.0: expected an integer"),
+                       ({"noise": True}, "noise=True: expected a number from 0 to 1"),
+                       ({"erase": False}, "erase=False: expected a number from 0 to 1 (a share of the image side)"),
+                       ({"crop": "0.5"}, "crop='0.5': expected a number in (0, 1]"),
+                       ({"crop": float("inf")}, "crop=inf"), ({"erase": 1.01}, "erase=1.01"),
+                       ({"flip": "yes"}, "flip='yes': expected True or False"),
+                       ({"target": "CLEAN"}, "target='CLEAN': expected 'clean' or 'same'")):
+        with pytest.raises(ConfigError) as err:
+            Augment(**bad)
+        assert str(err.value).startswith("invalid augment ") and words in str(err.value)
+
+
+def test_a_draw_of_exactly_one_half_does_not_flip():
+    row = torch.tensor([18376697])  # key 3: its flip draw is exactly 0 (u = 0.5), found by a search over rows
+    assert float(keyed_normal(3, row, 8)[0, 5]) == 0.0 and float(_uniform(keyed_normal(3, row, 8))[0, 5]) == 0.5
+    x = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4) * 16
+    assert torch.equal(Augment(flip=True)(x, 3, row), x.float() / 255)  # flipped only below one half
+    assert torch.equal(Augment(flip=True)(x, 3, row + 1), x.float().flip(-1) / 255)
+
+
+def test_images_on_another_device_keep_every_tensor_there_and_the_default_dtype_does_not_matter():
+    """The meta device stands in for an accelerator: any tensor made on the CPU beside it fails."""
+    aug = Augment(shift=1, crop=0.9, flip=True, noise=0.1, erase=0.2)
+    y = aug(torch.zeros(3, 1, 8, 8, device="meta"), 5, torch.arange(3))  # rows on the CPU
+    assert y.device.type == "meta" and y.shape == (3, 1, 8, 8) and y.dtype == torch.float32
+    x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    expected = aug(x, 5, torch.arange(3))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert torch.equal(aug(x, 5, torch.arange(3)), expected)
+    finally:
+        torch.set_default_dtype(default)

@@ -2,7 +2,10 @@
 
 import json
 import math
+import re
 import shutil
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -14,7 +17,8 @@ from torch.nn import functional as F
 from cvae_features.errors import ConfigError
 from cvae_features.families import create_model, model_families
 from cvae_features.m2vae import ConvM2, M2VAEConfig
-from cvae_features.model import load_model
+from cvae_features.model import LOGVAR_MAX, LOGVAR_MIN, VAEConfig, load_model
+from cvae_features.noise import keyed_normal
 from cvae_features.training import train
 
 SMALL = {"image_size": 8, "latent_dim": 3, "n_classes": 3, "widths": (4,), "alpha": 2.0}
@@ -296,3 +300,176 @@ def test_augmented_inputs_reach_the_classifier_and_encoder_while_the_clean_image
     # the same codes decoded against the clean images give the same reconstruction term
     swapped = model.loss({"images": inputs, "inputs": inputs, "labels": labels, "index": torch.arange(5)})
     assert torch.allclose(swapped.mu, out.mu) and not torch.allclose(swapped.recon_per_sample, out.recon_per_sample)
+
+
+# -- the pieces at their boundaries (values checked against the model's own heads) --------------------------------
+
+def _noisy_recon(model, h, q, x, labels, eps):
+    """recon(x | y, z = mu_y + eps sigma_y): of the label where known, averaged over q(y | x) elsewhere."""
+    n, k = x.shape[0], model.config.n_classes
+    recon = []
+    for c in range(k):
+        y1h = F.one_hot(torch.full((n,), c), k).float()
+        mu, logvar = model._posterior(h, y1h)
+        recon.append(model.reconstruction_nll(model.decode(mu + eps * (0.5 * logvar).exp(), y1h), x.float() / 255))
+    recon = torch.stack(recon, 1)
+    return torch.where(labels >= 0, recon[torch.arange(n), labels.clamp_min(0)], (q * recon).sum(1))
+
+
+def test_training_noise_is_the_keyed_draw_scaled_by_each_class_posterior(model):
+    x, labels, index = _images(5, seed=2), torch.tensor([2, -1, 0, -1, -1]), torch.arange(5) + 40
+    model.train()
+    out = model.loss({"images": x, "labels": labels, "index": index, "noise_key": torch.tensor(7)}, beta=0.25)
+    h = model.encoder(x.float() / 255)
+    q = F.softmax(model.classifier(h), dim=1)
+    eps = keyed_normal(7, index, 3)
+    expected = _noisy_recon(model, h, q, x, labels, eps)
+    torch.testing.assert_close(out.recon_per_sample, expected, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(5)  # no key: torch's own generator, one (n, latent) draw
+    free = model.loss({"images": x, "labels": labels, "index": index})
+    torch.manual_seed(5)
+    eps = torch.randn(5, 3)
+    expected = _noisy_recon(model, h, q, x, labels, eps)
+    torch.testing.assert_close(free.recon_per_sample, expected, rtol=1e-5, atol=1e-5)
+    model.eval()  # in eval mode z = mu, key or no key
+    keyed = model.loss({"images": x, "labels": labels, "index": index, "noise_key": torch.tensor(7)})
+    plain = model.loss({"images": x, "labels": labels, "index": index})
+    assert torch.equal(keyed.recon_per_sample, plain.recon_per_sample)
+
+
+def test_a_batchs_codes_and_reconstructions_are_those_of_the_label_or_the_likeliest_class(model):
+    x, labels = _images(6, seed=5), torch.tensor([1, -1, 0, -1, 2, -1])
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (a softmax without its dimension warns)
+        out = model.loss({"images": x, "labels": labels, "index": torch.arange(6)})
+        mix_mu, mix_logvar = model.encode(x)
+    h = model.encoder(x.float() / 255)
+    q = F.softmax(model.classifier(h), dim=1)
+    lab = labels >= 0
+    chosen = torch.where(lab, labels, q.argmax(1))
+    y1h = F.one_hot(chosen, 3).float()
+    mu, logvar = model._posterior(h, y1h)
+    torch.testing.assert_close(out.mu[lab], mu[lab])
+    torch.testing.assert_close(out.logvar[lab], logvar[lab])
+    torch.testing.assert_close(out.mu[~lab], mix_mu[~lab])
+    torch.testing.assert_close(out.logvar[~lab], mix_logvar[~lab])
+    torch.testing.assert_close(out.decoder_out, model.decode(mu, y1h))
+    assert out.beta == model.config.beta and out.alpha == 2.0 and torch.equal(out.logits, model.classifier(h))
+    assert torch.equal(model.class_logits(x), model.classifier(h))
+    # forward: every image unlabelled, beta as given or the model's
+    unlabelled = model.loss({"images": x, "labels": torch.full((6,), -1), "index": torch.arange(6)}, beta=0.3)
+    fwd = model(x, beta=0.3)
+    assert fwd.beta == 0.3 and torch.equal(fwd.loss, unlabelled.loss)
+    torch.testing.assert_close(fwd.mu, mix_mu)
+    assert model(x).beta == model.config.beta
+    # decode without a class: the uniform class vector
+    z = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model.decode(z), model.decode(z, torch.full((4, 3), 1 / 3)))
+
+
+def test_log_variances_are_clamped_in_the_posterior_and_the_mixture(model):
+    h = torch.zeros(2, model.to_latent.in_features - 3)
+    y1h = F.one_hot(torch.tensor([0, 2]), 3).float()
+    with torch.no_grad():
+        model.to_latent.weight.zero_()
+        model.to_latent.bias[3:] = torch.tensor([100.0, -100.0, 5.0])
+        model.to_latent.bias[:3] = torch.tensor([1.0, 2.0, 3.0])
+    mu, logvar = model._posterior(h, y1h)
+    assert torch.equal(mu, torch.tensor([[1.0, 2.0, 3.0]] * 2))
+    assert torch.equal(logvar, torch.tensor([[LOGVAR_MAX, LOGVAR_MIN, 5.0]] * 2))
+    # the mixture's variance: rounding can leave it 0 (its floor is exp(LOGVAR_MIN)), or it can pass the cap
+    mu_y = torch.cat([torch.full((3, 3), 1e4), torch.tensor([[5e5, 0.0, 0.0], [-5e5, 0.0, 0.0], [0.0, 0.0, 0.0]])])
+    q = torch.tensor([[0.5, 0.25, 0.25]] * 2)
+    mix_mu, mix_logvar = model._mixture(mu_y, torch.full((6, 3), LOGVAR_MIN), q)
+    assert torch.equal(mix_mu, torch.tensor([[1e4] * 3, [1.25e5, 0.0, 0.0]]))
+    assert torch.equal(mix_logvar, torch.tensor([[LOGVAR_MIN] * 3, [LOGVAR_MAX, LOGVAR_MIN, LOGVAR_MIN]]))
+
+
+def test_settings_at_their_boundaries_and_the_heads_widths():
+    for ok in ({"n_classes": 2}, {"n_classes": 10_000}, {"alpha": 0}, {"classifier_hidden": 1},
+               {"classifier_hidden": 65_536}):
+        M2VAEConfig(**ok)
+    for bad, words in (({"n_classes": 10_001}, "n_classes=10001"), ({"n_classes": 2.0}, "n_classes=2.0"),
+                       ({"alpha": "1"}, "alpha='1'"), ({"alpha": -1e-9}, "alpha=-1e-09"),
+                       ({"classifier_hidden": 65_537}, "classifier_hidden=65537"),
+                       ({"classifier_hidden": True}, "classifier_hidden=True"),
+                       ({"classifier_hidden": 8.0}, "classifier_hidden=8.0")):
+        with pytest.raises(ConfigError, match=re.escape(f"invalid {words}: expected")):
+            M2VAEConfig(**bad)
+    alpha = M2VAEConfig(alpha=3).alpha
+    assert type(alpha) is float and alpha == 3.0
+    net = ConvM2(M2VAEConfig(**SMALL), alpha=5.0, classifier_hidden=7)
+    assert net.config == M2VAEConfig(**dict(SMALL, alpha=5.0, classifier_hidden=7))
+    assert ConvM2(M2VAEConfig(**SMALL)).config == M2VAEConfig(**SMALL)
+    flat = net.encoder(torch.zeros(1, 1, 8, 8)).shape[1]
+    assert (net.to_latent.in_features, net.to_latent.out_features) == (flat + 3, 6)
+    assert (net.from_latent.in_features, net.from_latent.out_features) == (3 + 3, flat)
+    first, last = (m for m in net.classifier if isinstance(m, torch.nn.Linear))
+    assert [(m.in_features, m.out_features) for m in (first, last)] == [(flat, 7), (7, 3)]
+    h = torch.randn(4, flat, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(net.classifier(h), last(F.silu(first(h))))  # SiLU between the two layers
+    with pytest.raises(ConfigError, match="conv-m2 takes an M2VAEConfig, not a VAEConfig"):
+        ConvM2(VAEConfig(image_size=8))
+
+
+def test_label_file_edge_cases_and_the_labels_attached(tmp_path):
+    from cvae_features.data import ArraySource
+    from cvae_features.data.labelfile import read_label_file, with_labels
+    from cvae_features.errors import DataError
+
+    path = tmp_path / "labels.csv"
+    path.write_text("")
+    assert read_label_file(path) == {}  # an empty file labels nothing
+    path.write_text("\n\n")
+    assert read_label_file(path) == {}
+    path.write_text("KEY,label\na,1\n")  # a header in any case; only the first row can be one
+    assert read_label_file(path) == {"a": "1"}
+    path.write_text("a,1\nkey,label\n")
+    assert read_label_file(path) == {"a": "1", "key": "label"}
+    path.write_text("a,1\nb\n")
+    with pytest.raises(DataError, match="line 2: expected 'key,label', got 1 cell"):
+        read_label_file(path)
+    src = ArraySource(_images(6).numpy())
+    keys = list(src.keys)
+    out = with_labels(src, {keys[4]: "b", keys[1]: "a", keys[5]: "b"}, what="my file")
+    assert out.labels.tolist() == [-1, 0, -1, -1, 1, 1] and out.labels.dtype == np.int64
+    assert out.label_names == ["a", "b"] and out.description == f"{src.description}, 3 labelled from my file"
+    with pytest.raises(DataError, match=r"^my file: 4 key\(s\) are not images of .* \(e\.g\. 'w', 'x', 'y'\); keys"):
+        with_labels(src, {"w": "1", "x": "1", keys[0]: "1", "y": "2", "z": "2"}, what="my file")
+
+
+def test_the_loss_makes_its_tensors_on_the_images_device_and_keeps_the_codes_in_the_autocast_dtype(model, monkeypatch):
+    """On an accelerator a tensor made without ``device=`` lands on the CPU: every tensor conv-m2 makes names it."""
+    made = []
+    for name in ("full", "randn", "arange", "eye"):
+        def spy(*args, _real=getattr(torch, name), _name=name, **kwargs):
+            if sys._getframe(1).f_code.co_filename.endswith("m2vae.py"):
+                made.append((_name, kwargs.get("device")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(torch, name, spy)
+    x = _images(4, seed=6)
+    model.train()
+    out = model(x)  # no labels: all unlabelled; no key: torch.randn
+    model.encode(x)
+    model.decode(torch.zeros(2, 3))
+    assert {n for n, _ in made} == {"full", "randn", "arange", "eye"}
+    assert all(d == torch.device("cpu") for _, d in made), made
+    assert out.recon == out.recon_per_sample.mean() and out.kl == out.kl_per_sample.mean()
+    codes = []
+    real_decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda z, y=None: codes.append(z.dtype) or real_decode(z, y))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.loss({"images": x, "index": torch.arange(4), "noise_key": torch.tensor(3)})
+    assert codes == [torch.bfloat16]  # mu + noise * sigma in the posterior's own dtype
+
+
+def test_an_unreadable_label_file_is_named(tmp_path):
+    from cvae_features.data.labelfile import read_label_file
+    from cvae_features.errors import DataError
+
+    path = tmp_path / "labels.csv"
+    path.write_bytes(b"a.png,1\n\xff\xfe,2\n")
+    with pytest.raises(DataError, match=f"^labels file {re.escape(repr(str(path)))} cannot be read: "):
+        read_label_file(path)
