@@ -409,7 +409,7 @@ def test_settings_at_their_boundaries_and_the_heads_widths():
     assert [(m.in_features, m.out_features) for m in (first, last)] == [(flat, 7), (7, 3)]
     h = torch.randn(4, flat, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(net.classifier(h), last(F.silu(first(h))))  # SiLU between the two layers
-    with pytest.raises(ConfigError, match="conv-m2 takes an M2VAEConfig, not a VAEConfig"):
+    with pytest.raises(ConfigError, match="conv-m2 takes a config of type M2VAEConfig, not VAEConfig"):
         ConvM2(VAEConfig(image_size=8))
 
 
