@@ -175,6 +175,25 @@ GROUPS = {
             f"x{C}ConvM2{C}_class_posteriors", f"x{C}ConvM2{C}_mixture", f"x{C}ConvM2{C}loss", f"x{C}ConvM2{C}_elbo",
             f"x{C}ConvM2{C}forward"],
         "cvae_features/data/labelfile.py": ["x_read_label_file", "x_with_labels"]},
+    # the mixture-prior family conv-vade: the settings' checks, the GMM fit (k-means++, Lloyd, EM), the model's
+    # buffers, the schedule (pretraining steps, the ring buffer of codes, the fit after the last of them), the
+    # mixture prior's parts, KL bound, split over dimensions, responsibilities and log density, and the 'prior'
+    # cluster method (the rows assigned, the store's model resolved; tests/test_vade.py, tests/test_priors.py).
+    # Not mutated: ConvVaDE.pretraining and loss_prior, MixturePrior.mean and stddev (properties),
+    # ConvVaDE.cluster_probabilities, cluster, fit_prior and _count_step, MixturePrior.assign and sample (under
+    # torch.no_grad: decorated, which mutmut leaves out).
+    "vade": {
+        "cvae_features/vade.py": [
+            f"x{C}VaDEConfig{C}__post_init__", "x_fit_diagonal_gmm", f"x{C}ConvVaDE{C}__init__",
+            f"x{C}ConvVaDE{C}loss", f"x{C}ConvVaDE{C}forward", f"x{C}ConvVaDE{C}_vade_elbo"],
+        "cvae_features/priors.py": [
+            f"x{C}MixturePrior{C}__init__", f"x{C}MixturePrior{C}extra_repr", f"x{C}MixturePrior{C}log_weights",
+            f"x{C}MixturePrior{C}component_logvars",
+            f"x{C}MixturePrior{C}set_components", f"x{C}MixturePrior{C}component_kl_per_dim",
+            f"x{C}MixturePrior{C}_log_joint", f"x{C}MixturePrior{C}kl", f"x{C}MixturePrior{C}kl_per_dim",
+            f"x{C}MixturePrior{C}responsibilities", f"x{C}MixturePrior{C}log_prob"],
+        "cvae_features/probes/cluster.py": ["x_prior_assignments"],
+        "cvae_features/probes/_builtin.py": ["x__store_prior"]},
 }
 
 # Surviving mutants that change nothing observable: mutant name -> why (one line).
