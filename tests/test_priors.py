@@ -219,5 +219,15 @@ def test_mixture_parameters_are_model_state_and_log_variances_are_clamped():
     prior.set_components(torch.tensor([0.25, 0.75]), torch.ones(2, 3), torch.full((2, 3), 4.0))
     torch.testing.assert_close(prior.log_weights().exp(), torch.tensor([0.25, 0.75]))
     torch.testing.assert_close(prior.stddev, torch.full((3,), 2.0))
-    with pytest.raises(ValueError, match="n_components"):
-        MixturePrior(0, 3)
+    # set_components stores the log-variances clamped, so that training moves them from inside the range
+    prior.set_components(torch.tensor([0.5, 0.5]), torch.zeros(2, 3), torch.tensor([[1e-6, 1.0, 1e6]] * 2))
+    assert torch.equal(prior.logvars.detach(), torch.tensor([[-10.0, 0.0, 10.0]] * 2))
+    assert repr(prior) == "MixturePrior(n_components=2, dim=3)"
+    with torch.no_grad():
+        prior.logvars.fill_(-50.0)
+    assert torch.equal(prior.component_logvars(), torch.full((2, 3), -10.0))  # the floor, COMPONENT_LOGVAR_MIN
+    for args, message in (((0, 3), "invalid n_components=0: expected a positive integer"),
+                          ((2.5, 3), "invalid n_components=2.5"), ((True, 3), "invalid n_components=True"),
+                          ((2, 0), "invalid dim=0: expected a positive integer")):
+        with pytest.raises(ValueError, match=message):
+            MixturePrior(*args)

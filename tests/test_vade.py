@@ -54,6 +54,96 @@ def test_fit_diagonal_gmm_recovers_separated_blobs_and_repeats_with_the_generato
         fit_diagonal_gmm(x[:2], 3, torch.Generator())
 
 
+class _Recorded:
+    """Codes that record how they are converted (``x.detach().to(...)``)."""
+
+    def __init__(self, x):
+        self.x, self.calls = x, []
+
+    def detach(self):
+        return self
+
+    def to(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return self.x.to(*args, **kwargs)
+
+
+def test_fit_diagonal_gmm_in_float64_on_the_cpu_for_as_many_codes_as_components_and_for_equal_codes():
+    x, _, _ = _blobs(30)
+    codes = _Recorded(x.float())
+    weights, means, variances = fit_diagonal_gmm(codes, 3, torch.Generator().manual_seed(0))
+    assert codes.calls == [(("cpu", torch.float64), {})]
+    assert weights.dtype == means.dtype == variances.dtype == torch.float64
+    # n == k: each code its own component, of the variance floor (1e-4 of the codes' mean variance)
+    three = x[:3]
+    weights, means, variances = fit_diagonal_gmm(three, 3, torch.Generator().manual_seed(0))
+    order = means[:, 0].argsort()
+    torch.testing.assert_close(means[order], three[three[:, 0].argsort()])
+    torch.testing.assert_close(weights, torch.full((3,), 1 / 3, dtype=torch.float64))
+    floor = 1e-4 * float(three.var(0, unbiased=False).mean())
+    torch.testing.assert_close(variances, torch.full((3, 2), floor, dtype=torch.float64))
+    # equal codes: no distance to draw the next centre by, so it is drawn uniformly; one component takes them all
+    same = torch.tensor([[1.0, 2.0]] * 5, dtype=torch.float64)
+    weights, means, variances = fit_diagonal_gmm(same, 2, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(weights, torch.tensor([1.0, 0.0], dtype=torch.float64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(means[0], same[0])
+    torch.testing.assert_close(variances, torch.full((2, 2), 1e-16, dtype=torch.float64))
+
+
+def _gmm_by_hand(x, k, seed, kmeans_iters, em_iters):
+    """fit_diagonal_gmm's recipe in numpy and scipy: k-means++ (torch's draws), Lloyd, then EM from hard labels."""
+    from scipy.special import softmax
+    from scipy.stats import norm
+
+    g = torch.Generator().manual_seed(seed)
+    X = x.numpy()
+    n = len(X)
+    first = int(torch.randint(n, (1,), generator=g))
+    centres, d2 = [X[first]], ((X - X[first]) ** 2).sum(1)
+    while len(centres) < k:
+        p = torch.from_numpy(d2) if d2.sum() > 0 else torch.ones(n, dtype=torch.float64)
+        i = int(torch.multinomial(p, 1, generator=g))
+        centres.append(X[i])
+        d2 = np.minimum(d2, ((X - X[i]) ** 2).sum(1))
+    C = np.array(centres)
+    for _ in range(kmeans_iters):
+        label = ((X[:, None] - C) ** 2).sum(2).argmin(1)
+        C = np.array([X[label == c].mean(0) if (label == c).any() else C[c] for c in range(k)])
+    R = np.eye(k)[((X[:, None] - C) ** 2).sum(2).argmin(1)]
+    floor = 1e-4 * X.var(0).mean()
+    for step in range(em_iters + 1):
+        mass = R.sum(0) + 1e-10
+        w, m = mass / n, R.T @ X / mass[:, None]
+        v = np.maximum(R.T @ X ** 2 / mass[:, None] - m ** 2, floor)
+        if step < em_iters:
+            R = softmax(np.log(w) + norm.logpdf(X[:, None, :], m, np.sqrt(v)).sum(2), axis=1)
+    return w, m, v
+
+
+def _overlapping():
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x[:5] += 4.0  # a small far group
+    return x
+
+
+@pytest.mark.parametrize("case, k, seed, iters", [
+    ("overlapping", 4, 2, (0, 0)), ("overlapping", 4, 2, (2, 0)), ("overlapping", 4, 2, (50, 3)),
+    ("overlapping", 4, 2, None),  # the defaults: 50 and 30
+    ("small", 4, 2, (2, 0)),  # squared distances summing to less than 1 still weight the k-means++ draws
+    ("three values", 4, 0, (5, 2)),  # fewer distinct codes than components: a uniform draw, an empty component
+    ("singleton", 3, 2, (10, 0)),  # Lloyd passes through a component of one code that is not its centre
+    ("emptied", 6, 0, (50, 0))])  # Lloyd empties a component, whose centre stays where it was
+def test_fit_diagonal_gmm_is_kmeans_plus_plus_lloyd_and_em(case, k, seed, iters):
+    x = {"overlapping": _overlapping, "small": lambda: _overlapping() * 1e-2,
+         "three values": lambda: torch.tensor([5.0, 3, 4, 3, 3, 4, 4, 4, 3, 3], dtype=torch.float64)[:, None],
+         "singleton": lambda: torch.from_numpy(np.random.default_rng(304).normal(size=(8, 2))),
+         "emptied": lambda: torch.from_numpy(np.random.default_rng(8236).normal(size=(13, 1)))}[case]()
+    kwargs = {} if iters is None else dict(zip(("kmeans_iters", "em_iters"), iters))
+    fit = fit_diagonal_gmm(x, k, torch.Generator().manual_seed(seed), **kwargs)
+    for got, want in zip(fit, _gmm_by_hand(x, k, seed, *(iters or (50, 30)))):
+        torch.testing.assert_close(got, torch.from_numpy(want), rtol=1e-9, atol=1e-9)
+
+
 def test_config_and_family():
     assert "conv-vade" in model_families()
     model = create_model("conv-vade", dict(SMALL))
@@ -62,10 +152,21 @@ def test_config_and_family():
     assert {"prior.logits", "prior.means", "prior.logvars", "steps_seen", "codes_seen", "init_codes"} <= \
         set(model.state_dict())
     assert VaDEConfig.from_dict(VaDEConfig(**SMALL).to_dict()) == VaDEConfig(**SMALL)
+    assert model.steps_seen.dtype == model.codes_seen.dtype == torch.int64 and int(model.steps_seen) == 0
+    assert torch.equal(model.init_codes, torch.zeros(8, 2))  # init_rows codes of latent_dim
+    assert ConvVaDE(**{**SMALL, "pretrain_steps": 0}).init_codes.shape == (0, 2)  # no pretraining: no buffer
     for bad, message in (({"n_clusters": 1}, "invalid n_clusters=1: expected an integer from 2 to 1000"),
                          ({"pretrain_steps": -1}, "invalid pretrain_steps=-1"),
                          ({"init_rows": 2}, "invalid init_rows=2: expected an integer from 3 to")):
         with pytest.raises(ConfigError, match=message):
+            VaDEConfig(**{**SMALL, **bad})
+    for good in ({"n_clusters": 1000, "init_rows": 1000}, {"pretrain_steps": 0}, {"pretrain_steps": 10_000_000},
+                 {"init_rows": 3}, {"init_rows": 1_000_000}):
+        assert VaDEConfig(**{**SMALL, **good}).to_dict().items() >= good.items()
+    for bad in ({"n_clusters": 1001}, {"n_clusters": 2.5}, {"n_clusters": True}, {"pretrain_steps": 10_000_001},
+                {"init_rows": 1_000_001}):
+        (name, value), = bad.items()
+        with pytest.raises(ConfigError, match=f"invalid {name}={value!r}: expected an integer from"):
             VaDEConfig(**{**SMALL, **bad})
     with pytest.raises(ConfigError, match="conv-vade takes a config of type VaDEConfig, not VAEConfig"):
         ConvVaDE(ConvVAE(image_size=8).config)
@@ -104,6 +205,31 @@ def test_pretraining_uses_the_standard_normal_then_fits_the_mixture_to_the_buffe
     assert int(model.steps_seen) == 3
 
 
+def test_the_loss_draws_the_keyed_noise_in_training_only_and_forward_is_the_loss_of_the_images():
+    from cvae_features.noise import keyed_normal
+
+    torch.manual_seed(0)
+    model = ConvVaDE(**{**SMALL, "pretrain_steps": 100}).train()
+    batch = _batch(1)
+    out = model.loss(batch, beta=0.3)
+    eps = keyed_normal(11, batch["index"], 2)
+    z = out.mu + eps * (0.5 * out.logvar).exp()
+    assert out.beta == 0.3 and torch.equal(out.decoder_out, model.decode(z))
+    torch.manual_seed(5)  # no noise_key: torch's generator draws the noise
+    unkeyed = model.loss({k: v for k, v in batch.items() if k != "noise_key"}, beta=0.3)
+    torch.manual_seed(5)
+    eps = torch.randn(5, 2)
+    assert torch.equal(unkeyed.decoder_out, model.decode(unkeyed.mu + eps * (0.5 * unkeyed.logvar).exp()))
+    torch.manual_seed(5)
+    called = model(batch["images"], beta=0.4)
+    assert called.beta == 0.4 and torch.equal(called.decoder_out, unkeyed.decoder_out)
+    assert int(model.steps_seen) == 3  # every train-mode call is a step
+    model.eval()
+    out = model(batch["images"], beta=0.2)
+    assert out.beta == 0.2 and torch.equal(out.decoder_out, model.loss(batch).decoder_out)
+    assert torch.equal(out.decoder_out, model.decode(out.mu)) and int(model.steps_seen) == 3
+
+
 def test_cluster_is_the_argmax_of_the_responsibilities_of_mu():
     torch.manual_seed(1)
     model = ConvVaDE(**SMALL)
@@ -123,6 +249,8 @@ def test_several_processes_are_refused_in_one_line(monkeypatch):
         ConvVaDE(**SMALL)
     assert "\n" not in str(err.value)
     assert isinstance(ConvVaDE(**{**SMALL, "pretrain_steps": 0}).prior, MixturePrior)  # nothing to fit: allowed
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 1)
+    assert isinstance(ConvVaDE(**SMALL).prior, MixturePrior)  # one process of one
 
 
 class _Interrupt(Exception):
@@ -217,6 +345,55 @@ def test_prior_method_refuses_stores_without_a_mixture_model_in_one_line(tmp_pat
     data = ProbeData(X_train=X, y_train=y, X_test=X, y_test=y, label_names=[], keys_test=[])
     with pytest.raises(ConfigError, match="cluster method 'prior': the features come from no store"):
         run_probes(data, "cluster", cluster_methods=("kmeans", "prior"))
+
+
+class _SpyPrior:
+    """A prior with an ``assign`` that records the codes it is given (and, as asked, a ``dim`` and parameters)."""
+
+    def __init__(self, dim=None, params=None):
+        if dim is not None:
+            self.dim = dim
+        if params is not None:
+            self.parameters = lambda: iter(params)
+        self.seen = []
+
+    def assign(self, codes):
+        self.seen.append(codes)
+        return torch.arange(codes.shape[0]) % 2
+
+
+def test_prior_assignments_hand_float32_codes_on_the_priors_device_and_check_their_width():
+    from cvae_features.probes.cluster import prior_assignments
+
+    X = np.arange(6, dtype=np.float64).reshape(3, 2)
+    for spy in (_SpyPrior(), _SpyPrior(dim=2, params=[]), _SpyPrior(dim=2, params=[torch.zeros(1)])):
+        pred = prior_assignments(spy, X)  # no dim, no parameters or none: the rows as given, on the CPU
+        assert pred.dtype == np.int64 and pred.tolist() == [0, 1, 0]
+        (codes,) = spy.seen
+        assert codes.dtype == torch.float32 and codes.device.type == "cpu" and codes.tolist() == X.tolist()
+    meta = _SpyPrior(dim=2, params=[torch.zeros(1, device="meta"), torch.zeros(1)])
+    assert prior_assignments(meta, X).tolist() == [0, 1, 0]
+    assert meta.seen[0].device.type == "meta"  # the device of the prior's first parameter
+    for rows, width in ((np.zeros((3, 3)), r"\(3,\)"), (np.zeros(3), r"\(\)")):
+        with pytest.raises(ConfigError, match=rf"the 'prior' cluster method: rows of width {width} for a prior over "
+                                              r"codes of width 2"):
+            prior_assignments(_SpyPrior(dim=2), rows)
+
+
+def test_a_store_model_without_a_prior_attribute_is_refused_in_one_line(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import cvae_features.resolve
+
+    class NoPrior:
+        arch = "odd"
+
+    monkeypatch.setattr(cvae_features.resolve, "resolve_model", lambda path: SimpleNamespace(model=NoPrior()))
+    x, y, _ = _blobs(30)
+    data = ProbeData(X_train=x.float().numpy(), y_train=y, X_test=x.float().numpy(), y_test=y, label_names=[],
+                     keys_test=[], sources={"train": str(tmp_path / "s.h5"), "test": None})
+    with pytest.raises(ConfigError, match=r"s.h5 was made by a odd model, whose prior \(NoneType\) has no clusters"):
+        run_probes(data, "cluster", cluster_methods=("prior",))
 
 
 # -- the command line: train, extract, probe -----------------------------------------------------------------
