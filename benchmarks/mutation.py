@@ -14,8 +14,8 @@ and readers, extraction planning and resume, the probes' selection, draws and sc
 loss and prior, joined stores, the Ray engine's logic that runs without Ray, the unlabelled commands'
 checks, records and contact sheets, nearest neighbours and duplicates with their approximate index, model files
 and their fingerprints, resolving what holds a model, the image cache and keyed noise, Kingma's M2 on feature
-vectors, training-time input augmentation, the semi-supervised convolutional VAE conv-m2 and its labels file),
-then writes
+vectors, training-time input augmentation, the semi-supervised convolutional VAE conv-m2 and its labels file,
+the mixture-prior family conv-vade with its prior and the 'prior' cluster method), then writes
 ``benchmarks/results/mutation.{md,json}``: per module the mutants generated, killed, survived
 (including "no tests": no selected test calls the function), timed out, crashed (the test run
 died: caught), skipped, and those judged equivalent (they change nothing observable: the reasons
@@ -176,12 +176,14 @@ GROUPS = {
             f"x{C}ConvM2{C}forward"],
         "cvae_features/data/labelfile.py": ["x_read_label_file", "x_with_labels"]},
     # the mixture-prior family conv-vade: the settings' checks, the GMM fit (k-means++, Lloyd, EM), the model's
-    # buffers, the schedule (pretraining steps, the ring buffer of codes, the fit after the last of them), the
-    # mixture prior's parts, KL bound, split over dimensions, responsibilities and log density, and the 'prior'
-    # cluster method (the rows assigned, the store's model resolved; tests/test_vade.py, tests/test_priors.py).
-    # Not mutated: ConvVaDE.pretraining and loss_prior, MixturePrior.mean and stddev (properties),
-    # ConvVaDE.cluster_probabilities, cluster, fit_prior and _count_step, MixturePrior.assign and sample (under
-    # torch.no_grad: decorated, which mutmut leaves out).
+    # buffers and the distributed refusal, the loss's keyed noise and step counting, the mixture prior's parts,
+    # KL bound, split over dimensions, responsibilities and log density, and the 'prior' cluster method (the rows
+    # assigned, the store's model resolved; tests/test_vade.py, tests/test_priors.py). Not mutated:
+    # ConvVaDE.pretraining and loss_prior, MixturePrior.mean and stddev (properties), ConvVaDE._count_step (the
+    # pretraining schedule: the ring buffer of codes, the fit after the last step), fit_prior,
+    # cluster_probabilities and cluster, MixturePrior.assign and sample (under torch.no_grad: decorated, which
+    # mutmut leaves out; tests/test_vade.py checks them by value). Not listed: the cluster probe's hooks in probes/_builtin.py
+    # that call _store_prior (_check_cluster, _run_cluster: the probe's options and notes, not the prior's logic).
     "vade": {
         "cvae_features/vade.py": [
             f"x{C}VaDEConfig{C}__post_init__", "x_fit_diagonal_gmm", f"x{C}ConvVaDE{C}__init__",
@@ -208,7 +210,7 @@ if _EQ_FILE.exists():
 # tests/test_outliers.py and tests/test_cli_unlabelled.py; for the neighbors group tests/test_neighbors.py and
 # tests/test_index.py; for the files group tests/test_model_hostile.py, tests/test_families.py, tests/test_cache.py
 # and tests/test_noise.py; for the semisup group tests/test_semisup.py; for the augment group tests/test_augment.py;
-# for the m2vae group tests/test_m2vae.py).
+# for the m2vae group tests/test_m2vae.py; for the vade group tests/test_vade.py and tests/test_priors.py).
 NEW_TESTS = {
     f"x{C}FeatureStore{C}iter_rows": ["test_iter_rows_by_one_and_by_the_default_65536"],
     f"x{C}FeatureStore{C}read_rows": ["test_read_rows_clips_to_the_committed_rows"],
@@ -450,6 +452,19 @@ NEW_TESTS = {
     **{f"x{C}ConvM2{C}{name}": [
         "test_the_loss_makes_its_tensors_on_the_images_device_and_keeps_the_codes_in_the_autocast_dtype"]
        for name in ("_class_posteriors", "_elbo", "decode")},
+    # the vade group (tests/test_vade.py, tests/test_priors.py)
+    f"x{C}VaDEConfig{C}__post_init__": ["test_config_and_family"],
+    f"x{C}ConvVaDE{C}__init__": ["test_config_and_family", "test_several_processes_are_refused_in_one_line"],
+    "x_fit_diagonal_gmm": [
+        "test_fit_diagonal_gmm_in_float64_on_the_cpu_for_as_many_codes_as_components_and_for_equal_codes",
+        "test_fit_diagonal_gmm_is_kmeans_plus_plus_lloyd_and_em"],
+    **{f"x{C}ConvVaDE{C}{name}": [
+        "test_the_loss_draws_the_keyed_noise_in_training_only_and_forward_is_the_loss_of_the_images"]
+       for name in ("loss", "forward", "_vade_elbo")},
+    **{f"x{C}MixturePrior{C}{name}": ["test_mixture_parameters_are_model_state_and_log_variances_are_clamped"]
+       for name in ("__init__", "component_logvars", "set_components")},
+    "x_prior_assignments": ["test_prior_assignments_hand_float32_codes_on_the_priors_device_and_check_their_width"],
+    "x__store_prior": ["test_a_store_model_without_a_prior_attribute_is_refused_in_one_line"],
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
@@ -586,7 +601,8 @@ NOTES = [
     "resolver, the image cache and keyed noise `tests/test_families.py`, `tests/test_cache.py` (a few 2-epoch "
     "trainings on 40 digits) and `tests/test_noise.py`, and for M2 `tests/test_semisup.py` (about 10 s), for "
     "augmentation `tests/test_augment.py` and for conv-m2 and its labels file `tests/test_m2vae.py` (a few seconds "
-    "each: short trainings on 8x8 images); the benchmark-script, package-walk, show/report, "
+    "each: short trainings on 8x8 images), and for conv-vade `tests/test_vade.py` (about 10 s: a 20-epoch CLI "
+    "training on 1000 digits, the others on 8x8 images); the benchmark-script, package-walk, show/report, "
     "data-source and transformer tests are left out (and `tests/test_distributed.py`: two real processes, about a "
     "minute; `tests/test_noise.py` checks the keyed noise instead), and so is `tests/test_ray_engine.py` (a real "
     "local Ray: seconds to start, about 40 s for "
@@ -709,6 +725,30 @@ NOTES = [
     "np.full, torch.eye or type promotion give anyway, -2 for -1 as the unlabelled mark, the mixture's lower "
     "log-variance clamp below its variance floor). The 32 equivalent mutants of the two groups were run once more "
     "by name after the last tests: all survive (69 s, not counted in the wall time).",
+    "vade group (`cvae_features/vade.py`, the mixture-prior family `conv-vade`; `MixturePrior` in "
+    "`cvae_features/priors.py`; the 'prior' cluster method's `prior_assignments` in `cvae_features/probes/cluster.py` "
+    "and `_store_prior` in `cvae_features/probes/_builtin.py`, added later): the settings' checks, the GMM fit "
+    "(k-means++, Lloyd iterations, EM), the model's buffers and its refusal of several processes, the loss's keyed "
+    "noise and steps, the mixture's parts, KL bound and its split over dimensions, responsibilities and log density, "
+    "the rows assigned on the prior's device and the store's model resolved (`tests/test_vade.py` joined the "
+    "selection, `cvae_features/probes/_builtin.py` the mutated modules). Not mutated: `ConvVaDE._count_step` (the "
+    "pretraining schedule: the ring buffer of codes, the fit after the last step), `fit_prior`, "
+    "`cluster_probabilities`, `cluster`, `MixturePrior.assign` and `sample` (under `torch.no_grad`: decorated), "
+    "`ConvVaDE.pretraining` and `loss_prior`, `MixturePrior.mean` and `stddev` (properties); `tests/test_vade.py` "
+    "checks them by value. The first run (`--module vade`, 2026-12-03, a fresh `mutants/` for the new test "
+    "selection) left 88 of 533 mutants alive (83.5 %: 17 in `prior_assignments`, tested only with a MixturePrior "
+    "on the CPU; 35 in `fit_diagonal_gmm`, tested only on separated blobs, where most of its steps cannot change "
+    "the result; `ConvVaDE.forward`, which no selected test called); tests for them went into `tests/test_vade.py` "
+    "and `tests/test_priors.py` (the GMM fit's recipe written out in numpy and scipy and compared on codes that make "
+    "each step count: overlapping codes, codes of small scale, fewer distinct codes than components, a singleton "
+    "and an emptied component during Lloyd, the last two found by a search; the codes converted once to float64 "
+    "on the CPU, spied on; the 'prior' method's codes spied on by a prior with parameters on the meta device, "
+    "without parameters or without `dim`; the settings at their bounds; the loss's keyed noise against "
+    "`keyed_normal`; `set_components`' clamps; exact error words), `--only survivors` killed all 78 rerun, and 10 "
+    "were judged equivalent (equal weights of the uniform draw in float32, int64 counts promoted by the division, "
+    "a loop range past its break, a constant added to every component's log density before the softmax, `copy_` "
+    "casting and moving by itself, a log taken before or after the float32 rounding) and run once more by name "
+    "after the last tests: all survive (79 s, not counted in the wall time). No bug found.",
 ]
 
 
@@ -724,7 +764,8 @@ def markdown(rec: dict) -> str:
         "Ray, the unlabelled commands' checks, records and sheets, nearest neighbours and duplicates with their "
         "approximate index, model files and their fingerprints, resolving models, the image cache and keyed "
         "noise, Kingma's M2 on feature vectors, training-time augmentation, the convolutional M2 conv-m2 and its "
-        "labels file). Survived includes \"no tests\" (no "
+        "labels file, the mixture-prior family conv-vade with its prior and the 'prior' cluster method). "
+        "Survived includes \"no tests\" (no "
         "selected test calls the function); crashed: the test run died (an HDF5 abort on the damaged file the "
         "mutant made), "
         "which fails the suite, so it counts as caught. "
@@ -775,7 +816,7 @@ def markdown(rec: dict) -> str:
               "`tests/test_cli_unlabelled.py`, neighbors group: `tests/test_neighbors.py`, `tests/test_index.py`, "
               "files group: `tests/test_model_hostile.py`, `tests/test_families.py`, `tests/test_cache.py`, "
               "`tests/test_noise.py`, semisup group: `tests/test_semisup.py`, augment group: `tests/test_augment.py`, "
-              "m2vae group: `tests/test_m2vae.py`); "
+              "m2vae group: `tests/test_m2vae.py`, vade group: `tests/test_vade.py`, `tests/test_priors.py`); "
               "the test written for each "
               "function:", ""] if killed_new else ["None.", ""]
     if killed_new:
