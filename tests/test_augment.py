@@ -30,7 +30,7 @@ def test_spec_round_trip_and_canonical_form():
         assert Augment.parse(nothing).spec() is None and not Augment.parse(nothing).active
     assert check_augment("noise=0.2,shift=3") == "shift=3,noise=0.2"
     assert TrainConfig(augment="noise=0.20,shift=1").augment == "shift=1,noise=0.2"
-    assert TrainConfig(augment="none").augment is None and TrainConfig().augment is None
+    assert TrainConfig(augment="none").augment is None and TrainConfig(augment=None).augment is None
     assert TrainConfig.from_dict(TrainConfig(augment="flip").to_dict()).augment == "flip"
 
 
@@ -346,3 +346,31 @@ def test_images_on_another_device_keep_every_tensor_there_and_the_default_dtype_
         assert torch.equal(aug(x, 5, torch.arange(3)), expected)
     finally:
         torch.set_default_dtype(default)
+
+
+def test_the_default_is_two_pixel_shifts_reconstructed_and_old_runs_resume_without_it(tmp_path, digits8):
+    assert TrainConfig().augment == "shift=2,target=same" == Augment(shift=2, target="same").spec()
+    assert TrainConfig.from_dict({"epochs": 3}).augment == "shift=2,target=same"  # overrides keep the default
+    assert TrainConfig.from_saved({"epochs": 3}).augment is None  # a run recorded before augmentation had none
+    assert TrainConfig.from_saved({"epochs": 3, "augment": "flip"}).augment == "flip"
+
+    cfg = dict(epochs=2, batch_size=64, augment=None)
+    full = train(digits8, tmp_path / "full", model_config={"latent_dim": 4}, train_config=cfg, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def crash(epoch, batch_index, logs):
+        if epoch == 2:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        train(digits8, tmp_path / "old", model_config={"latent_dim": 4}, train_config=cfg, progress=False,
+              callback=crash)
+    ckpt_path = tmp_path / "old" / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    del ckpt["train_config"]["augment"]  # as a checkpoint written before the field existed
+    torch.save(ckpt, ckpt_path)
+    resumed = train(digits8, tmp_path / "old", resume=True, progress=False)
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
