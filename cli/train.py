@@ -70,7 +70,7 @@ LABELLED_PER_BATCH = 32
 @click.option("--augment", default=None, metavar="SPEC",
               help="Perturb the encoder's input while training, e.g. shift=2, crop=0.8, flip, noise=0.1, erase=0.25 "
                    "(joined by commas); the decoder reconstructs the clean image unless target=same is added; "
-                   "'none' turns it off (default shift=2,target=same).")
+                   "'none' turns it off (default auto: shift up to 1/14 of the side, target=same; 2 px at 28 px).")
 @click.option("--arch", default=None, metavar="FAMILY",
               help="Model family: conv-vae (the default), conv-vade (a mixture prior whose components are "
                    "clusters, read with cvae probe --cluster-methods prior), conv-m2 (needs --labels, which "

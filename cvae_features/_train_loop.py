@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ._train_hooks import CallbackHook, RunDirWriter
-from .augment import Augment
+from .augment import resolve_augment
 from ._train_setup import derive_seed
 from ._version import __version__
 from .errors import ConfigError, TrainingError
@@ -76,7 +76,7 @@ class Loop:
             self.ddp = DistributedDataParallel(LossModule(self.model),
                                                device_ids=[device.index] if device.type == "cuda" else None)
         self.beta = mcfg.beta
-        self.augment = Augment.parse(tcfg.augment)
+        self.augment = resolve_augment(tcfg.augment, mcfg.image_size)
         if self.augment.active and self.augment.target == "clean" and not getattr(self.model, "accepts_inputs", False):
             raise ConfigError(f"augment={tcfg.augment!r}: model family {getattr(self.model, 'arch', '?')!r} does not "
                               "take separate encoder inputs, so it cannot reconstruct the clean image; add "

@@ -18,8 +18,7 @@ from .training import TrainConfig
 # Chosen on digits:train only (probes on a split of the training rows; digits:test is never read):
 # benchmarks/digits_demo.py, results in benchmarks/results/digits_demo.md.
 DEMO_MODEL = VAEConfig(image_size=8, channels=1, latent_dim=32, beta=0.25, likelihood="bernoulli")
-# No input augmentation: the demo's settings were chosen without it, and 2-pixel shifts (the package
-# default, chosen at 28 px) are a quarter of an 8-pixel digit.
+# No input augmentation (the demo's settings were chosen without it; "auto" would shift nothing at 8 px anyway).
 DEMO_TRAINING = TrainConfig(epochs=60, batch_size=64, lr=3e-3, val_fraction=0.1, seed=0, augment=None)
 DEMO_LABELS_PER_CLASS = (1, 5, 10, 100)
 

@@ -41,8 +41,8 @@ from .model import ConvVAE, VAEConfig, check_config_keys, load_model, resolve_de
 Schedule = Literal["onecycle", "cosine", "constant"]
 AmpDtype = Literal["bfloat16", "float16"]
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-#: TrainConfig.augment's default (chosen on Fashion-MNIST's validation split, see the field's notes).
-DEFAULT_AUGMENT = "shift=2,target=same"
+#: TrainConfig.augment's default (the image size decides; see the field's notes).
+DEFAULT_AUGMENT = "auto"
 
 
 @dataclass(frozen=True)
@@ -97,14 +97,15 @@ class TrainConfig:
         ``batch_size`` shuffled images, so that few labels reach every step of a semi-supervised
         model (``conv-m2``); 0 draws none. Needs labelled training images when > 0, and then keeps
         every labelled image in the training split (validation takes unlabelled images first).
-    augment : str or None, default="shift=2,target=same"
+    augment : str or None, default="auto"
         Perturb the encoder's input during training, e.g. ``"shift=2"``, ``"noise=0.1"`` or
         ``"shift=2,target=same"`` (see :mod:`cvae_features.augment`); the decoder reconstructs the
         clean image unless the spec ends in ``target=same``. None (or ``"none"``): no augmentation.
-        Kept in canonical form. The default, whole-pixel shifts of up to 2 px with the shifted image
-        reconstructed, was chosen on a validation split of Fashion-MNIST's training images
-        (``benchmarks/results/fashion_mnist_tuning.md``). A saved config without the key (written
-        before augmentation existed) loads as None.
+        Kept in canonical form. ``"auto"``, the default: whole-pixel shifts of up to a fourteenth of
+        the image side with the shifted image reconstructed (``shift=2,target=same`` at 28 px, chosen
+        on a validation split of Fashion-MNIST's training images, see
+        ``benchmarks/results/fashion_mnist_tuning.md``; nothing below 14 px). A saved config without
+        the key (written before augmentation existed) loads as None.
     """
 
     epochs: int = 20

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from cvae_features._train_loop import Loop
 from cvae_features._train_setup import derive_seed
-from cvae_features.augment import Augment, _uniform, check_augment
+from cvae_features.augment import Augment, _uniform, check_augment, resolve_augment
 from cvae_features.errors import ConfigError
 from cvae_features.model import ConvVAE, VAEConfig
 from cvae_features.noise import keyed_normal
@@ -349,8 +349,8 @@ def test_images_on_another_device_keep_every_tensor_there_and_the_default_dtype_
 
 
 def test_the_default_is_two_pixel_shifts_reconstructed_and_old_runs_resume_without_it(tmp_path, digits8):
-    assert TrainConfig().augment == "shift=2,target=same" == Augment(shift=2, target="same").spec()
-    assert TrainConfig.from_dict({"epochs": 3}).augment == "shift=2,target=same"  # overrides keep the default
+    assert TrainConfig().augment == "auto" == TrainConfig(augment=" AUTO ").augment
+    assert TrainConfig.from_dict({"epochs": 3}).augment == "auto"  # overrides keep the default
     assert TrainConfig.from_saved({"epochs": 3}).augment is None  # a run recorded before augmentation had none
     assert TrainConfig.from_saved({"epochs": 3, "augment": "flip"}).augment == "flip"
 
@@ -374,3 +374,29 @@ def test_the_default_is_two_pixel_shifts_reconstructed_and_old_runs_resume_witho
     resumed = train(digits8, tmp_path / "old", resume=True, progress=False)
     for k, v in full.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("size, shift", [(8, 0), (13, 0), (14, 1), (27, 1), (28, 2), (64, 4), (256, 18)])
+def test_auto_shifts_by_a_fourteenth_of_the_side_and_reconstructs_the_shifted_image(size, shift):
+    assert resolve_augment("auto", size) == Augment(shift=shift, target="same")
+    assert resolve_augment("Auto", size).active == (shift > 0)
+    assert resolve_augment("shift=1,noise=0.1", size) == Augment(shift=1, noise=0.1)  # a spec is taken as written
+    assert resolve_augment(None, size) == Augment()
+
+
+def test_the_loop_resolves_auto_with_the_models_image_size(tmp_path):
+    train_x, seen = _loop_batches(tmp_path, "auto")  # 8 px: nothing to shift
+    assert all("inputs" not in b and b["images"].dtype == torch.uint8 for _, b in seen)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8, generator=g)
+    loop = Loop(VAEConfig(image_size=28, latent_dim=4, widths=(4, 4, 4)), TrainConfig(epochs=1, batch_size=10,
+                device="cpu", seed=5), torch.device("cpu"), None, images[4:], images[:4], False,
+                model_class=_RecordingVAE, is_main_process=False)
+    assert loop.augment == Augment(shift=2, target="same")
+    (tmp_path / "r28").mkdir()
+    loop.run(tmp_path / "r28", {})
+    for training, batch in loop.model.seen:
+        if training:
+            expected = Augment(shift=2, target="same")(images[4:][batch["index"]], derive_seed(5, "augment", 1),
+                                                         batch["index"])
+            assert torch.equal(batch["images"], expected)
