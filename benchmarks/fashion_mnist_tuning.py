@@ -179,6 +179,7 @@ def summarize(folder: Path) -> Path:
             lines[-1] += (f" The rule trades clustering for the linear probe: the chosen row's k-means ACC "
                           f"({bc.pct(km[best['name']])}) is below the best of those rows ({bc.pct(max(km.values()))}).")
         lines += _later_rows(recs, cands, best)
+        lines += _augment_lines(recs, best)
         spread = _seed_spread(recs)
         if spread:
             lines += ["", "The same setting trained with another seed (the noise floor of this table):", ""] + spread
@@ -210,7 +211,8 @@ def _later_rows(recs, cands, best) -> list:
     if same_arch and test_path.exists():
         test = json.loads(test_path.read_text())
         rows = [r for r in same_arch if test["model_config"] == r["model_config"]
-                and test["train_config"]["epochs"] == r["train_config"]["epochs"]]
+                and test["train_config"]["epochs"] == r["train_config"]["epochs"]
+                and test["train_config"].get("augment") == r["train_config"].get("augment")]
         if rows:
             linear_row = next((t for t in test.get("table", []) if t.get("probe") == "linear"), {})
             target = (linear_row.get("target") or 100 * target) / 100
@@ -249,6 +251,40 @@ def _later_rows(recs, cands, best) -> list:
         if km:
             text += f" (k-means ACC moves by up to {max(km):.1f} points between training seeds alone; see below)"
         out += ["", text + "."]
+    return out
+
+
+def _augment_lines(recs, best) -> list:
+    """The chosen setting trained with each input augmentation, against none (means over training seeds)."""
+    def without_augment(r):
+        keys = ("epochs", "batch_size", "lr", "schedule", "beta_warmup_epochs", "val_fraction", "max_images")
+        return json.dumps([r["model_config"], [r["train_config"].get(k) for k in keys]], sort_keys=True)
+
+    same = [r for r in recs if without_augment(r) == without_augment(best)]
+    groups: dict = {}
+    for r in same:
+        groups.setdefault(r["train_config"].get("augment"), []).append(r)
+    if len(groups) < 2 or None not in groups:
+        return []
+    metrics = dict(METRICS, **{"logistic @10": lambda v: v["fewshot10"]["logistic"]["mean"]})
+    base = groups.pop(None)
+    out = ["", f"Input augmentation (`--augment`), the chosen setting otherwise unchanged, against none "
+               f"({len(base)} seed(s)); differences in points, means over the training seeds of each:", ""]
+    rows, best_spec = [], None
+    for spec, rs in groups.items():
+        diffs = {k: 100 * (np.mean([g(r["validation"]) for r in rs]) - np.mean([g(r["validation"]) for r in base]))
+                 for k, g in metrics.items()}
+        rows.append([f"`{spec}`", len(rs)] + [f"{d:+.1f}" for d in diffs.values()])
+        if best_spec is None or diffs["linear"] > best_spec[1]:
+            best_spec = (spec, diffs["linear"])
+    out += bc.md_table(["augment", "seeds"] + list(metrics), rows)
+    from cvae_features.augment import resolve_augment
+    from cvae_features.training import TrainConfig
+
+    default = resolve_augment(TrainConfig().augment, best["model_config"]["image_size"]).spec()
+    out += ["", f"Rule: the best mean validation linear accuracy, if above none: `{best_spec[0]}` "
+                f"({best_spec[1]:+.1f}). The package default (`{TrainConfig().augment}`) gives `{default}` at "
+                f"{best['model_config']['image_size']} px: {'the same' if default == best_spec[0] else 'NOT the same'}."]
     return out
 
 

@@ -234,12 +234,26 @@ def fashion_mnist_m2() -> str:
     return "\n".join(out + bc.md_table(*m2_table(rec)))
 
 
+def fashion_mnist_vade() -> str:
+    from fashion_mnist_vade import METRICS as VADE_METRICS, NAMES as VADE_NAMES
+
+    rec = _load("fashion_mnist_vade")
+    s, m = rec["summary"], rec["seeds"][0]["model_config"]
+    out = [f"conv-vade, latent {m['latent_dim']}, β {m['beta']}, {m['n_clusters']} components (fixed in advance), "
+           f"{rec['seeds'][0]['training']['epochs_run']} epochs, {len(rec['seeds'])} seeds; test rows, % "
+           f"(mean ± std); wall time {rec['wall_s'] / 60:.0f} min; commit `{(rec.get('commit') or '?')[:7]}`.", ""]
+    rows = [[VADE_NAMES[meth]] + [bc.pct_std(v[k]["mean"], v[k]["std"]) for k in VADE_METRICS]
+            for meth, v in s["test"].items()]
+    return "\n".join(out + bc.md_table(["method (on the conv-vade model's μ)", "ACC", "NMI", "ARI"], rows))
+
+
 TABLES = {
     "copy_detection": copy_detection,
     "demo": demo,
     "fashion_mnist": fashion_mnist,
     "fashion_mnist_tuning": fashion_mnist_tuning,
     "fashion_mnist_m2": fashion_mnist_m2,
+    "fashion_mnist_vade": fashion_mnist_vade,
     "inpainting_fashion_mnist": lambda: inpainting("inpainting_fashion_mnist"),
     "one_class_fashion_mnist": lambda: one_class("one_class_fashion_mnist"),
     "one_class_digits": lambda: one_class("one_class_digits"),
