@@ -161,7 +161,7 @@ GROUPS = {
     # (tests/test_augment.py). Not mutated: Augment.active and Augment.geometric (properties: decorated).
     "augment": {"cvae_features/augment.py": [
         f"x{C}Augment{C}__post_init__", f"x{C}Augment{C}parse", f"x{C}Augment{C}spec", f"x{C}Augment{C}__call__",
-        f"x{C}Augment{C}_warp", "x__uniform", "x_check_augment"]},
+        f"x{C}Augment{C}_warp", "x__uniform", "x_check_augment", "x_resolve_augment"]},
     # the semi-supervised convolutional VAE (family conv-m2) and the labels file that gives it labels: the settings'
     # checks, the heads' widths, q(z | x, y), the class-conditional decoder, the embedding as the class mixture's
     # moments, the labelled and unlabelled terms and their weights, keyed noise shared by every class; the key,label
