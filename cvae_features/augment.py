@@ -123,8 +123,8 @@ class Augment:
 
     @property
     def active(self) -> bool:
-        """True when the setting perturbs anything."""
-        return self.spec() is not None
+        """True when the setting perturbs anything (exactly when :meth:`spec` is not None)."""
+        return self.geometric or bool(self.noise or self.erase)
 
     @property
     def geometric(self) -> bool:

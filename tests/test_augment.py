@@ -13,6 +13,7 @@ from cvae_features._train_setup import derive_seed
 from cvae_features.augment import Augment, _uniform, check_augment, resolve_augment
 from cvae_features.errors import ConfigError
 from cvae_features.model import ConvVAE, VAEConfig
+from cvae_features.vade import ConvVaDE, VaDEConfig
 from cvae_features.noise import keyed_normal
 from cvae_features.training import TrainConfig, train
 from test_train_seams import _RecordingVAE  # a ConvVAE that keeps every batch it is given
@@ -24,7 +25,9 @@ def test_spec_round_trip_and_canonical_form():
     a = Augment.parse(" noise=0.10 , shift=2,flip, erase=0.25,crop=0.8, target=same")
     assert a == Augment(shift=2, crop=0.8, flip=True, noise=0.1, erase=0.25, target="same")
     assert a.spec() == "shift=2,crop=0.8,flip,noise=0.1,erase=0.25,target=same"
-    assert Augment.parse(a.spec()) == a
+    assert Augment.parse(a.spec()) == a and a.active
+    for one in ("shift=1", "crop=0.9", "flip", "noise=0.1", "erase=0.1", "flip,target=same"):
+        assert Augment.parse(one).active and Augment.parse(one).spec() is not None
     assert Augment.parse("shift=1,target=clean").spec() == "shift=1"  # clean is the default: not written
     for nothing in (None, "", "  ", "none", "NONE", "target=same", "shift=0,noise=0,crop=1"):
         assert Augment.parse(nothing).spec() is None and not Augment.parse(nothing).active
@@ -145,9 +148,12 @@ def test_draws_depend_on_key_and_row_only():
 
 # -- the model and the loop ----------------------------------------------------------------------
 
-def test_the_encoder_sees_the_inputs_and_the_decoder_is_scored_against_the_images():
+@pytest.mark.parametrize("family", ["conv-vae", "conv-vade"])
+def test_the_encoder_sees_the_inputs_and_the_decoder_is_scored_against_the_images(family):
     torch.manual_seed(0)
-    model = ConvVAE(VAEConfig(image_size=8, latent_dim=4, widths=(8,))).eval()
+    small = {"image_size": 8, "latent_dim": 4, "widths": (8,)}
+    model = (ConvVAE(VAEConfig(**small)) if family == "conv-vae"
+             else ConvVaDE(VaDEConfig(**small, n_clusters=3, pretrain_steps=2, init_rows=8))).eval()
     g = torch.Generator().manual_seed(2)
     clean = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8, generator=g)
     inputs = torch.rand(6, 1, 8, 8, generator=g)

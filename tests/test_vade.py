@@ -430,14 +430,3 @@ def test_cli_train_extract_and_probe_report_the_prior_clusters(tmp_path):
     result = runner.invoke(cli, ["train", str(root), "-o", str(tmp_path / "plain"), "--clusters", "5"])
     assert result.exit_code != 0 and "--clusters: needs --arch conv-vade" in result.output.replace("'", "")
 
-
-def test_augmented_inputs_reach_the_encoder_and_the_clean_images_are_reconstructed():
-    torch.manual_seed(0)
-    model = ConvVaDE(**SMALL).eval()
-    g = torch.Generator().manual_seed(4)
-    clean = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8, generator=g)
-    inputs = torch.rand(5, 1, 8, 8, generator=g)
-    out = model.loss({"images": clean, "inputs": inputs, "index": torch.arange(5)})
-    mu = model.encode(inputs)[0]
-    assert torch.equal(out.mu, mu)
-    assert torch.allclose(out.recon_per_sample, model.reconstruction_nll(model.decode(mu), clean.float() / 255))
