@@ -237,6 +237,14 @@ def _span(values) -> str:
     return f"{lo:,}" if lo == hi else f"{lo:,}–{hi:,}"
 
 
+def _augment_text(spec, model_config: dict) -> str:
+    """The run's augmentation as trained: "auto" resolved at the model's image size, "none" when off."""
+    from cvae_features.augment import resolve_augment
+
+    aug = resolve_augment(spec, int(model_config["image_size"]))
+    return f"`{aug.spec()}`" + (" (the default, auto)" if spec == "auto" else "") if aug.active else "none"
+
+
 def markdown(rec: dict, args) -> str:
     ds = DATASETS[args.dataset]
     title = f"# One-class anomaly detection: {args.dataset}" + (
@@ -251,7 +259,7 @@ def markdown(rec: dict, args) -> str:
               + " are scored and the other classes are the anomalies. AUROC in %.  ",
               f"Model: latent {m['latent_dim']}, β {m['beta']}, {m['likelihood']}; {t['epochs']} epochs, batch "
               f"{t['batch_size']}, lr {t['lr']}, validation fraction {t['val_fraction']} (model = best validation "
-              f"epoch); median training speed {rec['training_images_per_s_median'] or float('nan'):.0f} images/s.  ",
+              f"epoch), augmentation {_augment_text(t.get('augment'), m)}; median training speed {rec['training_images_per_s_median'] or float('nan'):.0f} images/s.  ",
               "Scores: VAE −ELBO and reconstruction error from `extract(..., scores=True)` (z = μ); latent k-NN "
               f"(mean distance to the {KNN_K} nearest class-c training μ), Mahalanobis (Ledoit-Wolf) and GMM "
               "(4 components) from the probes' `anomaly_scores`; raw-pixel baselines in the same run: k-NN "
