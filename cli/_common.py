@@ -9,7 +9,12 @@ import time
 
 import click
 
-from cvae_features.errors import CvaeError
+from cvae_features.errors import CvaeError, LostProcessError
+
+
+#: set by ``cvae train --nproc`` for the processes it starts; LOST_EXIT: the exit status of one that lost the
+#: others (the launcher then names the process that was stopped)
+LAUNCHED, LOST_EXIT = "CVAE_NPROC_LAUNCHER", 75
 
 
 def library_errors(func=None, *, interrupted: str = "interrupted: stopped before the end; run the command again"):
@@ -26,7 +31,10 @@ def library_errors(func=None, *, interrupted: str = "interrupted: stopped before
         try:
             return func(*args, **kwargs)
         except CvaeError as err:
-            if os.environ.get("RANK", "0") != "0":  # one process of a data-parallel run: rank 0 says it
+            if isinstance(err, LostProcessError) and os.environ.get(LAUNCHED):
+                sys.exit(LOST_EXIT)  # `cvae train --nproc` reports which process was stopped, in one line
+            if os.environ.get("RANK", "0") != "0" and not isinstance(err, LostProcessError):
+                # one process of a data-parallel run: rank 0 says it (unless rank 0 is the one that is gone)
                 time.sleep(2.0)  # every process meets the same error at once; the launcher stops the others
                 sys.exit(1)      # when the first one exits, so give rank 0 the time to print it
             raise click.ClickException(str(err)) from None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ._common import echo_json, library_errors
+from ._common import LAUNCHED, LOST_EXIT, echo_json, library_errors
 
 # Option name -> (config it belongs to, field). Only options given on the command line are passed,
 # so the library's defaults stay the single source of truth.
@@ -149,8 +149,10 @@ def _labelled_source(spec: str, labels: str, data_dir):
 def _launch(nproc: int) -> int:
     """Run this same command in ``nproc`` processes through torch's launcher (what torchrun runs); the exit
     status of the first process that failed, else 0. The launcher's own log lines are silenced: a failing
-    process has already said why in one line (rank 0)."""
+    process has already said why in one line (rank 0, or a survivor that lost the others); when every
+    failed process was killed by a signal, this says which one, in one line, and returns 1."""
     import logging
+    import signal
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
@@ -164,12 +166,26 @@ def _launch(nproc: int) -> int:
         elif not arg.startswith("--nproc="):
             rest.append(arg)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ[LAUNCHED] = "1"  # survivors of a killed process leave the report to this launcher
     logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "cvae_cli.main",
                                          *rest])
     try:
         run(args)
     except ChildFailedError as err:
-        codes = [f.exitcode for _, f in sorted(err.failures.items())]
-        return next((c for c in codes if c), 1) if codes else 1
+        # (rank, ProcessFailure); exitcode < 0: killed by that signal; LOST_EXIT: a survivor that lost the
+        # others and left the report to this launcher; once one process dies the launcher stops the rest
+        # with SIGTERM, so those are the causes only when there is no other
+        failures = sorted(err.failures.items())
+        causes = [(r, f) for r, f in failures if f.exitcode not in (LOST_EXIT, -signal.SIGTERM)]
+        said = [f.exitcode for _, f in causes if f.exitcode > 0]
+        if said:  # a process that exited with an error has already said why
+            return said[0]
+        killed = [(r, f) for r, f in causes or failures if f.exitcode < 0]
+        if not killed:
+            return 1
+        rank, first = killed[0]
+        click.echo(f"Error: training process {rank} was stopped by {first.signal_name()} and the launcher stopped the "
+                   "others; the run dir keeps the last finished epoch: run the same command with --resume", err=True)
+        return 1
     return 0

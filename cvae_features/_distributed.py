@@ -109,6 +109,24 @@ def from_env(device: torch.device) -> Dist:
     return Dist(world, rank, local_rank, backend, owned)
 
 
+# what gloo and NCCL say when the process at the other end of a collective has gone
+_LOST_WORDS = ("connection reset", "connection closed", "broken pipe", "connection refused", "socket closed",
+               "remote process exited", "nccl communicator was aborted")
+
+
+def lost_contact(err: BaseException) -> str:
+    """The reason in a few words when ``err`` is a collective that failed because another process is gone
+    (a gloo/NCCL connection error), else ``""``."""
+    text = str(err).strip()
+    words = text.lower()
+    if not (isinstance(err, getattr(torch.distributed, "DistNetworkError", ())) or any(w in words for w in _LOST_WORDS)):
+        return ""
+    # gloo: "[.../gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:37526: Connection reset by peer. This is..."
+    if text.startswith("[") and "] " in text:
+        text = text.split("] ", 1)[1]
+    return text.split(". ", 1)[0].splitlines()[0][:120]
+
+
 def local_device(device: torch.device, dist: Dist) -> torch.device:
     """Each process of a CUDA run gets its own GPU (``cuda:LOCAL_RANK``)."""
     if device.type == "cuda" and dist.active:
@@ -132,4 +150,4 @@ class LossModule(torch.nn.Module):
         return self.model.loss(batch, beta=beta)
 
 
-__all__ = ["Dist", "from_env", "local_device", "LossModule"]
+__all__ = ["Dist", "from_env", "local_device", "lost_contact", "LossModule"]

@@ -43,6 +43,10 @@ class TrainingError(CvaeError, RuntimeError):
     """Training cannot go on (for example the loss became NaN or infinite)."""
 
 
+class LostProcessError(TrainingError):
+    """A data-parallel training process lost the others (one stopped or was killed); every survivor says so."""
+
+
 class IndexMismatchError(StoreError):
     """A search index kept beside a store no longer matches it (the store changed since it was built)."""
 

@@ -33,8 +33,8 @@ from ._train_loop import Loop
 from ._train_setup import (agree, agree_preprocess, claim_run_dir, derive_seed, load_data, lock_run_dir,
                            model_overrides)
 from .augment import check_augment
-from .errors import ConfigError, DataError
-from ._distributed import from_env, local_device
+from .errors import ConfigError, CvaeError, DataError, LostProcessError
+from ._distributed import from_env, local_device, lost_contact
 from .families import DEFAULT_ARCH, model_class
 from .model import ConvVAE, VAEConfig, check_config_keys, load_model, resolve_device
 
@@ -357,6 +357,12 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
         try:
             return _train_in(dist, local_device(device, dist), source, run_dir, tcfg, overrides, config_class,
                              arch, state, preprocess, resume, overwrite, progress, data_dir, callback, hooks)
+        except RuntimeError as err:
+            if dist.active and not isinstance(err, CvaeError) and lost_contact(err):
+                raise LostProcessError(
+                    f"process {dist.rank} lost the other training process(es) ({lost_contact(err)}): one stopped or "
+                    f"was killed; {run_dir} keeps the last finished epoch: run the same command with --resume") from None
+            raise
         finally:
             if lock is not None:
                 lock.close()

@@ -91,23 +91,31 @@ def test_two_processes_train_what_one_process_trains(tmp_path, one_process):
     assert config["processes"] == 2
 
 
-def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path, one_process):
-    run = tmp_path / "run"
+def _two_processes_past_one_epoch(run, output):
+    """`cvae train --nproc 2` started in its own session, returned once its first epoch is in history.json."""
     args = [sys.executable, "-m", "cvae_cli.main", *TRAIN, "--epochs", str(EPOCHS), "-o", str(run), "--nproc", "2"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    proc = subprocess.Popen(args, stdout=output, stderr=output, text=True, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
     try:
         while time.time() < deadline and proc.poll() is None:
             try:
                 if len(json.loads((run / "history.json").read_text())) >= 1:
-                    break
+                    return proc
             except (OSError, ValueError):
                 pass
             time.sleep(0.01)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both training processes
-        proc.wait()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc
+
+
+def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path, one_process):
+    run = tmp_path / "run"
+    proc = _two_processes_past_one_epoch(run, subprocess.DEVNULL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both training processes
+    proc.wait()
     done = len(json.loads((run / "history.json").read_text()))
     assert 1 <= done < EPOCHS, done  # killed part-way
     resumed = _cvae(*TRAIN, "--epochs", EPOCHS, "-o", run, "--nproc", "2", "--resume")
@@ -118,6 +126,58 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path,
     assert again.returncode == 1 and "Traceback" not in again.stderr
     assert [line for line in again.stderr.splitlines() if line.strip()] == [
         f"Error: run_dir {run} already holds a finished run: resume it (--resume) or replace it (--overwrite)"]
+
+
+def _rank_pid(launcher_pid: int, rank: int):
+    """The pid of the training process of ``rank`` that the launcher ``launcher_pid`` started (Linux /proc)."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if ppid == launcher_pid and f"RANK={rank}".encode() in env:
+            return int(name)
+    return None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the training processes through /proc")
+def test_killing_one_process_is_one_line_and_the_run_resumes(tmp_path, one_process):
+    run = tmp_path / "run"
+    proc = _two_processes_past_one_epoch(run, subprocess.PIPE)
+    try:
+        victim = _rank_pid(proc.pid, 1)
+        assert victim is not None and proc.poll() is None
+        os.kill(victim, signal.SIGKILL)  # one training process only: rank 0 and the launcher see it die
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "Error: training process 1 was stopped by SIGKILL and the launcher stopped the others; the run dir keeps "
+        "the last finished epoch: run the same command with --resume"]
+    assert 1 <= len(json.loads((run / "history.json").read_text())) < EPOCHS
+    resumed = _cvae(*TRAIN, "--epochs", EPOCHS, "-o", run, "--nproc", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    _weights_close(run, one_process)
+
+
+def test_a_lost_process_error_names_the_reason_in_a_few_words():
+    from cvae_features._distributed import lost_contact
+
+    gloo = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:37526: "
+                        "Connection reset by peer. This is typically caused by a remote worker hanging. GLHF!")
+    assert lost_contact(gloo) == "Read error [127.0.0.1]:37526: Connection reset by peer"
+    assert lost_contact(RuntimeError("NCCL communicator was aborted on rank 1.")) == (
+        "NCCL communicator was aborted on rank 1.")
+    assert lost_contact(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)")) == ""
+    assert lost_contact(ValueError("x" * 300 + " broken pipe")) == "x" * 120
 
 
 def test_more_processes_than_a_batch_holds_is_one_line(tmp_path):
@@ -166,3 +226,31 @@ def test_processes_that_disagree_on_the_config_stop_with_one_line(tmp_path):
     assert 1 <= len(lines) <= 2 and all("the 2 processes disagree on the run: process 1 has lr=0.002, process 0 lr=0.001"
                                    in line for line in lines), out.stdout + out.stderr
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("rank, launched, code, said", [
+    ("1", "", 1, True),     # plain torchrun: a surviving process says why, whatever its rank
+    ("0", "1", 75, False),  # under `cvae train --nproc`: quiet, the launcher names the process that was stopped
+    ("1", "1", 75, False),
+])
+def test_a_survivor_reports_a_lost_process_unless_the_launcher_does(monkeypatch, rank, launched, code, said):
+    import click
+    from click.testing import CliRunner
+
+    from cvae_cli._common import library_errors
+    from cvae_features.errors import ConfigError, LostProcessError
+
+    @click.command()
+    @click.option("--kind")
+    @library_errors
+    def cmd(kind):
+        raise (LostProcessError if kind == "lost" else ConfigError)(f"{kind} error")
+
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("CVAE_NPROC_LAUNCHER", launched)
+    out = CliRunner().invoke(cmd, ["--kind", "lost"])
+    assert out.exit_code == code and ("Error: lost error" in out.output) == said
+    if rank == "1":  # any other error on a rank other than 0 stays quiet: rank 0 meets it too and says it
+        monkeypatch.setattr("time.sleep", lambda s: None)
+        other = CliRunner().invoke(cmd, ["--kind", "config"])
+        assert other.exit_code == 1 and "config error" not in other.output
