@@ -44,7 +44,10 @@ def _target(value, target, digits=0) -> str:
 
 def _caption(rec: dict, what: str) -> str:
     m, t = rec["model_config"], rec["train_config"]
-    return (f"{what}: latent {m['latent_dim']}, β {m['beta']}, {t['epochs']} epochs; wall time "
+    aug = t.get("augment")  # "auto" is shifts of image_size // 14 px (cvae_features.augment.resolve_augment)
+    aug_text = "" if aug is None else f", augmentation {aug}" + (
+        f" (shift={m['image_size'] // 14},target=same)" if aug == "auto" and m.get("image_size", 0) >= 14 else "")
+    return (f"{what}: latent {m['latent_dim']}, β {m['beta']}, {t['epochs']} epochs{aug_text}; wall time "
             f"{rec['wall_s'] / 60:.0f} min; commit `{(rec.get('commit') or '?')[:7]}`.")
 
 
