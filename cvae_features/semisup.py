@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import ConfigError
+from .errors import ConfigError, TrainingError
 from .model import LOGVAR_MAX, LOGVAR_MIN  # the encoder's log-variance range, as in the ConvVAE
 
 #: Floor of the decoder Gaussian's log standard deviation (sigma >= ~0.011): its terms stay finite.
@@ -208,6 +208,8 @@ def fit_m2(X_lab, y_lab, X_unl=None, config: M2Config | None = None, *, seed: in
     ------
     ConfigError
         Fewer than 2 classes among the labels, labels not one per labelled row, or widths that differ.
+    TrainingError
+        The objective became NaN or infinite (the fit diverged: a smaller ``lr`` helps).
     """
     config = config or M2Config()
     X_lab = np.asarray(X_lab, dtype=np.float64)
@@ -248,7 +250,8 @@ def fit_m2(X_lab, y_lab, X_unl=None, config: M2Config | None = None, *, seed: in
             loss = net.objective(x_lab[li], y_t[li], xb, alpha=config.alpha, n_lab=n_lab, n_unl=n_unl,
                                  unlabelled_weight=weight)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"M2: the objective became {loss.item()} at step {step}")
+                raise TrainingError(f"M2: the objective became {loss.item()} at step {step + 1} of {config.steps}: "
+                                    f"the fit diverged; try a smaller lr (now {config.lr:g})")
             opt.zero_grad()
             loss.backward()
             opt.step()

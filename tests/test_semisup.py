@@ -364,3 +364,14 @@ def test_no_settings_are_the_defaults(monkeypatch):
     monkeypatch.setattr(semisup, "M2Config", lambda: M2Config(**dict(TINY, steps=2)))
     model = fit_m2(np.eye(4), [0, 1, 0, 1])
     assert model.config == M2Config(**dict(TINY, steps=2)) and [h["step"] for h in model.history] == [2]
+
+
+def test_a_diverging_fit_is_a_one_line_training_error():
+    from sklearn.datasets import load_digits
+
+    from cvae_features.errors import TrainingError
+
+    X, y = load_digits(return_X_y=True)
+    with pytest.raises(TrainingError, match=r"^M2: the objective became nan at step 2 of 50: the fit diverged; "
+                                            r"try a smaller lr \(now 1000\)$"):
+        fit_m2(X[:50], y[:50], X[50:300], M2Config(steps=50, lr=1e3), seed=0)
