@@ -45,6 +45,10 @@ class StandardNormal:
     def __repr__(self) -> str:
         return f"StandardNormal(dim={self.dim})"
 
+    def describe(self) -> str:
+        """What the prior is, in words (figure captions)."""
+        return "N(0, I)"
+
     def kl_per_dim(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """KL(N(mu, exp(logvar)) || N(0, 1)) of each dimension, shape (n, dim), in float32 (or wider)."""
         # autocast may hand back bf16/fp16; the KL is computed in fp32
@@ -119,6 +123,10 @@ class MixturePrior(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_components={self.n_components}, dim={self.dim}"
+
+    def describe(self) -> str:
+        """What the prior is, in words (figure captions)."""
+        return f"a learnt mixture of {self.n_components} diagonal gaussians"
 
     # -- the parts -------------------------------------------------------------
     def log_weights(self) -> torch.Tensor:

@@ -40,11 +40,12 @@ VIEWS = (
     ("reconstructions.png", "Reconstructions",
      "Rows in pairs: the original image, then its reconstruction decoded from the posterior mean μ."),
     ("samples.png", "Samples from the prior",
-     "Codes drawn from N(0, I) and decoded: what the model believes an image looks like."),
+     "Codes drawn from the model's prior and decoded: what the model believes an image looks like."),
     ("interpolations.png", "Interpolations",
      "Each row walks linearly in latent space from μ of the left image to μ of the right image."),
     ("traversals.png", "Latent traversals",
-     "Each row sets one of the most active latent dimensions from -3 to +3, the others held at a base code."),
+     "Each row walks one of the most active latent dimensions from the prior's mean -3 to +3 standard "
+     "deviations, the others held at a base code."),
     ("inpainting.png", "Inpainting",
      "Rows in triples: masked input (hidden part grey), the model's fill (the most probable code given the "
      "known pixels, decoded; known pixels kept), the original."),
@@ -542,10 +543,14 @@ def _colormap(k):
 
 def _write_index(result: ShowResult, model: ConvVAE, label: str) -> Path:
     esc = html.escape
+    prior = model.prior
+    prior_text = prior.describe() if hasattr(prior, "describe") else type(prior).__name__
     captions = {
-        "traversals": f"Rows set latent dimensions {result.traversal_dims} (most active first, by mean KL) "
-                      f"to values from -{TRAVERSAL_RANGE:g} to +{TRAVERSAL_RANGE:g}; "
-                      "the others stay at μ of one image.",
+        "samples": f"Codes drawn from the model's prior ({prior_text}) and decoded: what the model believes an "
+                   "image looks like.",
+        "traversals": f"Rows set latent dimensions {result.traversal_dims} (most active first, by mean KL to the "
+                      f"prior) to the prior's mean -{TRAVERSAL_RANGE:g} to +{TRAVERSAL_RANGE:g} standard deviations "
+                      f"(prior: {prior_text}); the others stay at μ of one image.",
         "inpainting": f"Rows in triples: the input with its {result.inpaint_mask} part hidden (grey), the model's "
                       f"fill (the most probable code given the known pixels, {result.inpaint_steps} Adam steps, decoded; "
                       "known pixels kept), the original.",

@@ -223,6 +223,7 @@ def test_mixture_parameters_are_model_state_and_log_variances_are_clamped():
     prior.set_components(torch.tensor([0.5, 0.5]), torch.zeros(2, 3), torch.tensor([[1e-6, 1.0, 1e6]] * 2))
     assert torch.equal(prior.logvars.detach(), torch.tensor([[-10.0, 0.0, 10.0]] * 2))
     assert repr(prior) == "MixturePrior(n_components=2, dim=3)"
+    assert prior.describe() == "a learnt mixture of 2 diagonal gaussians"
     with torch.no_grad():
         prior.logvars.fill_(-50.0)
     assert torch.equal(prior.component_logvars(), torch.full((2, 3), -10.0))  # the floor, COMPONENT_LOGVAR_MIN

@@ -360,6 +360,10 @@ def test_samples_traversals_and_ranking_come_from_the_models_prior(run_dir, digi
     narrow = show(model, tmp_path / "narrow", source=digits_images[:40], n=16, seed=0)
     tiles = _tiles(narrow.files["samples"])
     assert len(tiles) == 16 and all(np.abs(t.astype(int) - target).max() <= 1 for t in tiles)
+    for result, words in ((standard, "(N(0, I))"), (narrow, "(_NarrowPrior)")):  # the captions name the prior
+        page = (result.out_dir / "index.html").read_text()
+        assert f"Codes drawn from the model&#x27;s prior {words} and decoded" in page
+        assert f"standard deviations (prior: {words[1:-1]})" in page
 
     base = torch.zeros(LATENT)
     z = _traversal_codes(model.prior, base, 2)
