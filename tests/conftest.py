@@ -59,8 +59,8 @@ def pytest_collection_modifyitems(config, items):
 
     import tqdm
 
-    # mutmut forks its workers from one process: a tqdm lock made there (a multiprocessing lock) is shared by
-    # every worker, and one killed while holding it leaves the others waiting for ever; each gets its own
+    # mutmut forks its workers from one process: a tqdm lock made there (a multiprocessing lock) would be shared by
+    # every worker (workers hung, with no CPU use, in tests showing tqdm bars); each gets a lock of its own
     tqdm.tqdm.set_lock(threading.RLock())
     tqdm.tqdm.monitor_interval = 0
     try:
