@@ -15,7 +15,8 @@ loss and prior, joined stores, the Ray engine's logic that runs without Ray, the
 checks, records and contact sheets, nearest neighbours and duplicates with their approximate index, model files
 and their fingerprints, resolving what holds a model, the image cache and keyed noise, Kingma's M2 on feature
 vectors, training-time input augmentation, the semi-supervised convolutional VAE conv-m2 and its labels file,
-the mixture-prior family conv-vade with its prior and the 'prior' cluster method), then writes
+the mixture-prior family conv-vade with its prior and the 'prior' cluster method, the training loop: batches,
+the labelled draw, the augmentation hand-off, steps, validation, the best epoch, checkpoints and resume), then writes
 ``benchmarks/results/mutation.{md,json}``: per module the mutants generated, killed, survived
 (including "no tests": no selected test calls the function), timed out, crashed (the test run
 died: caught), skipped, and those judged equivalent (they change nothing observable: the reasons
@@ -196,6 +197,16 @@ GROUPS = {
             f"x{C}MixturePrior{C}responsibilities", f"x{C}MixturePrior{C}log_prob"],
         "cvae_features/probes/cluster.py": ["x_prior_assignments"],
         "cvae_features/probes/_builtin.py": ["x__store_prior"]},
+    # the training loop (cvae_features/_train_loop.py): the loop's set-up (labels, the labelled rows, batches per
+    # epoch, optimizer, schedule, the augmentation's check), restoring a checkpoint, the epochs with the validation
+    # loss, the best epoch, early stopping and the state checkpointed, an epoch's batches (the seeded order, the
+    # labelled draw, the augmentation hand-off, beta's warm-up, the optimizer steps, the NaN guard, the size-weighted
+    # means), the NaN message, labels for the batches, the progress bar's text and the state moved to the CPU
+    # (tests/test_train.py, tests/test_train_seams.py). Not mutated: Loop._evaluate (under torch.no_grad:
+    # decorated, which mutmut leaves out; the validation loss is checked by value in tests/test_train_seams.py).
+    "loop": {"cvae_features/_train_loop.py": [
+        f"x{C}Loop{C}__init__", f"x{C}Loop{C}restore", f"x{C}Loop{C}run", f"x{C}Loop{C}_train_epoch",
+        f"x{C}Loop{C}_state", f"x{C}Loop{C}_nan_message", "x__labels_for", "x__postfix", "x__to_cpu"]},
 }
 
 # Surviving mutants that change nothing observable: mutant name -> why (one line).
@@ -210,7 +221,8 @@ if _EQ_FILE.exists():
 # tests/test_outliers.py and tests/test_cli_unlabelled.py; for the neighbors group tests/test_neighbors.py and
 # tests/test_index.py; for the files group tests/test_model_hostile.py, tests/test_families.py, tests/test_cache.py
 # and tests/test_noise.py; for the semisup group tests/test_semisup.py; for the augment group tests/test_augment.py;
-# for the m2vae group tests/test_m2vae.py; for the vade group tests/test_vade.py and tests/test_priors.py).
+# for the m2vae group tests/test_m2vae.py; for the vade group tests/test_vade.py and tests/test_priors.py; for the
+# loop group tests/test_train_seams.py).
 NEW_TESTS = {
     f"x{C}FeatureStore{C}iter_rows": ["test_iter_rows_by_one_and_by_the_default_65536"],
     f"x{C}FeatureStore{C}read_rows": ["test_read_rows_clips_to_the_committed_rows"],
@@ -465,6 +477,24 @@ NEW_TESTS = {
        for name in ("__init__", "component_logvars", "set_components")},
     "x_prior_assignments": ["test_prior_assignments_hand_float32_codes_on_the_priors_device_and_check_their_width"],
     "x__store_prior": ["test_a_store_model_without_a_prior_attribute_is_refused_in_one_line"],
+    # the loop group (tests/test_train_seams.py)
+    f"x{C}Loop{C}__init__": ["test_the_loop_is_its_recipe_written_out",
+                            "test_two_processes_train_what_one_process_trains_in_this_process",
+                            "test_a_process_that_is_not_rank_0_shows_no_progress_and_runs_no_hooks",
+                            "test_labels_for_the_batches"],
+    f"x{C}Loop{C}restore": ["test_restore_takes_up_the_bookkeeping_of_the_checkpoint",
+                           "test_the_progress_bar_counts_every_batch_from_the_epochs_already_run"],
+    f"x{C}Loop{C}run": ["test_the_loop_is_its_recipe_written_out",
+                       "test_the_progress_bar_counts_every_batch_from_the_epochs_already_run",
+                       "test_a_validation_loss_that_is_not_finite_stops_with_the_last_good_checkpoint_named",
+                       "test_the_checkpointed_state"],
+    f"x{C}Loop{C}_train_epoch": ["test_the_loop_is_its_recipe_written_out",
+                               "test_the_progress_bar_counts_every_batch_from_the_epochs_already_run",
+                               "test_two_processes_train_what_one_process_trains_in_this_process"],
+    f"x{C}Loop{C}_state": ["test_the_checkpointed_state", "test_the_loop_is_its_recipe_written_out"],
+    "x__labels_for": ["test_labels_for_the_batches"],
+    "x__postfix": ["test_the_progress_bar_text_of_a_row_with_and_without_validation"],
+    "x__to_cpu": ["test_the_state_moved_to_the_cpu_is_detached_and_keeps_its_structure"],
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
@@ -602,7 +632,8 @@ NOTES = [
     "trainings on 40 digits) and `tests/test_noise.py`, and for M2 `tests/test_semisup.py` (about 10 s), for "
     "augmentation `tests/test_augment.py` and for conv-m2 and its labels file `tests/test_m2vae.py` (a few seconds "
     "each: short trainings on 8x8 images), and for conv-vade `tests/test_vade.py` (about 10 s: a 20-epoch CLI "
-    "training on 1000 digits, the others on 8x8 images); the benchmark-script, package-walk, show/report, "
+    "training on 1000 digits, the others on 8x8 images), and for the training loop `tests/test_train_seams.py` "
+    "(about 20 s: short trainings on 8x8 images, one of them in two processes with gloo); the benchmark-script, package-walk, show/report, "
     "data-source and transformer tests are left out (and `tests/test_distributed.py`: two real processes, about a "
     "minute; `tests/test_noise.py` checks the keyed noise instead), and so is `tests/test_ray_engine.py` (a real "
     "local Ray: seconds to start, about 40 s for "
@@ -749,6 +780,45 @@ NOTES = [
     "a loop range past its break, a constant added to every component's log density before the softmax, `copy_` "
     "casting and moving by itself, a log taken before or after the float32 rounding) and run once more by name "
     "after the last tests: all survive (79 s, not counted in the wall time). No bug found.",
+    "Loop group (`cvae_features/_train_loop.py`, the training loop, added later): the loop's set-up (labels for the "
+    "batches, the labelled rows, batches per epoch, Adam and the schedules, the gradient scaler, the augmentation's "
+    "check, DDP's wrapper), restoring a checkpoint, the epochs (validation loss and its NaN guard, the history row, "
+    "the best epoch, early stopping, the state checkpointed and handed to the hooks, the progress bar), an epoch's "
+    "batches (the seeded order, the labelled draw, the augmentation hand-off as `inputs` or `images`, the keyed "
+    "noise, beta's warm-up, the optimizer, clipping and scaler steps, the NaN guard, the size-weighted means, each "
+    "process's share of a global batch), the NaN message, the progress text and the state moved to the CPU "
+    "(`tests/test_train_seams.py` joined the selection). Not mutated: `Loop._evaluate` (under `torch.no_grad`: "
+    "decorated; the validation loss is checked against its recipe in the written-out test). The first run (`--module "
+    "loop`, 2026-12-03, the tests as they were) was stopped after 128 of the 709 mutants (the slowest mutants of a "
+    "loaded machine: another mutation run and a benchmark shared the 2 cores): 89 killed, 39 survived (69.5 % of "
+    "those run; 12 in `restore`, 27 in `__init__`). All 709 then ran with the new tests (`--only unchecked`) in a "
+    "fresh, narrowed `mutants/` (only `_train_loop.py` mutated, only `tests/test_train.py` and "
+    "`tests/test_train_seams.py` selected: the warm-up of the whole selection took minutes at each start; with the "
+    "whole selection of setup.cfg more tests run per mutant, so the score can only be the same or higher). New tests "
+    "(`tests/test_train_seams.py`): the loop written out step by step (seeded order, labelled draw, augmentation "
+    "keys, global generator seeded for families that draw their own noise, beta's warm-up, Adam, the three schedules,"
+    " clipping, a gradient scaler (on the CPU, standing in for CUDA's float16 one) with and without clipping, float16"
+    " autocast on the CPU) and compared weight for weight, batch for batch and row for row; two real processes (gloo)"
+    " started by the test against one process in it, with an uneven split and a process left without rows; the "
+    "progress bar (a stand-in tqdm and a clock that moves one second a reading); restore's bookkeeping and scaler; "
+    "the checkpointed state; a validation loss that is not finite; an epoch that only ties the best validation loss; "
+    "a weight left without a gradient; labels, the progress text and the state moved to the CPU. Two harness fixes: "
+    "under mutmut `tests/conftest.py` runs a mutant's tests quickest first (by mutmut's recorded durations) and gives"
+    " tqdm a lock of each worker's own (twice two forked workers hung for minutes, with no CPU use, in tests with "
+    "tqdm bars, most likely on a lock made in the fork server and shared by the workers; with their own lock none "
+    "hung again), and the real-tqdm test in `tests/test_train.py` now takes the same "
+    "precaution as the extraction's). After the first rerun 76 of the 709 were alive (633 killed, 89.3 %); tests for "
+    "ten of them (the clean-target check for a family without encoder inputs or that does not say, beta's warm-up "
+    "through DDP, a weight left without a gradient, a tied validation loss) killed all ten on `--only survivors`: 709"
+    " mutants, 643 killed, 66 equivalent. 66 were judged equivalent, 50 of them CUDA only: device placement (the "
+    "model, the images, the permutation, the labelled draw, the batch moved, pinned memory), fused Adam, the float16 "
+    "gradient scaler made on CUDA, DDP's device_ids, and the NaN guard's window of 25 batches, which on the CPU "
+    "checks every batch; no GPU was available to this run, so these are untested here and a GPU run could kill them. "
+    "The others: dtype defaults that torch gives anyway, a share of 1.0 read only with several processes, a process "
+    "left without rows computing rows[:1] or rows[:2] weighted 0, the loop's break at the last epoch, initial values "
+    "that the first epoch overwrites before they are read (best epoch, bad epochs, stopped early, term names), the "
+    "state returned only when no epoch is left; they were not run again by name after the last tests (the shared "
+    "machine was loaded). Stopped runs (about 35 min) are not counted in the wall time. No bug found.",
 ]
 
 
@@ -764,7 +834,8 @@ def markdown(rec: dict) -> str:
         "Ray, the unlabelled commands' checks, records and sheets, nearest neighbours and duplicates with their "
         "approximate index, model files and their fingerprints, resolving models, the image cache and keyed "
         "noise, Kingma's M2 on feature vectors, training-time augmentation, the convolutional M2 conv-m2 and its "
-        "labels file, the mixture-prior family conv-vade with its prior and the 'prior' cluster method). "
+        "labels file, the mixture-prior family conv-vade with its prior and the 'prior' cluster method, the "
+        "training loop). "
         "Survived includes \"no tests\" (no "
         "selected test calls the function); crashed: the test run died (an HDF5 abort on the damaged file the "
         "mutant made), "
@@ -816,7 +887,8 @@ def markdown(rec: dict) -> str:
               "`tests/test_cli_unlabelled.py`, neighbors group: `tests/test_neighbors.py`, `tests/test_index.py`, "
               "files group: `tests/test_model_hostile.py`, `tests/test_families.py`, `tests/test_cache.py`, "
               "`tests/test_noise.py`, semisup group: `tests/test_semisup.py`, augment group: `tests/test_augment.py`, "
-              "m2vae group: `tests/test_m2vae.py`, vade group: `tests/test_vade.py`, `tests/test_priors.py`); "
+              "m2vae group: `tests/test_m2vae.py`, vade group: `tests/test_vade.py`, `tests/test_priors.py`, "
+              "loop group: `tests/test_train_seams.py`); "
               "the test written for each "
               "function:", ""] if killed_new else ["None.", ""]
     if killed_new:

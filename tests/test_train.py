@@ -305,7 +305,15 @@ def test_in_memory_input_errors(tmp_path, digits):
         train(digits, tmp_path / "d", model_config={"latent_dim": 0}, progress=False)
 
 
-def test_progress_bar_goes_to_stderr(tmp_path, digits, capsys):
+def test_progress_bar_goes_to_stderr(tmp_path, digits, capsys, monkeypatch):
+    import threading
+
+    import tqdm
+
+    # no tqdm monitor thread and no multiprocessing lock: a process forked from this one (mutmut's workers)
+    # deadlocks on them
+    monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)
+    monkeypatch.setattr(tqdm.std.tqdm, "_lock", threading.RLock(), raising=False)
     _run(digits[:200], tmp_path / "run", epochs=1, progress=True)
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -1,5 +1,6 @@
 """The training loop's seams: batch dicts with labels and row indices, hooks, a loop that is not the main process."""
 
+import copy
 import csv
 import json
 
@@ -218,3 +219,508 @@ def test_a_loop_that_is_not_the_main_process_writes_nothing_and_trains_the_same(
     saved = torch.load(main_dir / "checkpoint.pt", weights_only=True)
     for k, v in saved["model"].items():
         assert torch.equal(v, other.model.state_dict()[k]), k
+
+
+# -- the loop written out ------------------------------------------------------------------------
+
+class _OwnNoiseVAE(ConvVAE):
+    """A ConvVAE that draws its own reparameterisation noise (torch.randn): the loop's seeded global generator."""
+
+    def loss(self, batch, beta=None):
+        return super().loss({k: v for k, v in batch.items() if k != "noise_key"}, beta)
+
+
+class _Logs(TrainHook):
+    def __init__(self):
+        self.batches = []
+
+    def on_batch_end(self, loop, epoch, batch_index, logs):
+        self.batches.append({"epoch": epoch, "b": batch_index, "n_batches": logs["n_batches"],
+                             "loss": float(logs["loss"]), "beta": logs["beta"], "lr": logs["lr"],
+                             "batch": {k: v.clone() for k, v in logs["batch"].items()},
+                             "grad": logs["model"] is loop.model})
+
+
+def _written_out(model_class, mcfg, tcfg, train_x, train_y, val_x, val_y, scaler=None, amp=None):
+    """What Loop.run computes, step by step: the weights, every batch's logs and the history rows."""
+    from cvae_features._train_setup import derive_seed
+    from cvae_features.augment import resolve_augment
+
+    torch.manual_seed(derive_seed(tcfg.seed, "init"))
+    model = model_class(mcfg)
+    n, bs = len(train_x), tcfg.batch_size
+    n_batches = -(-n // bs)
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    total = tcfg.epochs * n_batches
+    sched = {"onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg.lr, total_steps=total),
+             "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total),
+             "constant": lambda: None}[tcfg.schedule]()
+    augment = resolve_augment(tcfg.augment, mcfg.image_size)
+    labelled = torch.nonzero(train_y >= 0).flatten()
+    logs, rows = [], []
+    for epoch in range(1, tcfg.epochs + 1):
+        model.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(tcfg.seed, "shuffle", epoch)))
+        extra = torch.Generator().manual_seed(derive_seed(tcfg.seed, "labelled", epoch))
+        noise_seed = derive_seed(tcfg.seed, "noise", epoch)
+        torch.manual_seed(noise_seed)
+        values = []
+        for b in range(n_batches):
+            rows_b = order[b * bs:(b + 1) * bs]
+            if tcfg.labelled_per_batch:
+                rows_b = torch.cat([rows_b, labelled[torch.randint(len(labelled), (tcfg.labelled_per_batch,),
+                                                                   generator=extra)]])
+            batch = {"images": train_x[rows_b], "labels": train_y[rows_b], "index": rows_b,
+                     "noise_key": torch.tensor(noise_seed, dtype=torch.int64)}
+            if augment.active:
+                perturbed = augment(batch["images"], derive_seed(tcfg.seed, "augment", epoch), rows_b)
+                batch["images" if augment.target == "same" else "inputs"] = perturbed
+            warm = tcfg.beta_warmup_epochs
+            beta = mcfg.beta if warm == 0 else mcfg.beta * min(1.0, (epoch - 1 + (b + 1) / n_batches) / warm)
+            with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+                out = model.loss(batch, beta=beta)
+            opt.zero_grad(set_to_none=True)
+            if scaler is None:
+                out.loss.backward()
+                if tcfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+                opt.step()
+            else:
+                scaler.scale(out.loss).backward()
+                if tcfg.grad_clip is not None:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+            if sched is not None:
+                sched.step()
+            terms = out.terms()
+            values.append(torch.stack((out.loss, *terms.values())).detach().float())
+            logs.append({"epoch": epoch, "b": b, "n_batches": n_batches, "loss": float(out.loss.detach()), "beta": beta,
+                         "lr": opt.param_groups[0]["lr"], "batch": batch, "grad": True})
+        sizes = torch.tensor([min(bs, n - b * bs) for b in range(n_batches)], dtype=torch.float64)
+        means = (torch.stack(values).double() * sizes[:, None]).sum(0) / n
+        row = {"epoch": epoch, "train_loss": float(means[0]),
+               **{f"train_{k}": float(means[1 + i]) for i, k in enumerate(terms)}, "beta": beta}
+        model.eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            out = model.loss({"images": val_x, "labels": val_y, "index": torch.arange(len(val_x))}, beta=mcfg.beta)
+        model.train()
+        val = {k: float(v.double().sum()) / len(val_x) for k, v in out.per_sample_terms().items()}
+        row.update(val_loss=sum(out.term_weights()[k] * v for k, v in val.items()),
+                   **{f"val_{k}": val[k] for k in terms}, lr=opt.param_groups[0]["lr"])
+        rows.append(row)
+    return model, logs, rows
+
+
+def _scaler():  # the gradient scaler of float16 runs on CUDA, here on the CPU: overflows at first, then grows
+    return torch.amp.GradScaler("cpu", init_scale=2.0 ** 110, growth_interval=2)
+
+
+@pytest.mark.parametrize("model_class, train_kw, scaler", [
+    (ConvVAE, dict(schedule="onecycle", beta_warmup_epochs=1.5, labelled_per_batch=3, augment="shift=1,noise=0.2",
+                   grad_clip=0.05, weight_decay=0.1), False),
+    (_OwnNoiseVAE, dict(schedule="cosine", augment="shift=1,target=same", lr=0.05), False),
+    (ConvVAE, dict(schedule="constant", beta_warmup_epochs=4, augment=None, seed=7), False),
+    (ConvVAE, dict(schedule="constant", augment=None, grad_clip=0.05), True),
+    (ConvVAE, dict(schedule="constant", augment=None), True),
+    (ConvVAE, dict(schedule="constant", augment=None, grad_clip=1.0), torch.float16),
+], ids=["onecycle-labelled-clean", "cosine-own-noise-same", "constant-plain", "scaler-clip", "scaler", "float16"])
+def test_the_loop_is_its_recipe_written_out(tmp_path, model_class, train_kw, scaler):
+    images, labels = _data()
+    n_val = 12
+    mcfg = VAEConfig(image_size=8, latent_dim=4, widths=(8,), beta=2.0)
+    tcfg = TrainConfig(**dict(dict(epochs=3, batch_size=16, device="cpu", seed=3, lr=1e-2), **train_kw))
+    hook = _Logs()
+    torch.manual_seed(99)  # the loop seeds the global generator itself
+    amp = scaler if isinstance(scaler, torch.dtype) else None  # float16 autocast (on CUDA with the scaler)
+    loop = Loop(mcfg, tcfg, torch.device("cpu"), amp, images[n_val:], images[:n_val], False, None,
+                train_labels=labels[n_val:], val_labels=labels[:n_val], hooks=[hook], is_main_process=True,
+                model_class=model_class)
+    assert loop.scaler is None
+    if scaler:
+        loop.scaler = _scaler()
+    assert loop.n_train == 50 and loop.n_batches == 4
+    assert torch.equal(loop.labelled_rows, torch.nonzero(labels[n_val:] >= 0).flatten())
+    (tmp_path / "run").mkdir()
+    state = loop.run(tmp_path / "run", {"extra": 1})
+    torch.manual_seed(5)
+    want_scaler = _scaler() if scaler else None
+    model, logs, rows = _written_out(model_class, mcfg, tcfg, images[n_val:], labels[n_val:], images[:n_val],
+                                     labels[:n_val], want_scaler, amp)
+    assert state["scaler"] == (want_scaler.state_dict() if scaler else None)
+    for k, v in model.state_dict().items():
+        assert torch.equal(loop.model.state_dict()[k], v), k
+        assert torch.equal(state["model"][k], v), k
+    assert len(hook.batches) == len(logs) == 12
+    for got, want in zip(hook.batches, logs):
+        assert {k: got[k] for k in ("epoch", "b", "n_batches", "loss", "beta", "lr", "grad")} == {
+            k: want[k] for k in ("epoch", "b", "n_batches", "loss", "beta", "lr", "grad")}
+        assert got["batch"].keys() == want["batch"].keys()
+        for k, v in want["batch"].items():
+            assert got["batch"][k].dtype == v.dtype and torch.equal(got["batch"][k], v), k
+    timing = ("seconds", "images_per_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in loop.history] == rows
+    assert [list(r) for r in loop.history] == [list(r) + ["images_per_s", "seconds"] for r in rows]
+    assert all(r["seconds"] > 0 and r["images_per_s"] > 0 for r in loop.history)
+    assert state["extra"] == 1 and state["epoch"] == 3 and state["finished"]
+
+
+class _Bar:
+    """tqdm's stand-in: what the loop asks of its progress bar."""
+
+    made = []
+
+    def __init__(self, **kw):
+        self.kw, self.calls = kw, []
+        _Bar.made.append(self)
+
+    def __getattr__(self, name):
+        return lambda *a, **kw: self.calls.append((name, a, kw))
+
+
+def _small_loop(progress=False, hooks=(), dist=None, **train_kw):
+    images, labels = _data()
+    mcfg = VAEConfig(image_size=8, latent_dim=4, widths=(8,))
+    tcfg = TrainConfig(**dict(dict(epochs=2, batch_size=16, device="cpu", seed=3, augment=None), **train_kw))
+    return Loop(mcfg, tcfg, torch.device("cpu"), None, images[12:], images[:12], progress, None,
+                train_labels=labels[12:], val_labels=labels[:12], hooks=hooks, dist=dist)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_progress_bar_counts_every_batch_from_the_epochs_already_run(tmp_path, monkeypatch, progress):
+    import sys
+
+    import tqdm.auto
+
+    import cvae_features._train_loop as train_loop
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bar)
+    _Bar.made.clear()
+    first = _small_loop(epochs=3)
+    states = []
+    first.hooks.append(type("H", (TrainHook,), {"on_epoch_end": lambda s, loop, row, state, i, f: states.append(
+        copy.deepcopy(state))})())
+    first.run(tmp_path, {})
+    loop = _small_loop(progress, epochs=3)
+    loop.restore(states[0])
+    _Bar.made.clear()
+    clock = iter(range(1000))  # a clock that moves one second each time it is read
+    monkeypatch.setattr(train_loop, "time", type("T", (), {"perf_counter": staticmethod(lambda: next(clock))}))
+    logs = _Logs()
+    loop.hooks.append(logs)
+    loop.run(tmp_path, {})
+    # per epoch: its start, the batches' start, one reading per batch for the rate shown (with progress), the end of
+    # the training batches and the end of the epoch
+    train_s, seconds = (6, 7) if progress else (2, 3)
+    assert [(r["images_per_s"], r["seconds"]) for r in loop.history[1:]] == [(50 / train_s, seconds)] * 2
+    assert loop.seconds == states[0]["seconds"] + 2 * seconds
+    (bar,) = _Bar.made
+    assert bar.kw == {"total": 12, "initial": 4, "file": sys.stderr, "disable": not progress, "unit": "batch",
+                      "dynamic_ncols": True, "leave": True}
+    names = [c[0] for c in bar.calls]
+    assert names[-1] == "close" and names.count("close") == 1
+    assert [c[1] for c in bar.calls if c[0] == "set_description"] == [("epoch 2/3",), ("epoch 3/3",)]
+    assert [c[1] for c in bar.calls if c[0] == "update"] == [(1,)] * 8  # the loss is checked every batch on the CPU
+    postfix = [c for c in bar.calls if c[0] == "set_postfix_str"]
+    per_epoch = [c for c in postfix if not c[2]]
+    assert [c[1][0] for c in per_epoch] == [
+        f"loss={r['train_loss']:.4g} val={r['val_loss']:.4g} img/s={r['images_per_s']:.0f}" for r in loop.history[1:]]
+    per_batch = [c for c in postfix if c[2]]
+    if not progress:
+        assert per_batch == []
+        return
+    assert len(per_batch) == 8 and all(c[2] == {"refresh": False} for c in per_batch)
+    # the mean loss of the batches checked since the last check (each batch, on the CPU), and the images a second
+    # since the epoch began: (b + 1) batches of 16 in b + 1 seconds
+    assert [c[1][0] for c in per_batch] == [f"loss={b['loss']:.4g} img/s=16" for b in logs.batches]
+
+
+def test_the_progress_bar_text_of_a_row_with_and_without_validation():
+    from cvae_features._train_loop import _postfix
+
+    assert _postfix({"train_loss": 123.456789, "val_loss": 0.000123456, "images_per_s": 99.5}) == \
+        "loss=123.5 val=0.0001235 img/s=100"
+    assert _postfix({"train_loss": 2.0, "val_loss": None, "images_per_s": 1234.4}) == "loss=2 img/s=1234"
+    assert _postfix({"train_loss": 2.0, "val_loss": 0.0, "images_per_s": 1.0}) == "loss=2 val=0 img/s=1"
+
+
+def test_a_process_that_is_not_rank_0_shows_no_progress_and_runs_no_hooks():
+    from cvae_features._distributed import Dist
+
+    hook = _Recorder()
+    loop = _small_loop(True, hooks=[hook], dist=Dist(world=1, rank=1))
+    assert loop.progress is False and loop.is_main_process is False and loop.hooks == [hook]
+    main = _small_loop(True, hooks=[hook])
+    assert main.progress is True and main.is_main_process is True
+    assert _small_loop(False).progress is False
+
+
+def test_labels_for_the_batches():
+    from cvae_features._train_loop import _labels_for
+
+    images = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
+    unknown = _labels_for(images, None)
+    assert unknown.dtype == torch.int64 and unknown.tolist() == [-1, -1, -1]
+    given = _labels_for(images, np.array([2, -1, 0], np.int32))
+    assert given.dtype == torch.int64 and given.tolist() == [2, -1, 0]
+    for bad in ([1, 2], [[1], [2], [3]], [1, 2, 3, 4]):
+        with pytest.raises(ValueError, match=rf"labels of shape \({len(bad)}, ?{'1' if bad == [[1], [2], [3]] else ''}\)"
+                                             " for 3 images"):
+            _labels_for(images, bad)
+    meta = torch.zeros(2, 1, 8, 8, device="meta")
+    assert _labels_for(meta, None).device.type == "meta" and _labels_for(meta, [0, 1]).device.type == "meta"
+    loop = _small_loop()
+    with pytest.raises(ValueError, match=r"labels of shape \(49,\) for 50 images"):
+        Loop(VAEConfig(image_size=8, latent_dim=4, widths=(8,)), loop.tcfg, torch.device("cpu"), None,
+             loop.train_images, loop.val_images, False, train_labels=loop.train_labels[1:])
+
+
+def test_the_state_moved_to_the_cpu_is_detached_and_keeps_its_structure():
+    from cvae_features._train_loop import _to_cpu
+
+    w = torch.ones(2, requires_grad=True) * 2
+    out = _to_cpu({"a": [w, {"b": w, "c": 3}], "d": "x", "e": (1, 2), "f": None})
+    assert out.keys() == {"a", "d", "e", "f"} and out["d"] == "x" and out["e"] == (1, 2) and out["f"] is None
+    assert isinstance(out["a"], list) and len(out["a"]) == 2 and out["a"][1]["c"] == 3
+    for t in (out["a"][0], out["a"][1]["b"]):
+        assert not t.requires_grad and t.device.type == "cpu" and t.tolist() == [2.0, 2.0]
+
+
+def test_restore_takes_up_the_bookkeeping_of_the_checkpoint(tmp_path):
+    states = []
+
+    class Keep(TrainHook):
+        def on_epoch_end(self, loop, row, state, improved, finished):
+            states.append(copy.deepcopy(state))  # on the CPU the state's tensors are the model's own
+
+    full = _small_loop(hooks=[Keep()], epochs=3, schedule="cosine", patience=5)
+    end = full.run(tmp_path, {})
+    assert end["scheduler"] is not None and end["scaler"] is None and end["optimizer"]["state"]
+    loop = _small_loop(epochs=3, schedule="cosine", patience=5)
+    loop.restore(states[0])
+    assert (loop.epoch, loop.history, loop.seconds) == (1, states[0]["history"], states[0]["seconds"])
+    assert loop.history is not states[0]["history"]
+    assert (loop.best_val, loop.best_epoch, loop.bad_epochs) == (states[0]["best_val_loss"], 1, 0)
+    assert loop.optimizer.param_groups[0]["lr"] == full.history[0]["lr"]
+    assert loop.scheduler.last_epoch == 4
+    resumed = loop.run(tmp_path, {})
+    for k, v in resumed["model"].items():
+        assert torch.equal(v, end["model"][k]), k
+    assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in end["history"]]
+    # a checkpoint without a best validation loss (no validation) and with bad epochs counted; a loop without a
+    # gradient scaler leaves the checkpoint's scaler state alone
+    scaler_state = _scaler().state_dict()
+    loop = _small_loop(epochs=3)
+    loop.restore(dict(states[1], best_val_loss=None, best_epoch=1, bad_epochs=1, scaler=scaler_state))
+    assert (loop.best_val, loop.best_epoch, loop.bad_epochs, loop.epoch) == (np.inf, 1, 1, 2)
+    assert loop.scaler is None
+    # a loop with one takes it up (float16 on CUDA; a CPU scaler stands in), unless the checkpoint has none
+    for saved, scale in ((scaler_state, 2.0 ** 110), (None, 4.0), ({}, 4.0)):
+        loop = _small_loop(epochs=3)
+        loop.scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+        loop.restore(dict(states[1], scaler=saved))
+        assert loop.scaler.get_scale() == scale and loop.scaler.get_growth_interval() == (
+            2 if saved else 2000)
+
+
+def test_the_checkpointed_state(tmp_path):
+    loop = _small_loop(epochs=1, schedule="constant")
+    state = loop.run(tmp_path, {"arch": "x"})
+    assert list(state)[:11] == ["tool_version", "epoch", "finished", "stopped_early", "model", "optimizer",
+                                "scheduler", "scaler", "history", "seconds", "best_val_loss"]
+    from cvae_features._version import __version__
+
+    assert state["tool_version"] == __version__ and state["epoch"] == 1 and state["history"] == loop.history
+    assert state["arch"] == "x" and state["scheduler"] is None and state["scaler"] is None
+    assert state["finished"] is True and state["stopped_early"] is False
+    assert state["best_val_loss"] == loop.history[0]["val_loss"] and state["best_epoch"] == 1
+    assert state["bad_epochs"] == 0 and state["seconds"] == loop.history[0]["seconds"]
+    for k, v in state["model"].items():
+        assert not v.requires_grad and torch.equal(v, loop.model.state_dict()[k])
+    loop.best_val = np.inf
+    assert loop._state({}, False)["best_val_loss"] is None and loop._state({}, False)["finished"] is False
+
+
+def test_a_validation_loss_that_is_not_finite_stops_with_the_last_good_checkpoint_named(tmp_path):
+    from cvae_features.errors import TrainingError
+
+    def poison(epoch, b, logs):  # after the last batch of epoch 2: its training losses were finite
+        if epoch == 2 and b == logs["n_batches"] - 1:
+            with torch.no_grad():
+                logs["model"].to_latent.weight.fill_(float("inf"))
+
+    images, labels = _data()
+    loop = Loop(VAEConfig(image_size=8, latent_dim=4, widths=(8,)),
+                TrainConfig(epochs=3, batch_size=16, device="cpu", augment=None), torch.device("cpu"), None,
+                images[12:], images[:12], False, poison, train_labels=labels[12:], val_labels=labels[:12])
+    with pytest.raises(TrainingError) as info:
+        loop.run(tmp_path, {})
+    assert str(info.value) == (f"validation loss became nan at epoch 2; the last good checkpoint (epoch 1) is kept "
+                               f"in {tmp_path}; try a lower --lr")
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1 and len(loop.history) == 1
+
+
+# -- two real processes (gloo on the CPU), each running a Loop in its own Python -------------------------------
+
+_RANK_SCRIPT = """
+import sys
+from pathlib import Path
+
+import torch
+
+from cvae_features._distributed import Dist
+from cvae_features._train_loop import Loop
+from cvae_features.model import VAEConfig
+from cvae_features.training import TrainConfig
+
+rank, world, out = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+torch.set_num_threads(1)
+torch.distributed.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world)
+results = []
+for i, (n, mcfg, tcfg) in enumerate(CONFIGS):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.randint(-1, 5, (n,), generator=g)
+    loop = Loop(mcfg, tcfg, torch.device("cpu"), None, images[12:], images[:12], False, None,
+                train_labels=labels[12:], val_labels=labels[:12], dist=Dist(world, rank, rank, "gloo"))
+    assert loop.ddp is not None and loop.is_main_process == (rank == 0)
+    (out / f"rank{rank}-{i}").mkdir()
+    loop.run(out / f"rank{rank}-{i}", {})
+    results.append({"model": loop.model.state_dict(), "history": loop.history})
+torch.save(results, out / f"rank{rank}.pt")
+torch.distributed.destroy_process_group()
+"""
+_DIST_CONFIGS = """CONFIGS = [(n, VAEConfig(image_size=8, latent_dim=4, widths=(8,)),
+            TrainConfig(epochs=2, batch_size=16, device="cpu", seed=3, lr=1e-2, augment=None, labelled_per_batch=k))
+           for n, k in ((62, 3), (61, 0))]
+CONFIGS[0] = (62, CONFIGS[0][1], TrainConfig(**dict(CONFIGS[0][2].to_dict(), beta_warmup_epochs=1.5)))
+"""
+
+
+def _dist_configs():
+    """(images, model config, train config): batches split unevenly (with the labelled draw), and a last batch of one
+    image, which leaves the second process none (it computes one image, weighted 0)."""
+    scope = {"VAEConfig": VAEConfig, "TrainConfig": TrainConfig}
+    exec(_DIST_CONFIGS, scope)
+    return scope["CONFIGS"]
+
+
+def test_two_processes_train_what_one_process_trains_in_this_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = _RANK_SCRIPT.replace("results = []", _DIST_CONFIGS + "results = []")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r), "2", str(tmp_path)], env=env,
+                              stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    errors = [p.communicate(timeout=240)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for i, (n, mcfg, tcfg) in enumerate(_dist_configs()):
+        images, labels = _data(n)
+        one = Loop(mcfg, tcfg, torch.device("cpu"), None, images[12:], images[:12], False, None,
+                   train_labels=labels[12:], val_labels=labels[:12])
+        (tmp_path / f"one{i}").mkdir()
+        one.run(tmp_path / f"one{i}", {})
+        for rank in ranks:
+            for k, v in one.model.state_dict().items():
+                torch.testing.assert_close(rank[i]["model"][k], v, rtol=0, atol=2e-5)
+            assert len(rank[i]["history"]) == 2
+            for r1, r2 in zip(one.history, rank[i]["history"]):
+                assert r1.keys() == r2.keys()
+                for key in ("train_loss", "train_recon", "train_kl", "val_loss", "val_recon", "val_kl", "beta", "lr"):
+                    assert r2[key] == pytest.approx(r1[key], rel=1e-5), (i, key)
+
+
+class _TiedValidationVAE(ConvVAE):
+    """A ConvVAE whose validation loss is the same every epoch (1 per image): every later epoch ties the first."""
+
+    def loss(self, batch, beta=None):
+        import dataclasses
+
+        out = super().loss(batch, beta)
+        if self.training:
+            return out
+        return dataclasses.replace(out, recon_per_sample=torch.ones_like(out.recon_per_sample),
+                                   kl_per_sample=torch.zeros_like(out.kl_per_sample))
+
+
+def test_an_epoch_that_ties_the_best_validation_loss_is_no_improvement(tmp_path):
+    images, labels = _data()
+    loop = Loop(VAEConfig(image_size=8, latent_dim=4, widths=(8,)),
+                TrainConfig(epochs=5, batch_size=16, device="cpu", augment=None, patience=2), torch.device("cpu"),
+                None, images[12:], images[:12], False, None, train_labels=labels[12:], val_labels=labels[:12],
+                model_class=_TiedValidationVAE)
+    state = loop.run(tmp_path, {})
+    assert [r["val_loss"] for r in loop.history] == [1.0, 1.0, 1.0]
+    assert (state["best_epoch"], state["bad_epochs"], state["stopped_early"], state["best_val_loss"]) == (1, 2, True, 1.0)
+
+
+class _SpareWeightVAE(ConvVAE):
+    """A ConvVAE with a weight that only its first training step uses (as a family's part that a phase of training
+    leaves alone): its gradient then is 0, and after that it has none."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.spare = torch.nn.Parameter(torch.ones(3))
+        self.steps = 0
+
+    def loss(self, batch, beta=None):
+        out = super().loss(batch, beta)
+        if self.training:
+            self.steps += 1
+            if self.steps == 1:
+                out.loss = out.loss + 0 * self.spare.sum()
+        return out
+
+
+def test_a_weight_without_a_gradient_is_left_alone_by_the_optimizer_and_its_weight_decay(tmp_path):
+    images, labels = _data()
+    loop = Loop(VAEConfig(image_size=8, latent_dim=4, widths=(8,)),
+                TrainConfig(epochs=2, batch_size=16, device="cpu", augment=None, weight_decay=0.5, lr=0.1,
+                            schedule="constant"),
+                torch.device("cpu"), None, images[12:], images[:12], False, None, train_labels=labels[12:],
+                val_labels=labels[:12], model_class=_SpareWeightVAE, is_main_process=False)  # no model file
+    loop.run(tmp_path, {})
+    # one Adam step (with the weight decay) at the first batch, when its gradient was 0; none after
+    once = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([once], lr=0.1, weight_decay=0.5)
+    once.grad = torch.zeros(3)
+    opt.step()
+    assert loop.model.steps == 8 and loop.model.spare.grad is None
+    assert torch.equal(loop.model.spare.detach(), once.detach()) and not torch.equal(once.detach(), torch.ones(3))
+
+
+class _NoInputsVAE(ConvVAE):
+    accepts_inputs = False
+
+
+class _UnsaidInputsVAE(ConvVAE):
+    """A family that does not say whether it takes separate encoder inputs (no accepts_inputs attribute)."""
+
+    @property
+    def accepts_inputs(self):
+        raise AttributeError("accepts_inputs")
+
+
+@pytest.mark.parametrize("model_class", [_NoInputsVAE, _UnsaidInputsVAE])
+def test_clean_targets_need_a_family_that_takes_encoder_inputs(model_class):
+    from cvae_features.errors import ConfigError
+
+    images, labels = _data()
+    mcfg = VAEConfig(image_size=8, latent_dim=4, widths=(8,))
+
+    def loop(augment):
+        return Loop(mcfg, TrainConfig(epochs=1, batch_size=16, device="cpu", augment=augment), torch.device("cpu"),
+                    None, images[12:], images[:12], False, train_labels=labels[12:], val_labels=labels[:12],
+                    model_class=model_class)
+
+    with pytest.raises(ConfigError, match=r"augment='shift=1': model family 'conv-vae' does not take separate "
+                                          r"encoder inputs.*add 'target=same'"):
+        loop("shift=1")
+    assert loop("shift=1,target=same").augment.target == "same" and not loop(None).augment.active
+    assert Loop(mcfg, TrainConfig(epochs=1, batch_size=16, device="cpu", augment="shift=1"), torch.device("cpu"),
+                None, images[12:], images[:12], False).augment.target == "clean"  # conv-vae takes them
