@@ -15,7 +15,9 @@ loss and prior, joined stores, the Ray engine's logic that runs without Ray, the
 checks, records and contact sheets, nearest neighbours and duplicates with their approximate index, model files
 and their fingerprints, resolving what holds a model, the image cache and keyed noise, Kingma's M2 on feature
 vectors, training-time input augmentation, the semi-supervised convolutional VAE conv-m2 and its labels file,
-the mixture-prior family conv-vade with its prior and the 'prior' cluster method), then writes
+the mixture-prior family conv-vade with its prior and the 'prior' cluster method, and the probes' entry points:
+the linear and k-NN probes' selection, the few-label curve, the cluster probe, the anomaly probes, and the
+grouping and outlier ranking of cvae cluster and cvae outliers), then writes
 ``benchmarks/results/mutation.{md,json}``: per module the mutants generated, killed, survived
 (including "no tests": no selected test calls the function), timed out, crashed (the test run
 died: caught), skipped, and those judged equivalent (they change nothing observable: the reasons
@@ -26,9 +28,13 @@ Notes: the tests run from ``mutants/`` with ``PYTHONPATH=mutants`` so that tests
 Python subprocesses (the kill tests) run the mutant too; the disk-full test (a real tmpfs, two
 CLI runs: 10 s or more per mutant that reaches it) is deselected (``PYTEST_ADDOPTS``), in-process
 tests of a failing disk stand in for it; mutmut leaves out functions
-with decorators other than classmethod/staticmethod (properties, the probes' entry points wrapped
-by ``small_data_single_thread``) and ``raise`` statements (setup.cfg: their mutants change error
-words only). Tests write only into pytest's temporary folders, never into the source tree.
+with decorators other than classmethod/staticmethod (properties, context managers, functions under
+``torch.no_grad``) and ``raise`` statements (setup.cfg: their mutants change error words only). The
+entry points that ``small_data_single_thread`` wraps (``linear_probe``, ``knn_probe``, ``fewshot_curve``,
+``cluster_probe``, ``anomaly_scores``, ``anomaly_probe``, ``one_class_protocol``, ``group_rows``,
+``find_outliers``) are wrapped after their definition (``f = small_data_single_thread(f)``) instead of
+decorated, so they are mutated (group ``entry``). Tests write only into pytest's temporary folders, never
+into the source tree.
 Target: at least 95 % of the non-equivalent mutants killed.
 """
 
@@ -100,9 +106,9 @@ GROUPS = {
     # the unlabelled commands' modules (cvae cluster, cvae outliers): k's checks and the silhouette per k, a
     # result's exemplars and JSON, the contact sheets of groups and of outliers, the store entry points (the
     # extras read, the sheets' text; tests/test_groups.py, tests/test_outliers.py, tests/test_cli_unlabelled.py).
-    # Not mutated: group_rows and find_outliers (wrapped by small_data_single_thread, a decorator, which mutmut
-    # leaves out; among them the relabelling by size, distances, exemplar marks, the rank combination, the flag
-    # count and the nearest normal rows); the dataclasses' fields (no code).
+    # group_rows and find_outliers (the relabelling by size, distances, exemplar marks, the rank combination, the
+    # flag count and the nearest normal rows) are in the entry group; the dataclasses' fields are not mutated (no
+    # code).
     "unlabelled": {
         "cvae_features/groups.py": [f"x{C}GroupsResult{C}exemplars", f"x{C}GroupsResult{C}to_dict", "x__check_k",
                                     "x__check_k_range", "x_silhouette_by_k", "x_group_sheets", "x_group_store"],
@@ -196,6 +202,20 @@ GROUPS = {
             f"x{C}MixturePrior{C}responsibilities", f"x{C}MixturePrior{C}log_prob"],
         "cvae_features/probes/cluster.py": ["x_prior_assignments"],
         "cvae_features/probes/_builtin.py": ["x__store_prior"]},
+    # the entry points wrapped by small_data_single_thread (after their definition, not as a decorator, which
+    # mutmut would leave out): the linear probe's selection loop and refit, the k-NN probe's selection and its
+    # test scores, the few-label curve's draws, methods and records, the cluster probe's methods and scores, the
+    # anomaly scores, the anomaly probe's held-out threshold and the one-class protocol; group_rows and
+    # find_outliers behind cvae cluster and cvae outliers. A group of their own so that the probes and
+    # unlabelled groups, which list the helpers of the same files, keep their runs.
+    "entry": {
+        "cvae_features/probes/linear.py": ["x_linear_probe"],
+        "cvae_features/probes/knn.py": ["x_knn_probe"],
+        "cvae_features/probes/fewshot.py": ["x_fewshot_curve"],
+        "cvae_features/probes/cluster.py": ["x_cluster_probe"],
+        "cvae_features/probes/anomaly.py": ["x_anomaly_scores", "x_anomaly_probe", "x_one_class_protocol"],
+        "cvae_features/groups.py": ["x_group_rows"],
+        "cvae_features/outliers.py": ["x_find_outliers"]},
 }
 
 # Surviving mutants that change nothing observable: mutant name -> why (one line).
@@ -586,10 +606,11 @@ NOTES = [
     "the survivors meanwhile, then `--only survivors` (reruns until none was left but the equivalent ones) and "
     "`--report` (the header above is that last command's).",
     "Not mutated by mutmut 3: functions under a decorator other than classmethod/staticmethod. Here that "
-    "leaves out the properties of the store's reader and writer and the probes' entry points wrapped by "
-    "`small_data_single_thread` (`linear_probe`, `knn_probe`, `fewshot_curve`, `cluster_probe`, `anomaly_scores`, `anomaly_probe`, "
-    "`one_class_protocol`: among them the anomaly thresholds and the NMI/ARI calls); their helpers listed above "
-    "are mutated.",
+    "leaves out the properties of the store's reader and writer (and the others named per group below). The "
+    "probes' entry points that `small_data_single_thread` wraps (`linear_probe`, `knn_probe`, `fewshot_curve`, "
+    "`cluster_probe`, `anomaly_scores`, `anomaly_probe`, `one_class_protocol`, `group_rows`, `find_outliers`) "
+    "were left out the same way until they were wrapped after their definition instead of decorated; they are "
+    "the entry group now.",
     "`raise` statements are not mutated (setup.cfg `do_not_mutate_patterns`): their mutants change error words "
     "only; the conditions that lead to them are mutated.",
     "Test selection (setup.cfg): the store, extraction, featurizer, model, prior, training and probe test files, "
@@ -638,11 +659,12 @@ NOTES = [
     "numbers; their names in `benchmarks/mutation_equivalent.json` moved with them).",
     "Unlabelled group (`cvae cluster` and `cvae outliers`: `cvae_features/groups.py`, `cvae_features/outliers.py`, "
     "added later): the checks of k and of its range, the silhouette per k, a result's exemplars and JSON record, "
-    "the contact sheets of groups and of outliers and the two store entry points. Not mutated: `group_rows` and "
-    "`find_outliers`, wrapped by `small_data_single_thread` (so the relabelling by size, the distances and "
+    "the contact sheets of groups and of outliers and the two store entry points. Not mutated then: `group_rows` "
+    "and `find_outliers`, decorated by `small_data_single_thread` (so the relabelling by size, the distances and "
     "exemplar marks, the rank combination, the flag count and the nearest normal rows are not in the score; "
     "their tests in `tests/test_groups.py` and `tests/test_outliers.py` check them against values computed by "
-    "hand). The first run (`--module unlabelled`, 2026-12-03) left 139 of 444 mutants alive (68.7 %: these "
+    "hand; they have been mutated since, in the entry group below). The first run (`--module unlabelled`, "
+    "2026-12-03) left 139 of 444 mutants alive (68.7 %: these "
     "functions had been tested only through `group_rows`, `find_outliers` and the CLI); tests for them went into "
     "the three test files, and `--only survivors` killed 117 of the 139; the tests of the store entry points' "
     "`source`, `data_dir` and error wording and of exemplars tied in distance were written during that rerun, and "
@@ -764,7 +786,8 @@ def markdown(rec: dict) -> str:
         "Ray, the unlabelled commands' checks, records and sheets, nearest neighbours and duplicates with their "
         "approximate index, model files and their fingerprints, resolving models, the image cache and keyed "
         "noise, Kingma's M2 on feature vectors, training-time augmentation, the convolutional M2 conv-m2 and its "
-        "labels file, the mixture-prior family conv-vade with its prior and the 'prior' cluster method). "
+        "labels file, the mixture-prior family conv-vade with its prior and the 'prior' cluster method, the "
+        "probes' entry points with the grouping and outlier ranking of the unlabelled commands). "
         "Survived includes \"no tests\" (no "
         "selected test calls the function); crashed: the test run died (an HDF5 abort on the damaged file the "
         "mutant made), "
@@ -816,7 +839,8 @@ def markdown(rec: dict) -> str:
               "`tests/test_cli_unlabelled.py`, neighbors group: `tests/test_neighbors.py`, `tests/test_index.py`, "
               "files group: `tests/test_model_hostile.py`, `tests/test_families.py`, `tests/test_cache.py`, "
               "`tests/test_noise.py`, semisup group: `tests/test_semisup.py`, augment group: `tests/test_augment.py`, "
-              "m2vae group: `tests/test_m2vae.py`, vade group: `tests/test_vade.py`, `tests/test_priors.py`); "
+              "m2vae group: `tests/test_m2vae.py`, vade group: `tests/test_vade.py`, `tests/test_priors.py`, "
+              "entry group: `tests/test_probes.py`, `tests/test_groups.py`, `tests/test_outliers.py`); "
               "the test written for each "
               "function:", ""] if killed_new else ["None.", ""]
     if killed_new:
