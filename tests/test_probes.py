@@ -1,6 +1,7 @@
 """Probes on generated data: known answers, honest selection (no test-label leakage), clear errors."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -464,12 +465,13 @@ def test_linear_probe_is_its_selection_loop_written_out(cv, monkeypatch):
     _fake_clock(monkeypatch)
     X, y = noisy(300, seed=3)
     y = np.where(y == 2, 7, y)  # class ids 0, 1, 7
-    Xtr, ytr, Xte, yte = X[:200], y[:200], X[200:], y[200:]
-    yte = yte.copy()
+    Xtr, ytr, Xte, yte = X[:200], y[:200].copy(), X[200:], y[200:].copy()
     yte[:3] = 4  # a test class the model never predicts: macro F1 counts it as 0
     preps, Cs = ("none", "l2", "standardize"), (3, 0.05, 0.3)
-    res = linear_probe(Xtr, ytr, Xte, yte, preprocessings=preps, Cs=Cs, cv=cv, val_fraction=0.35,
-                       max_select_rows=150, max_iter=4, seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the scores are computed without warnings (absent classes included)
+        res = linear_probe(Xtr, ytr, Xte, yte, preprocessings=preps, Cs=Cs, cv=cv, val_fraction=0.35,
+                           max_select_rows=150, max_iter=4, seed=5)
     splits, selection = selection_splits(ytr, cv=cv, val_fraction=0.35, max_rows=150, seed=5)
     scores = {}
     for p in preps:
@@ -640,6 +642,10 @@ def test_fewshot_curve_checks_its_settings_at_their_boundaries(sep_data):
     with pytest.raises(ConfigError, match=rf"^labels_per_class: {n2 + 1} labels per class requested but class 2 "
                                           rf"has only {n2} training rows"):
         fewshot_curve(Xtr, y_gap, Xte, yte, **dict(few, labels_per_class=(n2 + 1,)))
+    y0 = ytr.copy()
+    y0[np.flatnonzero(y0 == 0)[5:]] = -1  # class 0, the first, is the smallest: 5 rows
+    with pytest.raises(ConfigError, match=r"^labels_per_class: 7 labels per class requested but class 0 has only 5 "):
+        fewshot_curve(Xtr, y0, Xte, yte, **dict(few, labels_per_class=(6, 7)))  # the largest is named
 
 
 def test_cluster_probe_is_its_methods_and_scores_written_out(monkeypatch):
@@ -915,3 +921,111 @@ def test_the_selection_caps_by_default_at_10000_rows_for_the_linear_and_20000_fo
     assert res.selection["selection_rows"] < 10_001 and res.seed == 0 and res.selection["selection_seed"] == 0
     assert linear_probe(X[:10_000], y[:10_000], Xte, yte, Cs=(1.0,),
                         preprocessings=("none",)).selection["selection_rows"] == 10_000
+
+
+def test_fewshot_curve_hands_a_method_its_defaults_and_at_most_10000_unlabelled_rows(monkeypatch):
+    from cvae_features.probes import registry
+
+    calls = []
+
+    def spy(Z_lab, y_lab, Z_unl, Z_test, params):
+        calls.append((Z_lab.shape, Z_unl.shape, dict(params)))
+        return np.zeros(Z_test.shape[0], dtype=np.int64)
+
+    monkeypatch.setitem(registry._FEWSHOT, "spy", registry.FewShotMethod("spy", spy, True, "records its inputs", False))
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(10_004, 2)), np.arange(10_004) % 2
+    res = fewshot_curve(X, y, X[:6], y[:6], labels_per_class=(1,), seeds=(3,), methods=("spy",))
+    assert calls == [((2, 2), (10_000, 2), {"C": 1.0, "max_iter": 1000, "knn_neighbors": 1, "spreading_neighbors": 10,
+                                            "spreading_alpha": 0.9, "n_jobs": None, "m2": None, "seed": 3})]
+    assert res.curves["spy"]["1"]["n_unlabelled"] == [10_000] and res.settings["max_unlabelled"] == 10_000
+    assert res.settings["spreading_alpha"] == 0.9 and res.methods == ["spy"]
+    calls.clear()
+    fewshot_curve(X[:10_002], y[:10_002], X[:6], y[:6], labels_per_class=(1,), seeds=(3,), methods=("spy",))
+    assert calls[0][1] == (10_000, 2)  # every row not drawn
+    # 'm2' named without settings: its default settings (a stand-in for it here: no networks trained)
+    from cvae_features.semisup import M2Config
+
+    monkeypatch.setitem(registry._FEWSHOT, "m2", registry.FewShotMethod("m2", spy, True, "stand-in", False))
+    calls.clear()
+    res = fewshot_curve(X[:40], y[:40], X[:6], y[:6], labels_per_class=(1,), seeds=(0,), methods=("m2",))
+    assert calls[0][2]["m2"] == M2Config() and res.settings["m2"] == M2Config().to_dict()
+
+
+def test_linear_probe_fits_with_1000_iterations_by_default(monkeypatch, sep_data):
+    import cvae_features.probes.linear as linear
+
+    seen = []
+    real = linear._fit_logistic
+
+    def spy(X, y, C, max_iter, model=None):
+        seen.append(max_iter)
+        return real(X, y, C, max_iter, model)
+
+    monkeypatch.setattr(linear, "_fit_logistic", spy)
+    Xtr, ytr, Xte, yte = sep_data
+    assert linear_probe(Xtr, ytr, Xte, yte, Cs=(1.0,), preprocessings=("l2",)).converged
+    assert seen == [1000, 1000]  # the choice and the refit
+
+
+def test_linear_probe_scores_every_class_it_knows_also_one_absent_from_the_test_rows(sep_data):
+    Xtr, ytr, Xte, yte = sep_data
+    far = np.random.default_rng(3).normal(size=(4, 6)) + 200.0  # class 9: known, never predicted, never tested
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # F1 of a class without rows or predictions: 0, and no warning
+        res = linear_probe(np.vstack([Xtr, far]), np.r_[ytr, [9] * 4], Xte, yte, Cs=(1.0,), preprocessings=("none",))
+    assert res.classes == [0, 1, 2, 9] and res.accuracy == 1.0
+    assert res.macro_f1 == 0.75  # F1 1, 1, 1 and 0
+    assert res.confusion_matrix[3] == [0, 0, 0, 0] and [row[3] for row in res.confusion_matrix] == [0, 0, 0, 0]
+    assert len(res.confusion_matrix) == 4
+
+
+def test_cluster_probe_defaults_reach_the_clusterer_and_the_silhouette_subsample(monkeypatch):
+    import cvae_features.probes.cluster as cluster
+
+    calls = []
+
+    class Halves:  # a stand-in clusterer: no k-means on 5001 rows
+        def predict(self, Xp):
+            return (Xp[:, 0] > 0).astype(np.int64)
+
+    def spy(Xp, n_clusters, method, **kwargs):
+        calls.append((n_clusters, method, kwargs))
+        return Halves()
+
+    monkeypatch.setattr(cluster, "fit_clusters", spy)
+    X = np.random.default_rng(0).normal(size=(5001, 2))
+    res = cluster_probe(X, None, n_clusters=2, methods=("kmeans",))
+    assert calls == [(2, "kmeans", {"n_init": 10, "seed": 0})]
+    assert res.silhouette_rows == 5000 and res.seed == 0 and res.preprocessing == "l2"
+    sil = np.sort(np.random.default_rng(0).choice(5001, 5000, replace=False))
+    Xp = FeaturePrep("l2").fit_transform(X)
+    from sklearn.metrics import silhouette_score
+
+    assert res.methods["kmeans"]["silhouette"] == float(silhouette_score(Xp[sil], Halves().predict(Xp)[sil]))
+    calls.clear()
+    cluster_probe(X[:50], None, n_clusters=3, methods=("gmm",), n_init=3, seed=7)
+    assert calls == [(3, "gmm", {"n_init": 3, "seed": 7})]
+
+
+def test_the_prior_method_counts_every_component_of_the_prior_also_empty_ones():
+    import torch
+
+    class Prior:  # anything with assign(codes) -> component ids; 5 components, of which the rows use 3
+        n_components, dim = 5, 2
+
+        def assign(self, codes):
+            return torch.where(codes[:, 0] > 0, 3, 0) + (codes[:, 1] > 0).long() * (codes[:, 0] <= 0).long()
+
+    X = np.random.default_rng(1).normal(size=(40, 2))
+    y = (X[:, 0] > 0).astype(np.int64)  # 2 classes: n_clusters 2
+    res = cluster_probe(X, y, methods=("prior", "kmeans"), prior=Prior())
+    pred = np.where(X[:, 0] > 0, 3, (X[:, 1] > 0).astype(np.int64))
+    np.testing.assert_array_equal(res.assignments["prior"], pred)
+    entry = res.methods["prior"]
+    assert entry["cluster_sizes"] == np.bincount(pred, minlength=5).tolist() and len(entry["cluster_sizes"]) == 5
+    assert entry["n_empty"] == 2 and res.methods["kmeans"]["n_empty"] == 0
+    assert len(res.methods["kmeans"]["cluster_sizes"]) == 2 and res.n_clusters == 2
+    for bad in (None, object(), type("NoCall", (), {"assign": 3})()):
+        with pytest.raises(ConfigError, match="^the 'prior' cluster method needs the mixture prior"):
+            cluster_probe(X, y, methods=("kmeans", "prior"), prior=bad)
