@@ -15,8 +15,10 @@ loss and prior, joined stores, the Ray engine's logic that runs without Ray, the
 checks, records and contact sheets, nearest neighbours and duplicates with their approximate index, model files
 and their fingerprints, resolving what holds a model, the image cache and keyed noise, Kingma's M2 on feature
 vectors, training-time input augmentation, the semi-supervised convolutional VAE conv-m2 and its labels file,
-the mixture-prior family conv-vade with its prior and the 'prior' cluster method, the training loop: batches,
-the labelled draw, the augmentation hand-off, steps, validation, the best epoch, checkpoints and resume), then writes
+the mixture-prior family conv-vade with its prior and the 'prior' cluster method, the training loop (batches,
+the labelled draw, the augmentation hand-off, steps, validation, the best epoch, checkpoints and resume), and
+the probes' entry points: the linear and k-NN probes' selection, the few-label curve, the cluster probe, the
+anomaly probes, and the grouping and outlier ranking of cvae cluster and cvae outliers), then writes
 ``benchmarks/results/mutation.{md,json}``: per module the mutants generated, killed, survived
 (including "no tests": no selected test calls the function), timed out, crashed (the test run
 died: caught), skipped, and those judged equivalent (they change nothing observable: the reasons
@@ -27,9 +29,13 @@ Notes: the tests run from ``mutants/`` with ``PYTHONPATH=mutants`` so that tests
 Python subprocesses (the kill tests) run the mutant too; the disk-full test (a real tmpfs, two
 CLI runs: 10 s or more per mutant that reaches it) is deselected (``PYTEST_ADDOPTS``), in-process
 tests of a failing disk stand in for it; mutmut leaves out functions
-with decorators other than classmethod/staticmethod (properties, the probes' entry points wrapped
-by ``small_data_single_thread``) and ``raise`` statements (setup.cfg: their mutants change error
-words only). Tests write only into pytest's temporary folders, never into the source tree.
+with decorators other than classmethod/staticmethod (properties, context managers, functions under
+``torch.no_grad``) and ``raise`` statements (setup.cfg: their mutants change error words only). The
+entry points that ``small_data_single_thread`` wraps (``linear_probe``, ``knn_probe``, ``fewshot_curve``,
+``cluster_probe``, ``anomaly_scores``, ``anomaly_probe``, ``one_class_protocol``, ``group_rows``,
+``find_outliers``) are wrapped after their definition (``f = small_data_single_thread(f)``) instead of
+decorated, so they are mutated (group ``entry``). Tests write only into pytest's temporary folders, never
+into the source tree.
 Target: at least 95 % of the non-equivalent mutants killed.
 """
 
@@ -101,9 +107,9 @@ GROUPS = {
     # the unlabelled commands' modules (cvae cluster, cvae outliers): k's checks and the silhouette per k, a
     # result's exemplars and JSON, the contact sheets of groups and of outliers, the store entry points (the
     # extras read, the sheets' text; tests/test_groups.py, tests/test_outliers.py, tests/test_cli_unlabelled.py).
-    # Not mutated: group_rows and find_outliers (wrapped by small_data_single_thread, a decorator, which mutmut
-    # leaves out; among them the relabelling by size, distances, exemplar marks, the rank combination, the flag
-    # count and the nearest normal rows); the dataclasses' fields (no code).
+    # group_rows and find_outliers (the relabelling by size, distances, exemplar marks, the rank combination, the
+    # flag count and the nearest normal rows) are in the entry group; the dataclasses' fields are not mutated (no
+    # code).
     "unlabelled": {
         "cvae_features/groups.py": [f"x{C}GroupsResult{C}exemplars", f"x{C}GroupsResult{C}to_dict", "x__check_k",
                                     "x__check_k_range", "x_silhouette_by_k", "x_group_sheets", "x_group_store"],
@@ -207,6 +213,20 @@ GROUPS = {
     "loop": {"cvae_features/_train_loop.py": [
         f"x{C}Loop{C}__init__", f"x{C}Loop{C}restore", f"x{C}Loop{C}run", f"x{C}Loop{C}_train_epoch",
         f"x{C}Loop{C}_state", f"x{C}Loop{C}_nan_message", "x__labels_for", "x__postfix", "x__to_cpu"]},
+    # the entry points wrapped by small_data_single_thread (after their definition, not as a decorator, which
+    # mutmut would leave out): the linear probe's selection loop and refit, the k-NN probe's selection and its
+    # test scores, the few-label curve's draws, methods and records, the cluster probe's methods and scores, the
+    # anomaly scores, the anomaly probe's held-out threshold and the one-class protocol; group_rows and
+    # find_outliers behind cvae cluster and cvae outliers. A group of their own so that the probes and
+    # unlabelled groups, which list the helpers of the same files, keep their runs.
+    "entry": {
+        "cvae_features/probes/linear.py": ["x_linear_probe"],
+        "cvae_features/probes/knn.py": ["x_knn_probe"],
+        "cvae_features/probes/fewshot.py": ["x_fewshot_curve"],
+        "cvae_features/probes/cluster.py": ["x_cluster_probe"],
+        "cvae_features/probes/anomaly.py": ["x_anomaly_scores", "x_anomaly_probe", "x_one_class_protocol"],
+        "cvae_features/groups.py": ["x_group_rows"],
+        "cvae_features/outliers.py": ["x_find_outliers"]},
 }
 
 # Surviving mutants that change nothing observable: mutant name -> why (one line).
@@ -495,6 +515,35 @@ NEW_TESTS = {
     "x__labels_for": ["test_labels_for_the_batches"],
     "x__postfix": ["test_the_progress_bar_text_of_a_row_with_and_without_validation"],
     "x__to_cpu": ["test_the_state_moved_to_the_cpu_is_detached_and_keeps_its_structure"],
+    # the entry group (tests/test_probes.py, tests/test_groups.py, tests/test_outliers.py)
+    "x_linear_probe": ["test_linear_probe_is_its_selection_loop_written_out",
+                       "test_linear_probe_refuses_cs_and_fractions_out_of_range",
+                       "test_the_selection_caps_by_default_at_10000_rows_for_the_linear_and_20000_for_the_knn_probe",
+                       "test_every_input_of_a_probe_is_named_in_its_error"],
+    "x_knn_probe": ["test_knn_probe_is_its_selection_written_out",
+                    "test_knn_probe_tries_the_ks_up_to_the_reference_rows_while_choosing",
+                    "test_the_selection_caps_by_default_at_10000_rows_for_the_linear_and_20000_for_the_knn_probe",
+                    "test_every_input_of_a_probe_is_named_in_its_error"],
+    "x_fewshot_curve": ["test_fewshot_curve_is_its_draws_and_methods_written_out",
+                        "test_fewshot_curve_checks_its_settings_at_their_boundaries",
+                        "test_fewshot_curve_hands_a_method_its_defaults_and_at_most_10000_unlabelled_rows",
+                        "test_every_input_of_a_probe_is_named_in_its_error"],
+    "x_cluster_probe": ["test_cluster_probe_is_its_methods_and_scores_written_out",
+                        "test_cluster_probe_silhouette_needs_two_to_n_minus_one_clusters_among_its_rows",
+                        "test_every_input_of_a_probe_is_named_in_its_error"],
+    "x_anomaly_scores": ["test_anomaly_scores_fit_the_scorer_with_its_settings",
+                         "test_every_input_of_a_probe_is_named_in_its_error"],
+    "x_anomaly_probe": ["test_anomaly_probe_is_its_held_out_thresholds_written_out",
+                        "test_anomaly_probe_needs_rows_for_the_scores_it_fits",
+                        "test_every_input_of_a_probe_is_named_in_its_error"],
+    "x_one_class_protocol": ["test_one_class_protocol_is_each_class_fitted_on_its_own_rows_written_out",
+                             "test_one_class_protocol_names_the_classes_it_cannot_fit",
+                             "test_every_input_of_a_probe_is_named_in_its_error"],
+    "x_group_rows": ["test_group_rows_is_its_choice_of_k_fit_relabelling_and_exemplars_written_out",
+                     "test_group_rows_breaks_ties_of_size_in_fitted_order_and_of_distance_in_row_order",
+                     "test_group_rows_names_its_settings_in_errors"],
+    "x_find_outliers": ["test_find_outliers_is_its_scores_ranks_and_neighbours_written_out",
+                        "test_find_outliers_names_its_settings_in_errors_and_needs_k_plus_one_rows"],
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
@@ -616,10 +665,11 @@ NOTES = [
     "the survivors meanwhile, then `--only survivors` (reruns until none was left but the equivalent ones) and "
     "`--report` (the header above is that last command's).",
     "Not mutated by mutmut 3: functions under a decorator other than classmethod/staticmethod. Here that "
-    "leaves out the properties of the store's reader and writer and the probes' entry points wrapped by "
-    "`small_data_single_thread` (`linear_probe`, `knn_probe`, `fewshot_curve`, `cluster_probe`, `anomaly_scores`, `anomaly_probe`, "
-    "`one_class_protocol`: among them the anomaly thresholds and the NMI/ARI calls); their helpers listed above "
-    "are mutated.",
+    "leaves out the properties of the store's reader and writer (and the others named per group below). The "
+    "probes' entry points that `small_data_single_thread` wraps (`linear_probe`, `knn_probe`, `fewshot_curve`, "
+    "`cluster_probe`, `anomaly_scores`, `anomaly_probe`, `one_class_protocol`, `group_rows`, `find_outliers`) "
+    "were left out the same way until they were wrapped after their definition instead of decorated; they are "
+    "the entry group now.",
     "`raise` statements are not mutated (setup.cfg `do_not_mutate_patterns`): their mutants change error words "
     "only; the conditions that lead to them are mutated.",
     "Test selection (setup.cfg): the store, extraction, featurizer, model, prior, training and probe test files, "
@@ -669,11 +719,12 @@ NOTES = [
     "numbers; their names in `benchmarks/mutation_equivalent.json` moved with them).",
     "Unlabelled group (`cvae cluster` and `cvae outliers`: `cvae_features/groups.py`, `cvae_features/outliers.py`, "
     "added later): the checks of k and of its range, the silhouette per k, a result's exemplars and JSON record, "
-    "the contact sheets of groups and of outliers and the two store entry points. Not mutated: `group_rows` and "
-    "`find_outliers`, wrapped by `small_data_single_thread` (so the relabelling by size, the distances and "
+    "the contact sheets of groups and of outliers and the two store entry points. Not mutated then: `group_rows` "
+    "and `find_outliers`, decorated by `small_data_single_thread` (so the relabelling by size, the distances and "
     "exemplar marks, the rank combination, the flag count and the nearest normal rows are not in the score; "
     "their tests in `tests/test_groups.py` and `tests/test_outliers.py` check them against values computed by "
-    "hand). The first run (`--module unlabelled`, 2026-12-03) left 139 of 444 mutants alive (68.7 %: these "
+    "hand; they have been mutated since, in the entry group below). The first run (`--module unlabelled`, "
+    "2026-12-03) left 139 of 444 mutants alive (68.7 %: these "
     "functions had been tested only through `group_rows`, `find_outliers` and the CLI); tests for them went into "
     "the three test files, and `--only survivors` killed 117 of the 139; the tests of the store entry points' "
     "`source`, `data_dir` and error wording and of exemplars tied in distance were written during that rerun, and "
@@ -819,6 +870,42 @@ NOTES = [
     "that the first epoch overwrites before they are read (best epoch, bad epochs, stopped early, term names), the "
     "state returned only when no epoch is left; they were not run again by name after the last tests (the shared "
     "machine was loaded). Stopped runs (about 35 min) are not counted in the wall time. No bug found.",
+    "Entry group (the probes' entry points: `linear_probe`, `knn_probe`, `fewshot_curve`, `cluster_probe`, "
+    "`anomaly_scores`, `anomaly_probe`, `one_class_protocol`, and `group_rows`, `find_outliers` behind `cvae cluster` "
+    "and `cvae outliers`; added later): mutmut leaves decorated functions out, and these were decorated by "
+    "`small_data_single_thread`; they are now wrapped after their definition (`f = small_data_single_thread(f)`), "
+    "which behaves the same (functools.wraps keeps names and docstrings). A group of their own, so that the "
+    "probes and unlabelled groups keep their runs. The first run (`--module entry`, 2026-12-03, the tests as they "
+    "were) was stopped after 1194 of the 1907 mutants: a survivor of `fewshot_curve` or `cluster_probe` runs "
+    "every test that calls it (M2 trainings, a UMAP fit of 50 s), and the rest would not have fitted the time at "
+    "hand; of "
+    "those 1194, 889 were killed and 305 survived (74.5 %: the entry points "
+    "had been tested by what they achieve on separable or noisy blobs, not by the numbers they record: the validation "
+    "scores, settings, timings, thresholds and error wording). Tests for them went into `tests/test_probes.py` (each "
+    "entry point written out against its helpers: the splits, the warm-started logistic fits, the neighbour votes, "
+    "the draws and the registered methods' predictions, the clusterers and scores, the scorer, the held-out "
+    "thresholds with a held-out row at the threshold and its copy among the test rows, the one-class fits; the "
+    "timings read from a fake clock; every input named in its error; the settings at their bounds and the defaults, "
+    "seen by spies on the fits), `tests/test_groups.py` (the choice of k with a tie, the fit's arguments, ties of "
+    "size and of distance that quicksort would reorder, found by a search) and `tests/test_outliers.py` (ranks, "
+    "flags and neighbours written out on rows that tie). The remaining 713 mutants were then run with these "
+    "tests (`--only unchecked`): 633 killed, 13 survived, and 67 of "
+    "`cluster_probe`'s ended with exit code -15 (SIGTERM from mutmut's fork runner, not a failing test: a worker "
+    "that had passed the fast tests and reached the slow ones; they are not counted as caught). The survivors were "
+    "rerun by name (what `--only survivors` does, with those 67 added: they ended with -15 again): 292 of the "
+    "294 not judged equivalent by then were killed. The 67 were then run by hand, each in a fresh process, with "
+    "the same tests fastest first "
+    "(`MUTANT_UNDER_TEST=<name> PYTHONPATH=mutants pytest -x <the tests mutmut lists for cluster_probe, and the two "
+    "written for them>`), and their exit codes written into `mutants/cvae_features/probes/cluster.py.meta`: "
+    "63 killed, 4 survived (judged equivalent). 29 mutants were judged "
+    "equivalent (names given by default, dtype and replace arguments that change nothing, sort kinds that numpy "
+    "reads case-insensitively, n_jobs, roundings of sums of times already rounded, bounds met only by draws of all "
+    "rows, a rounding that differs only beyond about 10^6 rows); after the last tests the 25 of them outside "
+    "`cluster_probe` were run once more by name (63 s, not counted in the wall time) and the 4 in it by hand: all "
+    "survive. One survives: `anomaly_probe` turns `is_anomaly` "
+    "into int64 before `check_labels`, so non-integer marks (0.5) are cut to 0 silently where the mutant (no "
+    "conversion) refuses them; pinning the cut would pin a fault, so it is left alive and reported (fix: drop the "
+    "`.astype(np.int64)`; `check_labels` takes booleans and refuses non-integers).",
 ]
 
 
@@ -835,7 +922,8 @@ def markdown(rec: dict) -> str:
         "approximate index, model files and their fingerprints, resolving models, the image cache and keyed "
         "noise, Kingma's M2 on feature vectors, training-time augmentation, the convolutional M2 conv-m2 and its "
         "labels file, the mixture-prior family conv-vade with its prior and the 'prior' cluster method, the "
-        "training loop). "
+        "training loop, and the probes' entry points with the grouping and outlier ranking of the unlabelled "
+        "commands). "
         "Survived includes \"no tests\" (no "
         "selected test calls the function); crashed: the test run died (an HDF5 abort on the damaged file the "
         "mutant made), "
@@ -889,6 +977,7 @@ def markdown(rec: dict) -> str:
               "`tests/test_noise.py`, semisup group: `tests/test_semisup.py`, augment group: `tests/test_augment.py`, "
               "m2vae group: `tests/test_m2vae.py`, vade group: `tests/test_vade.py`, `tests/test_priors.py`, "
               "loop group: `tests/test_train_seams.py`); "
+              "entry group: `tests/test_probes.py`, `tests/test_groups.py`, `tests/test_outliers.py`); "
               "the test written for each "
               "function:", ""] if killed_new else ["None.", ""]
     if killed_new:

@@ -266,3 +266,117 @@ def test_group_sheets_keep_exemplars_of_equal_distance_in_row_order():
     sheet = group_sheets(result)[0]
     assert sheet.rows == [("closest", order)] and [key for key, _ in sheet.listed] == order
     assert result.exemplars() == {0: order}
+
+
+# ----------------------------------------------------------------- group_rows written out (mutation group 'entry')
+
+def test_group_rows_is_its_choice_of_k_fit_relabelling_and_exemplars_written_out(monkeypatch):
+    import cvae_features.groups as groups
+    from cvae_features.probes.cluster import fit_clusters
+
+    X, _ = _blobs([14, 10, 8], spread=3.0, seed=5)
+    keys = [f"r{i}" for i in range(32)]
+    seen = []
+
+    def fake_silhouettes(Xp, k_values, method, *, n_init, seed):
+        seen.append((Xp, list(k_values), method, n_init, seed))
+        return {2: 0.25, 3: 0.5, 4: 0.5, 5: None}  # a tie: the smaller k wins; None is never chosen
+
+    fits = []
+
+    def spied_fit(Xp, k, method, **kwargs):
+        fits.append((k, method, kwargs))
+        return fit_clusters(Xp, k, method, **kwargs)
+
+    monkeypatch.setattr(groups, "silhouette_by_k", fake_silhouettes)
+    monkeypatch.setattr(groups, "fit_clusters", spied_fit)
+    res = group_rows(X, keys, method="gmm", k_range=(2, 5), preprocessing="standardize", n_exemplars=2,
+                     selection_rows=20, n_init=2, seed=3)
+    assert fits == [(3, "gmm", {"n_init": 2, "seed": 3})]
+    Xp = FeaturePrep("standardize").fit_transform(X)
+    sample = np.sort(np.random.default_rng(3).choice(32, 20, replace=False))
+    (got_X, got_k, got_method, got_n_init, got_seed), = seen
+    np.testing.assert_array_equal(got_X, Xp[sample])
+    assert (got_k, got_method, got_n_init, got_seed) == ([2, 3, 4, 5], "gmm", 2, 3)
+    assert res.criterion == {"name": "silhouette", "values": {2: 0.25, 3: 0.5, 4: 0.5, 5: None}, "rows": 20,
+                             "k_range": [2, 5]}
+    assert (res.k, res.chosen_by, res.method, res.preprocessing) == (3, "silhouette", "gmm", "standardize")
+    assert (res.n_rows, res.n_exemplars, res.seed) == (32, 2, 3)
+    est = fit_clusters(Xp, 3, "gmm", n_init=2, seed=3)
+    pred = est.predict(Xp)
+    order = np.argsort(-np.bincount(pred, minlength=3), kind="stable")
+    relabel = np.empty(3, dtype=np.int64)
+    relabel[order] = np.arange(3)
+    labels, centres = relabel[pred], est.means_[order]
+    np.testing.assert_array_equal(res.centres, centres)
+    distance = np.linalg.norm(Xp - centres[labels], axis=1)
+    assert list(res.frame.columns) == ["key", "cluster", "distance", "exemplar"]
+    assert list(res.frame["key"]) == keys
+    np.testing.assert_array_equal(res.frame["cluster"], labels)
+    np.testing.assert_array_equal(res.frame["distance"], distance)
+    exemplar = np.zeros(32, dtype=bool)
+    for c in range(3):
+        members = np.flatnonzero(labels == c)
+        exemplar[members[np.argsort(distance[members])[:2]]] = True
+    np.testing.assert_array_equal(res.frame["exemplar"], exemplar)
+    assert res.sizes == np.bincount(labels, minlength=3).tolist() and res.sizes == sorted(res.sizes, reverse=True)
+    assert len(set(res.sizes)) == 3  # sizes that differ: the relabelling is seen
+    # few rows: the silhouette on all of them
+    seen.clear()
+    res = group_rows(X[:20], k_range=(2, 3), selection_rows=20)
+    np.testing.assert_array_equal(seen[0][0], FeaturePrep("l2").fit_transform(X[:20]))
+    assert res.criterion["rows"] == 20 and list(res.frame["key"]) == [str(i) for i in range(20)]
+    assert (seen[0][2], seen[0][3], seen[0][4]) == ("kmeans", 10, 0)
+    assert fits[-1] == (3, "kmeans", {"n_init": 10, "seed": 0})
+    # no k splits the rows: each k is named
+    monkeypatch.setattr(groups, "silhouette_by_k", lambda Xp, ks, method, **kw: dict.fromkeys(ks))
+    with pytest.raises(DataTooSmall) as err:
+        group_rows(X, k_range=(3, 6))
+    assert str(err.value).startswith("no k in 3..6 splits the rows into two or more distinct groups")
+
+
+def test_group_rows_names_its_settings_in_errors():
+    X, _ = _blobs([10, 10])
+    for kwargs, start in (({"method": "dbscan"}, "method: "), ({"preprocessing": "whiten"}, "preprocessing: "),
+                          ({"n_exemplars": 0}, "n_exemplars: expected an integer >= 1, got 0"),
+                          ({"n_exemplars": True}, "n_exemplars: expected an integer >= 1, got True"),
+                          ({"n_exemplars": 2.0}, "n_exemplars: expected an integer >= 1, got 2.0")):
+        with pytest.raises(ConfigError) as err:
+            group_rows(X, k=2, **kwargs)
+        assert str(err.value).startswith(start), str(err.value)
+    X_nan = X.copy()
+    X_nan[0, 0] = np.nan
+    with pytest.raises(ConfigError) as err:
+        group_rows(X_nan, k=2)
+    assert str(err.value).startswith("X: ")
+    res = group_rows(X, k=2, n_exemplars=np.int64(1))
+    assert res.n_exemplars == 1 and type(res.n_exemplars) is int and int(res.frame["exemplar"].sum()) == 2
+
+
+def test_group_rows_breaks_ties_of_size_in_fitted_order_and_of_distance_in_row_order():
+    from cvae_features.probes.cluster import fit_clusters
+
+    centres = np.random.default_rng(0).normal(size=(20, 3)) * 100
+    X = np.repeat(centres, [2, 3] * 10, axis=0)  # 20 groups of 2 or 3 copies: sizes tie across many groups
+    res = group_rows(X, k=20, preprocessing="none")
+    pred = fit_clusters(X, 20, "kmeans").predict(X)
+    sizes = np.bincount(pred, minlength=20)
+    order = sorted(range(20), key=lambda c: -sizes[c])  # the largest first, ties in the fitted order
+    relabel = np.empty(20, dtype=np.int64)
+    relabel[order] = np.arange(20)
+    np.testing.assert_array_equal(res.frame["cluster"], relabel[pred])
+    # a group of 40 rows that are copies of 3 points (the order found by a search: quicksort breaks the ties of
+    # distance otherwise) and one of 20: the exemplars are the first copies of the nearest point, in row order
+    pattern = [0, 2, 0, 0, 1, 1, 0, 2, 2, 2, 0, 2, 0, 1, 2, 0, 2, 0, 0, 2, 1, 1, 0, 0, 1, 1, 1, 2, 1, 1, 2, 2, 1, 0,
+               2, 1, 2, 1, 1, 0]
+    points = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]])[pattern]
+    X = np.vstack([points, points[:20] + 50])
+    res = group_rows(X, k=2, preprocessing="none", n_exemplars=5)
+    f = res.frame
+    for c in range(2):
+        members = np.flatnonzero(f["cluster"].to_numpy() == c)
+        distance = f["distance"].to_numpy()[members]
+        closest = members[sorted(range(members.size), key=lambda i: distance[i])[:5]]
+        np.testing.assert_array_equal(np.flatnonzero(f["exemplar"].to_numpy() & (f["cluster"].to_numpy() == c)),
+                                      closest)
+        assert len(set(distance[np.isin(members, closest)])) == 1  # five of the tied copies

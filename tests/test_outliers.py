@@ -185,3 +185,62 @@ def test_outlier_sheets_pages_of_25_rows_each_the_image_then_its_nearest_normal_
         "Each row: the image (first column), then its nearest normal images in μ, nearest first.")
     assert [s.name for s in outlier_sheets(_hand_result(n_top=25))] == ["outliers_01"]
     assert outlier_sheets(_hand_result(n_top=25))[0].heading == "Ranks 1 to 25"
+
+
+# ----------------------------------------------------------------- find_outliers at its edges (mutation group 'entry')
+
+def test_find_outliers_names_its_settings_in_errors_and_needs_k_plus_one_rows():
+    X = np.random.default_rng(6).normal(size=(10, 2))
+    for kwargs, start in (({"n_neighbours": 0}, "n_neighbours: expected an integer >= 1, got 0"),
+                          ({"preprocessing": "whiten"}, "preprocessing: "),
+                          ({"keys": ["a"]}, "keys: expected 10 keys (one per row of X), got 1")):
+        with pytest.raises(ConfigError) as err:
+            find_outliers(X, **kwargs)
+        assert str(err.value).startswith(start), str(err.value)
+    X_nan = X.copy()
+    X_nan[2, 1] = np.inf
+    with pytest.raises(ConfigError) as err:
+        find_outliers(X_nan)
+    assert str(err.value).startswith("X: ")
+    result = find_outliers(X, k=9)  # 10 rows: each has exactly 9 others
+    d = np.linalg.norm(X[:, None] - X[None], axis=2)
+    np.testing.assert_allclose(result.frame["knn"], d.sum(axis=1) / 9)
+
+
+def test_find_outliers_is_its_scores_ranks_and_neighbours_written_out():
+    from sklearn.covariance import LedoitWolf
+    from sklearn.neighbors import NearestNeighbors
+
+    from cvae_features.probes import FeaturePrep
+
+    rng = np.random.default_rng(8)
+    base = rng.normal(size=(12, 2)) * [1.0, 4.0]
+    X = np.vstack([base] * 4)  # every row four times: tied scores and mean ranks, tied neighbours
+    extra = np.tile(rng.normal(size=12), 4)
+    keys = [f"k{i}" for i in range(48)]
+    result = find_outliers(X, keys, extra={"recon": extra}, k=5, rate=0.1, top=7, n_neighbours=6,
+                           preprocessing="standardize")
+    Z = FeaturePrep("standardize").fit_transform(X)
+    knn = _loo_knn_by_hand(Z, 5)
+    maha = LedoitWolf().fit(Z).mahalanobis(Z)
+    f = result.frame
+    np.testing.assert_allclose(f["knn"], knn, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(f["mahalanobis"], maha, rtol=1e-9)
+    mean_rank = np.mean([rankdata(-f[name].to_numpy()) for name in ("knn", "mahalanobis", "recon")], axis=0)
+    order = sorted(range(48), key=lambda i: mean_rank[i])  # ties in row order
+    rank = np.empty(48, dtype=np.int64)
+    rank[order] = np.arange(1, 49)
+    assert list(f.columns) == ["key", "knn", "mahalanobis", "recon", "mean_rank", "rank", "is_outlier"]
+    np.testing.assert_allclose(f["mean_rank"], mean_rank)
+    assert f["rank"].dtype == np.int64 and len(set(mean_rank)) < 48  # ties, broken in row order
+    np.testing.assert_array_equal(f["rank"], rank)
+    assert result.n_flagged == 5 and list(f["is_outlier"]) == list(rank <= 5)
+    assert result.threshold_mean_rank == mean_rank[order[4]]
+    assert result.top == [keys[i] for i in order[:7]] and result.scores == ["knn", "mahalanobis", "recon"]
+    pool = np.setdiff1d(np.flatnonzero(rank > 5), order[:7])
+    near = NearestNeighbors(n_neighbors=6, algorithm="brute").fit(Z[pool]).kneighbors(Z[order[:7]],
+                                                                                      return_distance=False)
+    assert result.neighbours == {keys[r]: [keys[pool[j]] for j in row] for r, row in zip(order[:7], near)}
+    assert (result.k, result.preprocessing, result.rate, result.n_rows) == (5, "standardize", 0.1, 48)
+    # every row among the top or flagged: no normal rows to list, and an empty record of them
+    assert find_outliers(X[:12], top=12).neighbours == {}
