@@ -905,7 +905,10 @@ NOTES = [
     "survive. One survives: `anomaly_probe` turns `is_anomaly` "
     "into int64 before `check_labels`, so non-integer marks (0.5) are cut to 0 silently where the mutant (no "
     "conversion) refuses them; pinning the cut would pin a fault, so it is left alive and reported (fix: drop the "
-    "`.astype(np.int64)`; `check_labels` takes booleans and refuses non-integers).",
+    "`.astype(np.int64)`; `check_labels` takes booleans and refuses non-integers). That fix was made after the run "
+    "(tests/test_probes.py::test_anomaly_probe_refuses_marks_that_are_not_0_or_1_instead_of_cutting_them): the "
+    "survivor's change is now the code, and the group's `anomaly_probe` mutants, renumbered by the edit, wait for "
+    "a rerun of the group.",
 ]
 
 

@@ -1029,3 +1029,13 @@ def test_the_prior_method_counts_every_component_of_the_prior_also_empty_ones():
     for bad in (None, object(), type("NoCall", (), {"assign": 3})()):
         with pytest.raises(ConfigError, match="^the 'prior' cluster method needs the mixture prior"):
             cluster_probe(X, y, methods=("kmeans", "prior"), prior=bad)
+
+
+def test_anomaly_probe_refuses_marks_that_are_not_0_or_1_instead_of_cutting_them():
+    rng = np.random.default_rng(0)
+    normal, test = rng.normal(size=(60, 3)), rng.normal(size=(6, 3))
+    with pytest.raises(ConfigError, match=r"^is_anomaly: expected integer class labels, got non-integer values$"):
+        anomaly_probe(normal, test, np.array([0, 0.5, 1, 0, 1, 0]), scores=("knn",))
+    as_bools = anomaly_probe(normal, test, np.array([False, True, True, False, True, False]), scores=("knn",))
+    as_ints = anomaly_probe(normal, test, np.array([0, 1, 1, 0, 1, 0]), scores=("knn",))
+    assert as_bools.to_dict() | {"timings": None} == as_ints.to_dict() | {"timings": None}

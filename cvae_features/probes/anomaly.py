@@ -264,7 +264,7 @@ def anomaly_probe(X_normal, X_test, is_anomaly=None, *, scores=SCORES, extra_nor
                           f"got {sorted(extra_t)}")
     labels = None
     if is_anomaly is not None:
-        labels = check_labels(np.asarray(is_anomaly).astype(np.int64), X_test.shape[0], "is_anomaly")
+        labels = check_labels(is_anomaly, X_test.shape[0], "is_anomaly")  # booleans and integers; 0.5 refused
         if labels.max(initial=0) > 1:
             raise ConfigError("is_anomaly: expected 0/1 (or booleans), got values above 1")
 
