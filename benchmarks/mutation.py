@@ -547,9 +547,12 @@ NEW_TESTS = {
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
-          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked",
+          -15: "not checked"}
 # any other exit code of the test run (a crash: HDF5 aborting on a damaged file, a segfault) is "crashed":
-# the tests did not pass, so the mutant is caught; counted with the killed ones and shown apart
+# the tests did not pass, so the mutant is caught; counted with the killed ones and shown apart. -15 (SIGTERM)
+# is mutmut's fork runner stopping a test run, not a verdict: such a mutant counts as not run (the entry group
+# met it; `--only unchecked` runs it again)
 CAUGHT = ("killed", "timeout", "crashed")
 MUTANTS = bc.ROOT / "mutants"
 STEM = bc.RESULTS / "mutation"
