@@ -20,6 +20,7 @@ import _common as bc  # noqa: E402
 from fashion_mnist_m2 import test_table as m2_table  # noqa: E402  (the M2 benchmark's own table)
 from fashion_mnist_tuning import CANDIDATES, METRICS, choose, load_records  # noqa: E402  (the tuning rule)
 from one_class import SCORES  # noqa: E402  (the one-class benchmark's own column names)
+from cvae_features.augment import AUTO, resolve_augment  # noqa: E402
 
 README = bc.ROOT / "README.md"
 
@@ -44,9 +45,11 @@ def _target(value, target, digits=0) -> str:
 
 def _caption(rec: dict, what: str) -> str:
     m, t = rec["model_config"], rec["train_config"]
-    aug = t.get("augment")  # "auto" is shifts of image_size // 14 px (cvae_features.augment.resolve_augment)
-    aug_text = "" if aug is None else f", augmentation {aug}" + (
-        f" (shift={m['image_size'] // 14},target=same)" if aug == "auto" and m.get("image_size", 0) >= 14 else "")
+    aug = t.get("augment")
+    aug_text = "" if aug is None else f", augmentation {aug}"
+    if aug == AUTO:  # what "auto" was at the run's image size
+        resolved = resolve_augment(aug, int(m.get("image_size", 0)))
+        aug_text += f" ({resolved.spec()})" if resolved.active else ""
     return (f"{what}: latent {m['latent_dim']}, β {m['beta']}, {t['epochs']} epochs{aug_text}; wall time "
             f"{rec['wall_s'] / 60:.0f} min; commit `{(rec.get('commit') or '?')[:7]}`.")
 

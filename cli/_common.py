@@ -31,10 +31,10 @@ def library_errors(func=None, *, interrupted: str = "interrupted: stopped before
         try:
             return func(*args, **kwargs)
         except CvaeError as err:
-            if isinstance(err, LostProcessError) and os.environ.get(LAUNCHED):
-                sys.exit(LOST_EXIT)  # `cvae train --nproc` reports which process was stopped, in one line
-            if os.environ.get("RANK", "0") != "0" and not isinstance(err, LostProcessError):
-                # one process of a data-parallel run: rank 0 says it (unless rank 0 is the one that is gone)
+            if isinstance(err, LostProcessError):  # every survivor says it (rank 0 may be the one that is gone)
+                if os.environ.get(LAUNCHED):
+                    sys.exit(LOST_EXIT)  # `cvae train --nproc` reports which process was stopped, in one line
+            elif os.environ.get("RANK", "0") != "0":  # one process of a data-parallel run: rank 0 says it
                 time.sleep(2.0)  # every process meets the same error at once; the launcher stops the others
                 sys.exit(1)      # when the first one exits, so give rank 0 the time to print it
             raise click.ClickException(str(err)) from None

@@ -358,9 +358,10 @@ def _train(source, run_dir: Path, model_config, train_config, preprocess, resume
             return _train_in(dist, local_device(device, dist), source, run_dir, tcfg, overrides, config_class,
                              arch, state, preprocess, resume, overwrite, progress, data_dir, callback, hooks)
         except RuntimeError as err:
-            if dist.active and not isinstance(err, CvaeError) and lost_contact(err):
+            reason = lost_contact(err) if dist.active and not isinstance(err, CvaeError) else ""
+            if reason:
                 raise LostProcessError(
-                    f"process {dist.rank} lost the other training process(es) ({lost_contact(err)}): one stopped or "
+                    f"process {dist.rank} lost the other training process(es) ({reason}): one stopped or "
                     f"was killed; {run_dir} keeps the last finished epoch: run the same command with --resume") from None
             raise
         finally:
