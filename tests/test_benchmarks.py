@@ -229,3 +229,41 @@ def test_fashion_mnist_vade_on_fake_files(tmp_path):
     assert sum(rec["seeds"][0]["test"]["prior"]["cluster_sizes"]) == 30
     text = (tmp_path / "v.md").read_text()
     assert "VaDE prior, argmax p(c\\|μ)" in text and "mean ± std over 2 seeds" in text
+
+
+def test_train_seeds_script_trains_once_per_seed_and_averages_over_them(tmp_path):
+    from cvae_features import FeatureStore
+    from cvae_features.probes import cluster_probe
+
+    ts = _load("train_seeds")
+    argv = ["--train-seeds", "0,1", "--train-source", "digits:train", "--test-source", "digits:test", "--epochs", "1",
+            "--latent-dim", "4", "--labels-per-class", "1", "--seeds", "1", "--cluster-seeds", "1",
+            "--out-dir", str(tmp_path / "work"), "--out", str(tmp_path / "ts"), "--no-progress"]
+    assert ts.main(argv) == 0
+    rec = json.loads((tmp_path / "ts.json").read_text())
+    s0, s1 = rec["per_seed"]
+    assert (s0["train_seed"], s1["train_seed"]) == (0, 1) and s0["fingerprint"] != s1["fingerprint"]
+    assert not s0["reused_run"] and not s1["reused_run"]
+    for s in (s0, s1):  # the run's config holds the seed; the stores hold that run's model
+        run = tmp_path / "work" / f"seed{s['train_seed']}"
+        assert json.loads((run / "run" / "config.json").read_text())["train_config"]["seed"] == s["train_seed"]
+        with FeatureStore(run / "vae_test.h5") as st:
+            assert st.model_fingerprint == s["fingerprint"] and st.n_rows == 450
+            X, y = st.features, st.labels
+        got = cluster_probe(X, y, methods=("umap-gmm",), seed=0).methods["umap-gmm"]
+        assert s["cluster"]["umap-gmm"]["acc"] == got["acc"] and s["cluster"]["umap-gmm"]["nmi"] == got["nmi"]
+    linear = rec["table"][0]
+    assert linear["probe"] == "linear" and linear["values"] == [s0["linear"], s1["linear"]]
+    assert linear["mean"] == pytest.approx((s0["linear"] + s1["linear"]) / 2)
+    assert linear["std"] == pytest.approx(abs(s0["linear"] - s1["linear"]) / 2)
+    acc = {r["probe"]: r["mean"] for r in rec["table"] if r["metric"] == "ACC"}
+    verdict = next(v for v in rec["verdicts"] if v["target"] == "clustering ACC")
+    assert verdict["mean"] == max(acc.values()) and verdict["goal"] == 68.0
+    assert verdict["met"] == (100 * verdict["mean"] >= 68.0) and verdict["gap"] == pytest.approx(100 * verdict["mean"] - 68)
+    assert [v["target"] for v in rec["verdicts"]] == ["linear", "k-NN", "clustering ACC", "clustering NMI"]
+    # --reuse finds both runs and stores: nothing is trained again, the numbers are the same
+    assert ts.main(argv + ["--reuse"]) == 0
+    again = json.loads((tmp_path / "ts.json").read_text())
+    assert [s["reused_run"] for s in again["per_seed"]] == [True, True]
+    assert again["table"] == rec["table"]
+    assert "| linear | test accuracy |" in (tmp_path / "ts.md").read_text()
