@@ -280,7 +280,7 @@ def test_write_sheets_scale_images_up_to_at_least_64_pixels(tmp_path, size, scal
     assert "<table>" not in page
 
 
-def test_the_page_is_utf_8_also_where_the_locale_is_ascii(tmp_path):
+def test_the_page_is_utf_8_whatever_the_locale(tmp_path):
     """Python opens text files in the locale's encoding unless told; under LC_ALL=C (no UTF-8 mode) that is ASCII."""
     import os
     import subprocess
@@ -298,3 +298,8 @@ def test_the_page_is_utf_8_also_where_the_locale_is_ascii(tmp_path):
     assert done.returncode == 0, done.stderr
     page = (tmp_path / "out" / "index.html").read_bytes().decode("utf-8")
     assert "<title>\u00dcbersicht \u2713</title>" in page and "<h2 id=\"s\">Gr\u00fcn</h2>" in page
+    # the same bytes as here (and so that the mutation run, which sees only calls made in this process, runs this)
+    images = StoreImages(ArraySource(np.zeros((1, 4, 4), np.uint8), keys=["k"]), Preprocess(4, 1))
+    write_sheets(tmp_path / "here", [Sheet("s", "Gr\u00fcn", "", [("", ["k"])])], images, title="\u00dcbersicht \u2713")
+    assert (tmp_path / "here" / "index.html").read_bytes() == (tmp_path / "out" / "index.html").read_bytes()
+    assert (tmp_path / "here" / "s.png").read_bytes() == (tmp_path / "out" / "s.png").read_bytes()
