@@ -18,7 +18,9 @@ vectors, training-time input augmentation, the semi-supervised convolutional VAE
 the mixture-prior family conv-vade with its prior and the 'prior' cluster method, the training loop (batches,
 the labelled draw, the augmentation hand-off, steps, validation, the best epoch, checkpoints and resume), and
 the probes' entry points: the linear and k-NN probes' selection, the few-label curve, the cluster probe, the
-anomaly probes, and the grouping and outlier ranking of cvae cluster and cvae outliers), then writes
+anomaly probes, and the grouping and outlier ranking of cvae cluster and cvae outliers; the featurizers: the
+registry, the vae, raw and pca kinds, their batch calls and the streamed PCA fit, and the contact sheets: the
+recorded source, the images read back, the grids and the page), then writes
 ``benchmarks/results/mutation.{md,json}``: per module the mutants generated, killed, survived
 (including "no tests": no selected test calls the function), timed out, crashed (the test run
 died: caught), skipped, and those judged equivalent (they change nothing observable: the reasons
@@ -227,6 +229,37 @@ GROUPS = {
         "cvae_features/probes/anomaly.py": ["x_anomaly_scores", "x_anomaly_probe", "x_one_class_protocol"],
         "cvae_features/groups.py": ["x_group_rows"],
         "cvae_features/outliers.py": ["x_find_outliers"]},
+    # the featurizers and the contact sheets: the registry (register, unregister, the kinds in order), how each
+    # built-in kind is obtained (fitted or trained with the extraction's options, from a reference model or store,
+    # from the store it wrote) and checked against dim, its store fields, recorded resize and state, the batch
+    # calls (the VAE's eval copy, mu, log-variance and scores; pixels in [0, 1]; the PCA projection in float64), the
+    # PCA fingerprint and the streamed PCA fit (exact, and incremental in pieces of at least dim rows); the recorded
+    # source parsed back into specs, the images read back by key with why a key is blank, the grids' layout and the
+    # sheets' page (tests/test_featurizers.py, tests/test_sheets.py). Not mutated: Featurizer.fingerprint,
+    # VAEFeaturizer.fingerprint and PCAFeaturizer.fingerprint (properties: decorated, which mutmut leaves out; the
+    # PCA one calls pca_fingerprint, which is mutated); the dataclasses Sheet and SheetsResult have no code but
+    # SheetsResult.to_dict. Listed but without mutants: the base class's fit, from_reference, from_store and
+    # batch_fn (a raise only), the state() of the base and VAE classes (return {}), get_featurizer (a lookup and a
+    # raise) and RawFeaturizer.batch_fn (return _RawBatch()).
+    "featurizers": {
+        "cvae_features/featurizers.py": [
+            f"x{C}Featurizer{C}__init__", f"x{C}Featurizer{C}fit", f"x{C}Featurizer{C}from_reference",
+            f"x{C}Featurizer{C}from_store", f"x{C}Featurizer{C}state", f"x{C}Featurizer{C}store_fields",
+            f"x{C}Featurizer{C}keep_resize", f"x{C}Featurizer{C}batch_fn", "x_register_featurizer",
+            "x_unregister_featurizer", "x_featurizer_kinds", "x_get_featurizer", f"x{C}VAEFeaturizer{C}__init__",
+            f"x{C}VAEFeaturizer{C}fit", f"x{C}VAEFeaturizer{C}from_reference", f"x{C}VAEFeaturizer{C}from_store",
+            f"x{C}VAEFeaturizer{C}state", f"x{C}VAEFeaturizer{C}store_fields", f"x{C}VAEFeaturizer{C}batch_fn",
+            f"x{C}_VAEBatch{C}__init__", f"x{C}_VAEBatch{C}__call__", "x_pixels", "x__reference_store",
+            f"x{C}RawFeaturizer{C}__init__", f"x{C}RawFeaturizer{C}_checked", f"x{C}RawFeaturizer{C}fit",
+            f"x{C}RawFeaturizer{C}from_reference", f"x{C}RawFeaturizer{C}from_store",
+            f"x{C}RawFeaturizer{C}keep_resize", f"x{C}RawFeaturizer{C}batch_fn", f"x{C}_RawBatch{C}__call__",
+            "x_pca_fingerprint", f"x{C}PCAFeaturizer{C}__init__", f"x{C}PCAFeaturizer{C}_checked",
+            f"x{C}PCAFeaturizer{C}fit", f"x{C}PCAFeaturizer{C}from_reference", f"x{C}PCAFeaturizer{C}from_store",
+            f"x{C}PCAFeaturizer{C}_basis", f"x{C}PCAFeaturizer{C}keep_resize", f"x{C}PCAFeaturizer{C}state",
+            f"x{C}PCAFeaturizer{C}batch_fn", f"x{C}_PCABatch{C}__init__", f"x{C}_PCABatch{C}__call__", "x_fit_pca"],
+        "cvae_features/sheets.py": [
+            "x_find_key", "x_recorded_specs", f"x{C}StoreImages{C}__init__", f"x{C}StoreImages{C}open",
+            f"x{C}StoreImages{C}get", "x_pad_row", "x_save_grid", f"x{C}SheetsResult{C}to_dict", "x_write_sheets"]},
 }
 
 # Surviving mutants that change nothing observable: mutant name -> why (one line).
@@ -242,7 +275,7 @@ if _EQ_FILE.exists():
 # tests/test_index.py; for the files group tests/test_model_hostile.py, tests/test_families.py, tests/test_cache.py
 # and tests/test_noise.py; for the semisup group tests/test_semisup.py; for the augment group tests/test_augment.py;
 # for the m2vae group tests/test_m2vae.py; for the vade group tests/test_vade.py and tests/test_priors.py; for the
-# loop group tests/test_train_seams.py).
+# loop group tests/test_train_seams.py; for the featurizers group tests/test_featurizers.py and tests/test_sheets.py).
 NEW_TESTS = {
     f"x{C}FeatureStore{C}iter_rows": ["test_iter_rows_by_one_and_by_the_default_65536"],
     f"x{C}FeatureStore{C}read_rows": ["test_read_rows_clips_to_the_committed_rows"],
@@ -544,6 +577,22 @@ NEW_TESTS = {
                      "test_group_rows_names_its_settings_in_errors"],
     "x_find_outliers": ["test_find_outliers_is_its_scores_ranks_and_neighbours_written_out",
                         "test_find_outliers_names_its_settings_in_errors_and_needs_k_plus_one_rows"],
+    # the featurizers group (tests/test_featurizers.py, tests/test_sheets.py)
+    "x_register_featurizer": ["test_the_registry_checks_replaces_removes_and_lists_kinds"],
+    "x_unregister_featurizer": ["test_the_registry_checks_replaces_removes_and_lists_kinds"],
+    f"x{C}VAEFeaturizer{C}fit": ["test_a_vae_featurizer_is_trained_with_the_extraction_options"],
+    f"x{C}VAEFeaturizer{C}from_store": [
+        "test_a_vae_featurizer_from_a_store_or_a_reference_keeps_its_resize_and_checks_dim"],
+    f"x{C}PCAFeaturizer{C}from_store": ["test_pca_featurizer_from_its_store_or_a_reference_and_a_damaged_basis"],
+    f"x{C}PCAFeaturizer{C}keep_resize": ["test_pca_featurizer_holds_its_basis_as_float64_and_projects_the_pixels"],
+    f"x{C}_PCABatch{C}__init__": ["test_pca_featurizer_holds_its_basis_as_float64_and_projects_the_pixels"],
+    "x_fit_pca": ["test_fit_pca_exact_equals_scikit_learns_pca_and_checks_dim_at_its_bounds",
+                  "test_fit_pca_beyond_the_covariance_limit_is_incremental_in_pieces_of_at_least_dim_rows"],
+    "x_recorded_specs": ["test_recorded_specs_exact_first_then_paths_and_built_in_names_parsed_from_descriptions"],
+    "x_save_grid": ["test_save_grid_is_its_layout_written_out"],
+    "x_write_sheets": ["test_write_sheets_writes_one_png_per_sheet_with_an_image_and_the_page_in_order",
+                       "test_write_sheets_scale_images_up_to_at_least_64_pixels",
+                       "test_the_page_is_utf_8_whatever_the_locale"],
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
@@ -914,6 +963,40 @@ NOTES = [
     "one_class_protocol: 505 mutants, two fewer; 501 killed, 4 survived: the four equivalents of anomaly_probe, "
     "renumbered by the edit (124, 125, 136, 138 became 122, 123, 134, 136; the same changes, checked); 317 s, not "
     "counted in the wall time). The other files' results are those of the run before.",
+    "Featurizers group (`cvae_features/featurizers.py`, `cvae_features/sheets.py`, added later; "
+    "`tests/test_sheets.py` joined the test selection): the registry, the vae, raw and pca kinds (obtained, "
+    "checked against dim, their store fields, resize, state and batch calls), the PCA fingerprint and the streamed "
+    "PCA fit, and the contact sheets (the recorded source parsed into specs, the images read back, the grids, the "
+    "page). Not mutated: the three `fingerprint` properties (decorated); listed without mutants: the base class's "
+    "methods that only raise, the `state()` that return {}, `get_featurizer` and `RawFeaturizer.batch_fn`. The "
+    "first run (`--module featurizers`, 2026-12-03, the tests as they were: tests/test_featurizers.py and the "
+    "unlabelled group's CLI tests, which reach sheets.py) was stopped after 147 of the 940 mutants (a sheets "
+    "mutant ran the CLI tests with their 1-epoch `cvae extract`, about 10 a minute); of those 147, 107 were caught "
+    "and 40 were alive (34 survived, 6 no tests: 72.8 %: the registry's checks, the VAE featurizer's store and "
+    "training options, the PCA featurizer's store, the sheets' page, folder and scale). Tests written meanwhile "
+    "went into `tests/test_featurizers.py` (the base class's fields; the registry at every check; the VAE "
+    "featurizer trained with its options on a built-in set in data_dir, from a store or a reference, its batch "
+    "call's eval copy and extras; pixels; raw and pca from their stores and references, with dim checked; "
+    "`pca_fingerprint` against its hash written out; `fit_pca` exact against scikit-learn's PCA and, with the "
+    "covariance limit lowered, incremental against IncrementalPCA fed the very pieces: a first batch shorter than "
+    "dim held, an empty batch, a batch of exactly dim rows, the last rows joined to the batch before, the default "
+    "of 256; the progress bar's settings and counts through a tqdm stand-in) and `tests/test_sheets.py` (find_key "
+    "breadth first, recorded_specs, StoreImages on a real folder and store with a moved, a gone and a built-in "
+    "source, the grids compared pixel for pixel with the layout written out, the page written out, the scale at "
+    "its bounds, the page's encoding under an ASCII locale in a subprocess). The other 793 mutants were then run "
+    "with them (`--only unchecked`): 727 killed, 1 timeout, 65 survived. One survivor was a bug: `recorded_specs` "
+    "took a description's first word up to a space only, so `digits:test<TAB>(450 images)` gave the spec "
+    "`digits:test<TAB>(450` instead of `digits:test`; it now splits at any white space (the test has both "
+    "cases). The edit regenerated recorded_specs' mutants (58 became 51). `--only survivors` (75 mutants), "
+    "`--only unchecked` (the 51) and `--only survivors` (3: the encoding test had first called write_sheets only in "
+    "its subprocess, which mutmut does not see; it now also writes the page in-process and compares the bytes) "
+    "left 43 alive, all judged equivalent: CUDA-only moves and memory formats (no GPU in these runs; a test "
+    "skipped without CUDA checks them where CUDA is), non_blocking, defaults that are never read (the base "
+    "store_fields' carry_weights, a rowless sheet's width, the plan's estimate nobody asked for), Pillow's own "
+    "defaults (the default font, the mode fromarray infers, the fill 0 of RGB, format and codec names in any "
+    "case), square images' shape indices, a sign that cannot be 0, split's maxsplit when only the first piece is "
+    "read, None or '' where only truth is read. The 43 were run once more by name after the last tests: all "
+    "survive (not counted in the wall time). The wall time counts the stopped first run and the four reruns.",
 ]
 
 
@@ -984,7 +1067,8 @@ def markdown(rec: dict) -> str:
               "files group: `tests/test_model_hostile.py`, `tests/test_families.py`, `tests/test_cache.py`, "
               "`tests/test_noise.py`, semisup group: `tests/test_semisup.py`, augment group: `tests/test_augment.py`, "
               "m2vae group: `tests/test_m2vae.py`, vade group: `tests/test_vade.py`, `tests/test_priors.py`, "
-              "loop group: `tests/test_train_seams.py`); "
+              "loop group: `tests/test_train_seams.py`, featurizers group: `tests/test_featurizers.py`, "
+              "`tests/test_sheets.py`); "
               "entry group: `tests/test_probes.py`, `tests/test_groups.py`, `tests/test_outliers.py`); "
               "the test written for each "
               "function:", ""] if killed_new else ["None.", ""]

@@ -67,7 +67,7 @@ def recorded_specs(meta: dict) -> List[str]:
         match = _DESCRIBED_PATH.match(text)
         if match:
             specs.append(match.group(1))
-        first = text.split(" ", 1)[0]
+        first = text.split()[0]  # the first word, up to any white space
         if first.split(":", 1)[0].lower() in BUILTIN_DATASETS:
             specs.append(first)
         specs.append(text)
