@@ -18,7 +18,9 @@ vectors, training-time input augmentation, the semi-supervised convolutional VAE
 the mixture-prior family conv-vade with its prior and the 'prior' cluster method, the training loop (batches,
 the labelled draw, the augmentation hand-off, steps, validation, the best epoch, checkpoints and resume), and
 the probes' entry points: the linear and k-NN probes' selection, the few-label curve, the cluster probe, the
-anomaly probes, and the grouping and outlier ranking of cvae cluster and cvae outliers), then writes
+anomaly probes, and the grouping and outlier ranking of cvae cluster and cvae outliers; the set-up around a
+training run: the process group's collectives, the model families' registry, the plan, time estimate and run of
+the training extract does when no model is given, and the priors' descriptions), then writes
 ``benchmarks/results/mutation.{md,json}``: per module the mutants generated, killed, survived
 (including "no tests": no selected test calls the function), timed out, crashed (the test run
 died: caught), skipped, and those judged equivalent (they change nothing observable: the reasons
@@ -227,6 +229,25 @@ GROUPS = {
         "cvae_features/probes/anomaly.py": ["x_anomaly_scores", "x_anomaly_probe", "x_one_class_protocol"],
         "cvae_features/groups.py": ["x_group_rows"],
         "cvae_features/outliers.py": ["x_find_outliers"]},
+    # the set-up around a training run: the process group (who this process is, the collectives the trainer
+    # needs, joining and leaving it, a lost process told from other errors, each process's GPU, the module DDP
+    # wraps; tests/test_distributed_units.py: two real gloo processes, this one and one it starts), the model
+    # families' registry (tests/test_families.py), the plan extract trains by when no model is given, its time
+    # estimate and run (tests/test_extract.py) and the priors' descriptions (tests/test_priors.py). Not mutated:
+    # Dist.active and Dist.main (properties: decorated, which mutmut leaves out; every collective's test runs
+    # through them).
+    "setup": {
+        "cvae_features/_distributed.py": [
+            f"x{C}Dist{C}barrier", f"x{C}Dist{C}all_sum", f"x{C}Dist{C}on_main", f"x{C}Dist{C}check_same",
+            f"x{C}Dist{C}close", "x_from_env", "x_lost_contact", "x_local_device", f"x{C}LossModule{C}__init__",
+            f"x{C}LossModule{C}forward"],
+        "cvae_features/families.py": [
+            f"x{C}ModelFamily{C}load", "x_register_model_family", "x_unregister_model_family", "x_model_families",
+            "x_get_model_family", "x_model_class", "x_create_model", "x_arch_of", "x_is_model"],
+        "cvae_features/autotrain.py": [
+            f"x{C}AutoTrainPlan{C}to_dict", "x_auto_run_dir", "x_plan_auto_training", "x__estimate_training_seconds",
+            "x_train_for_extraction"],
+        "cvae_features/priors.py": [f"x{C}StandardNormal{C}describe", f"x{C}MixturePrior{C}describe"]},
 }
 
 # Surviving mutants that change nothing observable: mutant name -> why (one line).
@@ -544,6 +565,33 @@ NEW_TESTS = {
                      "test_group_rows_names_its_settings_in_errors"],
     "x_find_outliers": ["test_find_outliers_is_its_scores_ranks_and_neighbours_written_out",
                         "test_find_outliers_names_its_settings_in_errors_and_needs_k_plus_one_rows"],
+    # the setup group (tests/test_distributed_units.py, tests/test_families.py, tests/test_extract.py,
+    # tests/test_priors.py)
+    **{f"x{C}Dist{C}{name}": ["test_a_single_process_has_collectives_that_do_nothing",
+                              "test_two_processes_join_sum_share_compare_and_leave"]
+       for name in ("barrier", "all_sum", "on_main", "check_same", "close")},
+    "x_from_env": ["test_a_single_process_has_collectives_that_do_nothing",
+                   "test_process_numbers_that_are_not_integers_are_one_line",
+                   "test_two_processes_join_sum_share_compare_and_leave"],
+    "x_lost_contact": ["test_a_lost_process_is_told_from_other_errors_by_its_words_or_its_type"],
+    "x_local_device": ["test_each_process_of_a_cuda_run_gets_its_own_gpu"],
+    f"x{C}LossModule{C}__init__": ["test_the_module_ddp_wraps_is_the_models_loss"],
+    f"x{C}LossModule{C}forward": ["test_the_module_ddp_wraps_is_the_models_loss"],
+    **{name: ["test_registration_checks_the_name_sets_arch_once_and_replaces_only_when_asked"]
+       for name in (f"x{C}ModelFamily{C}load", "x_register_model_family", "x_unregister_model_family",
+                    "x_model_families", "x_get_model_family", "x_model_class")},
+    "x_create_model": ["test_create_model_reads_a_config_a_dict_or_none_and_overrides_win"],
+    "x_arch_of": ["test_arch_of_and_is_model_need_a_registered_name_on_the_class"],
+    "x_is_model": ["test_arch_of_and_is_model_need_a_registered_name_on_the_class"],
+    f"x{C}AutoTrainPlan{C}to_dict": ["test_auto_training_takes_given_configs_and_is_recorded_whole"],
+    "x_auto_run_dir": ["test_auto_training_takes_given_configs_and_is_recorded_whole"],
+    "x_plan_auto_training": ["test_auto_training_plans_epochs_rounded_up_and_clamped_from_5_to_60",
+                             "test_auto_training_takes_given_configs_and_is_recorded_whole"],
+    "x__estimate_training_seconds": [
+        "test_the_training_time_estimate_is_the_second_of_two_timed_steps_scaled_to_the_run"],
+    "x_train_for_extraction": ["test_training_for_extraction_resumes_only_a_run_with_a_checkpoint"],
+    f"x{C}StandardNormal{C}describe": ["test_each_prior_says_what_it_is_in_words"],
+    f"x{C}MixturePrior{C}describe": ["test_each_prior_says_what_it_is_in_words"],
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
