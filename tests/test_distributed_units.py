@@ -80,6 +80,7 @@ def test_a_lost_process_is_told_from_other_errors_by_its_words_or_its_type():
     gloo = RuntimeError("[a/b/pair.cc:545] Read error [1.2.3.4]:5: Connection reset by peer. This is typical. GLHF")
     assert lost_contact(gloo) == "Read error [1.2.3.4]:5: Connection reset by peer"
     assert lost_contact(RuntimeError("[pair.cc:1] Broken pipe] again")) == "Broken pipe] again"
+    assert lost_contact(RuntimeError("[C:/my src/pair.cc:1] Broken pipe")) == "Broken pipe"  # a path with a space
     assert lost_contact(RuntimeError("[pair.cc:1]broken pipe")) == "[pair.cc:1]broken pipe"
     assert lost_contact(RuntimeError("gloo [pair.cc:1] broken pipe")) == "gloo [pair.cc:1] broken pipe"
 

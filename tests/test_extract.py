@@ -348,10 +348,9 @@ def test_auto_training_plans_epochs_rounded_up_and_clamped_from_5_to_60(tmp_path
     from cvae_features.extraction import plan_auto_training
     from cvae_features.training import TrainConfig
 
-    pixels = np.zeros((1_300_000, 1, 8, 8), dtype=np.uint8)  # zeros: pages the plan never reads stay unmapped
+    pixels = np.zeros((480_000, 1, 8, 8), dtype=np.uint8)  # zeros: pages the plan never reads stay unmapped
     passes = 60_000 * TrainConfig().epochs
-    for n, epochs in ((70_000, 18), (passes // 18 + 1, 18), (50_000, 24), (480_000, 5), (1_300_000, 5),
-                      (19_999, 60), (1, 60)):
+    for n, epochs in ((70_000, 18), (passes // 18 + 1, 18), (50_000, 24), (480_000, 5), (19_999, 60), (1, 60)):
         assert plan_auto_training(ArraySource(pixels[:n]), tmp_path / "f.h5", estimate=False).train_config == (
             TrainConfig(epochs=epochs)), n
 
@@ -380,6 +379,9 @@ def test_auto_training_takes_given_configs_and_is_recorded_whole(tmp_path):
             size, channels, latent), given
     assert plan_auto_training(src, tmp_path / "s.h5", model_config=VAEConfig(beta=2.0),
                               estimate=False).model_config.beta == 2.0
+    colour = ArraySource(np.zeros((50, 3, 12, 12), dtype=np.uint8))  # the default channels asked: the source's 3
+    assert plan_auto_training(colour, tmp_path / "s.h5", model_config={"channels": 1},
+                              estimate=False).preprocess == Preprocess(12, 3)
     tcfg = TrainConfig(epochs=2, batch_size=16)
     assert plan_auto_training(src, tmp_path / "s.h5", train_config=tcfg, estimate=False).train_config is tcfg
     assert plan_auto_training(src, tmp_path / "s.h5", train_config={"epochs": 2, "batch_size": 16},
@@ -391,6 +393,20 @@ def test_auto_training_takes_given_configs_and_is_recorded_whole(tmp_path):
                               "train_config": tcfg.to_dict(), "preprocess": Preprocess(12, 1).to_dict(),
                               "n_images": 50, "estimated_seconds": plan.estimated_seconds}
 
+
+def test_auto_training_opens_the_source_in_the_given_data_dir(tmp_path, fake_fashion_dir, monkeypatch):
+    from cvae_features.autotrain import plan_auto_training
+    from cvae_features.data import builtin
+    from cvae_features.errors import SourceNotFoundError
+
+    monkeypatch.setattr(builtin, "SYSTEM_DATA_DIR", str(tmp_path / "system"))  # found nowhere else
+    monkeypatch.setenv("CVAE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CVAE_NO_DOWNLOAD", "1")
+    plan = plan_auto_training("fashion-mnist:test", tmp_path / "s.h5", data_dir=fake_fashion_dir[0], estimate=False)
+    assert plan.n_images == 10 and plan.preprocess == Preprocess(28, 1)
+    with pytest.raises(SourceNotFoundError, match="fashion-mnist:test: files .* not found in "):
+        plan_auto_training("fashion-mnist:test", tmp_path / "s.h5", estimate=False)
 
 def test_the_training_time_estimate_is_the_second_of_two_timed_steps_scaled_to_the_run(monkeypatch):
     import time
