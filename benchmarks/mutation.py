@@ -20,7 +20,9 @@ the labelled draw, the augmentation hand-off, steps, validation, the best epoch,
 the probes' entry points: the linear and k-NN probes' selection, the few-label curve, the cluster probe, the
 anomaly probes, and the grouping and outlier ranking of cvae cluster and cvae outliers; the featurizers: the
 registry, the vae, raw and pca kinds, their batch calls and the streamed PCA fit, and the contact sheets: the
-recorded source, the images read back, the grids and the page), then writes
+recorded source, the images read back, the grids and the page; the set-up around a training run: the process
+group's collectives, the model families' registry, the plan, time estimate and run of the training extract does
+when no model is given, and the priors' descriptions), then writes
 ``benchmarks/results/mutation.{md,json}``: per module the mutants generated, killed, survived
 (including "no tests": no selected test calls the function), timed out, crashed (the test run
 died: caught), skipped, and those judged equivalent (they change nothing observable: the reasons
@@ -260,6 +262,25 @@ GROUPS = {
         "cvae_features/sheets.py": [
             "x_find_key", "x_recorded_specs", f"x{C}StoreImages{C}__init__", f"x{C}StoreImages{C}open",
             f"x{C}StoreImages{C}get", "x_pad_row", "x_save_grid", f"x{C}SheetsResult{C}to_dict", "x_write_sheets"]},
+    # the set-up around a training run: the process group (who this process is, the collectives the trainer
+    # needs, joining and leaving it, a lost process told from other errors, each process's GPU, the module DDP
+    # wraps; tests/test_distributed_units.py: two real gloo processes, this one and one it starts), the model
+    # families' registry (tests/test_families.py), the plan extract trains by when no model is given, its time
+    # estimate and run (tests/test_extract.py) and the priors' descriptions (tests/test_priors.py). Not mutated:
+    # Dist.active and Dist.main (properties: decorated, which mutmut leaves out; every collective's test runs
+    # through them).
+    "setup": {
+        "cvae_features/_distributed.py": [
+            f"x{C}Dist{C}barrier", f"x{C}Dist{C}all_sum", f"x{C}Dist{C}on_main", f"x{C}Dist{C}check_same",
+            f"x{C}Dist{C}close", "x_from_env", "x_lost_contact", "x_local_device", f"x{C}LossModule{C}__init__",
+            f"x{C}LossModule{C}forward"],
+        "cvae_features/families.py": [
+            f"x{C}ModelFamily{C}load", "x_register_model_family", "x_unregister_model_family", "x_model_families",
+            "x_get_model_family", "x_model_class", "x_create_model", "x_arch_of", "x_is_model"],
+        "cvae_features/autotrain.py": [
+            f"x{C}AutoTrainPlan{C}to_dict", "x_auto_run_dir", "x_plan_auto_training", "x__estimate_training_seconds",
+            "x_train_for_extraction"],
+        "cvae_features/priors.py": [f"x{C}StandardNormal{C}describe", f"x{C}MixturePrior{C}describe"]},
 }
 
 # Surviving mutants that change nothing observable: mutant name -> why (one line).
@@ -275,7 +296,9 @@ if _EQ_FILE.exists():
 # tests/test_index.py; for the files group tests/test_model_hostile.py, tests/test_families.py, tests/test_cache.py
 # and tests/test_noise.py; for the semisup group tests/test_semisup.py; for the augment group tests/test_augment.py;
 # for the m2vae group tests/test_m2vae.py; for the vade group tests/test_vade.py and tests/test_priors.py; for the
-# loop group tests/test_train_seams.py; for the featurizers group tests/test_featurizers.py and tests/test_sheets.py).
+# loop group tests/test_train_seams.py; for the featurizers group tests/test_featurizers.py and tests/test_sheets.py;
+# for the setup group tests/test_distributed_units.py, tests/test_families.py, tests/test_extract.py and
+# tests/test_priors.py).
 NEW_TESTS = {
     f"x{C}FeatureStore{C}iter_rows": ["test_iter_rows_by_one_and_by_the_default_65536"],
     f"x{C}FeatureStore{C}read_rows": ["test_read_rows_clips_to_the_committed_rows"],
@@ -593,6 +616,33 @@ NEW_TESTS = {
     "x_write_sheets": ["test_write_sheets_writes_one_png_per_sheet_with_an_image_and_the_page_in_order",
                        "test_write_sheets_scale_images_up_to_at_least_64_pixels",
                        "test_the_page_is_utf_8_whatever_the_locale"],
+    # the setup group (tests/test_distributed_units.py, tests/test_families.py, tests/test_extract.py,
+    # tests/test_priors.py)
+    **{f"x{C}Dist{C}{name}": ["test_a_single_process_has_collectives_that_do_nothing",
+                              "test_two_processes_join_sum_share_compare_and_leave"]
+       for name in ("barrier", "all_sum", "on_main", "check_same", "close")},
+    "x_from_env": ["test_a_single_process_has_collectives_that_do_nothing",
+                   "test_process_numbers_that_are_not_integers_are_one_line",
+                   "test_two_processes_join_sum_share_compare_and_leave"],
+    "x_lost_contact": ["test_a_lost_process_is_told_from_other_errors_by_its_words_or_its_type"],
+    "x_local_device": ["test_each_process_of_a_cuda_run_gets_its_own_gpu"],
+    f"x{C}LossModule{C}__init__": ["test_the_module_ddp_wraps_is_the_models_loss"],
+    f"x{C}LossModule{C}forward": ["test_the_module_ddp_wraps_is_the_models_loss"],
+    **{name: ["test_registration_checks_the_name_sets_arch_once_and_replaces_only_when_asked"]
+       for name in (f"x{C}ModelFamily{C}load", "x_register_model_family", "x_unregister_model_family",
+                    "x_model_families", "x_get_model_family", "x_model_class")},
+    "x_create_model": ["test_create_model_reads_a_config_a_dict_or_none_and_overrides_win"],
+    "x_arch_of": ["test_arch_of_and_is_model_need_a_registered_name_on_the_class"],
+    "x_is_model": ["test_arch_of_and_is_model_need_a_registered_name_on_the_class"],
+    f"x{C}AutoTrainPlan{C}to_dict": ["test_auto_training_takes_given_configs_and_is_recorded_whole"],
+    "x_auto_run_dir": ["test_auto_training_takes_given_configs_and_is_recorded_whole"],
+    "x_plan_auto_training": ["test_auto_training_plans_epochs_rounded_up_and_clamped_from_5_to_60",
+                             "test_auto_training_takes_given_configs_and_is_recorded_whole"],
+    "x__estimate_training_seconds": [
+        "test_the_training_time_estimate_is_the_second_of_two_timed_steps_scaled_to_the_run"],
+    "x_train_for_extraction": ["test_training_for_extraction_resumes_only_a_run_with_a_checkpoint"],
+    f"x{C}StandardNormal{C}describe": ["test_each_prior_says_what_it_is_in_words"],
+    f"x{C}MixturePrior{C}describe": ["test_each_prior_says_what_it_is_in_words"],
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
@@ -997,6 +1047,41 @@ NOTES = [
     "case), square images' shape indices, a sign that cannot be 0, split's maxsplit when only the first piece is "
     "read, None or '' where only truth is read. The 43 were run once more by name after the last tests: all "
     "survive (not counted in the wall time). The wall time counts the stopped first run and the four reruns.",
+    "Setup group (the set-up around a training run, added later): `cvae_features/_distributed.py` (the process "
+    "group joined from torchrun's variables, the collectives `barrier`, `all_sum`, `on_main`, `check_same`, "
+    "leaving the group, a lost process told from other errors, each process's GPU, the module DDP wraps), "
+    "`cvae_features/families.py` (the model families' registry), `cvae_features/autotrain.py` (the plan extract "
+    "trains by when no model is given: epochs, configs, its record, the time estimate and the run) and the two "
+    "`describe` methods of `cvae_features/priors.py`. Not mutated: `Dist.active` and `Dist.main` (properties: "
+    "decorated; every collective's test runs through them). Run in a narrowed `mutants/` (only these four files "
+    "mutated; tests/test_families.py, test_priors.py, test_extract.py, test_train.py, test_train_seams.py, "
+    "test_model.py, test_registry.py and, from the second run on, test_distributed_units.py selected: with the "
+    "whole selection of setup.cfg more tests run per mutant, so the score can only be the same or higher). The "
+    "first run (`--module setup`, 2026-12-03, the tests as they were) left 271 of 471 mutants alive (42.5 %: 69 "
+    "with no test at all, the collectives and `lost_contact`, called only in subprocesses or in the slow "
+    "tests/test_distributed.py, which is not selected; `from_env` seen only as a single process; the plan's "
+    "given configs, record and time estimate, and `train_for_extraction`'s resume and overwrite, untested). New "
+    "tests: tests/test_distributed_units.py (a single process whose collectives do nothing; process numbers that "
+    "are not integers; `lost_contact` by words, type, gloo's location prefix, first sentence and line, 120 "
+    "characters; `local_device` with torch.cuda's GPU count and `set_device` stood in for; the module DDP wraps; "
+    "two real gloo processes, this one as rank 0 and one it starts, joining from the environment, NCCL asked "
+    "for by a CUDA device and refused without a GPU, the group's timeout, joining again, barrier, sum, "
+    "on_main's result and errors, check_same's message, closing: about 7 s), tests/test_families.py (the "
+    "registry's name checks, arch set once, replacement, order, unknown and unhashable names; create_model's "
+    "configs and overrides; arch_of and is_model), tests/test_extract.py (the epochs rounded up and clamped, "
+    "given configs, the source's own size and channels, the data_dir, the plan's record, the time estimate's two "
+    "steps written out against a fake clock, `train_for_extraction`'s resume and overwrite seen by a spy that "
+    "calls the real training) and tests/test_priors.py (describe). A second run (`--only survivors`: the new test "
+    "file changed the selection, so mutmut reset every verdict and collected its stats again) killed 243 of the "
+    "271, `--only unchecked` killed again the 200 of the first run, and `--only survivors` the 4 left by then (a "
+    "gloo location with a space, the source's 3 channels when the default 1 is asked, the data_dir of a built-in "
+    "source). 24 were judged equivalent: 10 CUDA only (where `all_sum` moves a CUDA tensor to the CPU for gloo "
+    "and back, and the 30-minute timeout left out, which NCCL would make 10 minutes; no GPU was available to "
+    "this run, so these are untested here and a GPU run could kill them), and 14 that change nothing (split's "
+    "maxsplit before [0], `.cpu()` of a CPU tensor, all_reduce's and broadcast_object_list's defaults, "
+    "torch.device(i) as cuda:i, the backend name's case, randint's low of 0, times[+1] of two times, the clamp "
+    "at 60 epochs for one image, float('NAN'), rpartition of a one-colon spec); all 24 were run once more by name "
+    "after the last tests: all survive (194 s, not counted in the wall time). No bug found.",
 ]
 
 
@@ -1068,7 +1153,8 @@ def markdown(rec: dict) -> str:
               "`tests/test_noise.py`, semisup group: `tests/test_semisup.py`, augment group: `tests/test_augment.py`, "
               "m2vae group: `tests/test_m2vae.py`, vade group: `tests/test_vade.py`, `tests/test_priors.py`, "
               "loop group: `tests/test_train_seams.py`, featurizers group: `tests/test_featurizers.py`, "
-              "`tests/test_sheets.py`); "
+              "`tests/test_sheets.py`, setup group: `tests/test_distributed_units.py`, `tests/test_families.py`, "
+              "`tests/test_extract.py`, `tests/test_priors.py`, "
               "entry group: `tests/test_probes.py`, `tests/test_groups.py`, `tests/test_outliers.py`); "
               "the test written for each "
               "function:", ""] if killed_new else ["None.", ""]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -341,6 +341,146 @@ def test_auto_training_plan_is_the_benchmarked_default_on_a_fashion_mnist_sized_
     assert half == min(2 * TrainConfig().epochs, 60)
     assert plan_auto_training(ArraySource(pixels[:20]), tmp_path / "f.h5", estimate=False).train_config.epochs == 60
     assert plan_auto_training(ArraySource(pixels[:20]), tmp_path / "f.h5", dim=7, estimate=False).model_config.latent_dim == 7
+
+
+def test_auto_training_plans_epochs_rounded_up_and_clamped_from_5_to_60(tmp_path):
+    from cvae_features.data import ArraySource
+    from cvae_features.extraction import plan_auto_training
+    from cvae_features.training import TrainConfig
+
+    pixels = np.zeros((480_000, 1, 8, 8), dtype=np.uint8)  # zeros: pages the plan never reads stay unmapped
+    passes = 60_000 * TrainConfig().epochs
+    for n, epochs in ((70_000, 18), (passes // 18 + 1, 18), (50_000, 24), (480_000, 5), (19_999, 60), (1, 60)):
+        assert plan_auto_training(ArraySource(pixels[:n]), tmp_path / "f.h5", estimate=False).train_config == (
+            TrainConfig(epochs=epochs)), n
+
+
+def test_auto_training_takes_given_configs_and_is_recorded_whole(tmp_path):
+    from cvae_features.autotrain import auto_run_dir, plan_auto_training
+    from cvae_features.data import ArraySource
+    from cvae_features.model import VAEConfig
+    from cvae_features.training import TrainConfig
+
+    assert auto_run_dir(str(tmp_path / "a.b.h5")) == tmp_path / "a.b.run" and auto_run_dir("f") == Path("f.run")
+    src = ArraySource(np.zeros((50, 1, 12, 12), dtype=np.uint8))
+    plan = plan_auto_training(src, tmp_path / "s.h5", estimate=False)
+    assert plan.run_dir == tmp_path / "s.run" and plan.n_images == 50 and np.isnan(plan.estimated_seconds)
+    assert plan.preprocess == Preprocess(12, 1) and plan.model_config == VAEConfig(image_size=12)
+    # the source's own size and channels unless the config asks for others than the defaults; dim wins over
+    # latent_dim
+    for given, dim, size, channels, latent in (
+            ({"image_size": 28, "channels": 1, "latent_dim": 9}, None, 12, 1, 9),
+            ({"image_size": 16, "channels": 3}, None, 16, 3, 256),
+            (VAEConfig(latent_dim=5, beta=2.0), 7, 12, 1, 7),
+            ([("latent_dim", 4)], None, 12, 1, 4)):
+        plan = plan_auto_training(src, tmp_path / "s.h5", dim=dim, model_config=given, estimate=False)
+        assert plan.preprocess == Preprocess(size, channels), given
+        assert (plan.model_config.image_size, plan.model_config.channels, plan.model_config.latent_dim) == (
+            size, channels, latent), given
+    assert plan_auto_training(src, tmp_path / "s.h5", model_config=VAEConfig(beta=2.0),
+                              estimate=False).model_config.beta == 2.0
+    colour = ArraySource(np.zeros((50, 3, 12, 12), dtype=np.uint8))  # the default channels asked: the source's 3
+    assert plan_auto_training(colour, tmp_path / "s.h5", model_config={"channels": 1},
+                              estimate=False).preprocess == Preprocess(12, 3)
+    tcfg = TrainConfig(epochs=2, batch_size=16)
+    assert plan_auto_training(src, tmp_path / "s.h5", train_config=tcfg, estimate=False).train_config is tcfg
+    assert plan_auto_training(src, tmp_path / "s.h5", train_config={"epochs": 2, "batch_size": 16},
+                              estimate=False).train_config == tcfg
+    plan = plan_auto_training(src, tmp_path / "s.h5", model_config={"latent_dim": 2, "widths": [4, 4]},
+                              train_config=tcfg)
+    assert 0 < plan.estimated_seconds < 60
+    assert plan.to_dict() == {"run_dir": str(tmp_path / "s.run"), "model_config": plan.model_config.to_dict(),
+                              "train_config": tcfg.to_dict(), "preprocess": Preprocess(12, 1).to_dict(),
+                              "n_images": 50, "estimated_seconds": plan.estimated_seconds}
+
+
+def test_auto_training_opens_the_source_in_the_given_data_dir(tmp_path, fake_fashion_dir, monkeypatch):
+    from cvae_features.autotrain import plan_auto_training
+    from cvae_features.data import builtin
+    from cvae_features.errors import SourceNotFoundError
+
+    monkeypatch.setattr(builtin, "SYSTEM_DATA_DIR", str(tmp_path / "system"))  # found nowhere else
+    monkeypatch.setenv("CVAE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CVAE_NO_DOWNLOAD", "1")
+    plan = plan_auto_training("fashion-mnist:test", tmp_path / "s.h5", data_dir=fake_fashion_dir[0], estimate=False)
+    assert plan.n_images == 10 and plan.preprocess == Preprocess(28, 1)
+    with pytest.raises(SourceNotFoundError, match="fashion-mnist:test: files .* not found in "):
+        plan_auto_training("fashion-mnist:test", tmp_path / "s.h5", estimate=False)
+
+def test_the_training_time_estimate_is_the_second_of_two_timed_steps_scaled_to_the_run(monkeypatch):
+    import time
+
+    from cvae_features import model as model_module
+    from cvae_features.autotrain import _estimate_training_seconds
+    from cvae_features.model import VAEConfig
+    from cvae_features.training import TrainConfig
+
+    made = []
+
+    class Recorded(ConvVAE):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(model_module, "ConvVAE", Recorded)
+    mcfg = VAEConfig(image_size=8, channels=1, latent_dim=3, widths=(4,))
+    for n, b in ((5, 5), (100, 16), (0, 1)):
+        readings = iter([10.0, 13.0, 20.0, 22.5])  # steps of 3 s (the first, with one-off costs) and 2.5 s
+        monkeypatch.setattr(time, "perf_counter", lambda: next(readings))
+        torch.manual_seed(4)
+        seconds = _estimate_training_seconds(mcfg, TrainConfig(epochs=3, batch_size=16), n)
+        monkeypatch.undo()
+        monkeypatch.setattr(model_module, "ConvVAE", Recorded)
+        assert type(seconds) is float and seconds == pytest.approx(2.5 / b * n * 3 * 1.15 + n * 2e-4, rel=1e-12)
+        after = torch.random.get_rng_state()
+        # the two steps written out: Adam at 1e-4 on a random uint8 batch of b images; the steps' draws are forked
+        # off the global generator
+        torch.manual_seed(4)
+        model = ConvVAE(mcfg)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        x = torch.randint(0, 256, (b, 1, 8, 8), dtype=torch.uint8)
+        with torch.random.fork_rng():
+            for _ in range(2):
+                loss = model(x).loss
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        assert torch.equal(torch.random.get_rng_state(), after)
+        got = made.pop().state_dict()
+        assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())
+
+
+def test_training_for_extraction_resumes_only_a_run_with_a_checkpoint(tmp_path, monkeypatch):
+    import time
+
+    from cvae_features import training
+    from cvae_features.autotrain import plan_auto_training, train_for_extraction
+    from cvae_features.data import ArraySource
+
+    calls = []
+    real = training.train
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train", spy)
+    src = ArraySource(np.random.default_rng(0).integers(0, 256, (40, 1, 8, 8), dtype=np.uint8))
+    plan = plan_auto_training(src, tmp_path / "s.h5", model_config={"latent_dim": 2, "widths": [4]},
+                              train_config={"epochs": 1, "batch_size": 16, "val_fraction": 0.25}, estimate=False)
+    common = dict(model_config=plan.model_config, train_config=plan.train_config, preprocess=plan.preprocess,
+                  progress=False, data_dir=tmp_path / "d")
+    for resume, overwrite, resumed, replaced in ((True, False, False, False),  # nothing to resume yet
+                                                 (True, True, True, False),  # a checkpoint: resumed, not replaced
+                                                 (False, True, False, True)):
+        start = time.perf_counter()
+        model, seconds, n = train_for_extraction(src, plan, resume=resume, overwrite=overwrite, progress=False,
+                                                 data_dir=tmp_path / "d")
+        assert 0 < seconds <= time.perf_counter() - start and n == 40  # 30 trained on, 10 validated on
+        assert calls.pop() == ((src, plan.run_dir), dict(common, resume=resumed, overwrite=replaced))
+        assert (plan.run_dir / "checkpoint.pt").exists()
+        assert model.config == plan.model_config and model.fingerprint() == load_model(plan.run_dir).fingerprint()
 
 
 def test_bad_device_is_refused_before_a_store_is_created(tmp_path):

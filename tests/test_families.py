@@ -39,6 +39,118 @@ def test_the_default_family_is_the_conv_vae():
         register_model_family("conv-vae", ConvVAE)
 
 
+_BUILT_IN = ["conv-vae", "conv-m2", "conv-vade"]
+
+
+class _NoArch:
+    pass
+
+
+class _OwnArch:
+    arch = "own-name"
+
+
+def test_registration_checks_the_name_sets_arch_once_and_replaces_only_when_asked():
+    from cvae_features.families import ModelFamily, model_class
+
+    for bad in (3, None, "", " x", "x ", "a:b"):
+        with pytest.raises(ConfigError) as err:
+            register_model_family(bad, _NoArch)
+        assert str(err.value) == f"invalid model family name {bad!r}: expected a non-empty name without ':'"
+    assert model_families() == _BUILT_IN and not hasattr(_NoArch, "arch")
+    try:
+        family = register_model_family("t", _NoArch)  # one letter is a name
+        assert family == ModelFamily("t", _NoArch, "") and get_model_family("t") is family and _NoArch.arch == "t"
+        own = register_model_family("t-own", _OwnArch, "keeps its own arch")
+        assert own == ModelFamily("t-own", _OwnArch, "keeps its own arch") and _OwnArch.arch == "own-name"
+        by_name = register_model_family("a", "cvae_features.model:ConvVAE")
+        assert by_name.load() is ConvVAE and model_class("a") is ConvVAE and ConvVAE.arch == "conv-vae"
+        assert model_class("t") is _NoArch and get_model_family("t").load() is _NoArch
+        with pytest.raises(ConfigError) as err:
+            register_model_family("t", _OwnArch, "again")
+        assert str(err.value) == "model family 't' is already registered (pass replace=True to replace it)"
+        assert get_model_family("t") is family
+        again = register_model_family("t", _OwnArch, "again", replace=True)
+        assert get_model_family("t") is again and again.model_class is _OwnArch and _OwnArch.arch == "own-name"
+        assert model_families() == ["conv-vae", "a", "conv-m2", "conv-vade", "t", "t-own"]  # the default first
+    finally:
+        for name in ("a", "t", "t-own"):
+            unregister_model_family(name)
+        del _NoArch.arch
+    unregister_model_family("never-registered")  # nothing to remove: no error
+    assert model_families() == _BUILT_IN
+    for arch in ("nope", ["conv-vae"]):  # a name that is not registered, or cannot be (unhashable)
+        with pytest.raises(ConfigError) as err:
+            get_model_family(arch)
+        assert str(err.value) == (f"unknown model family {arch!r}: known are {_BUILT_IN} (a family added by a "
+                                  "plug-in must be registered before loading)")
+        assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_create_model_reads_a_config_a_dict_or_none_and_overrides_win():
+    from cvae_features.m2vae import ConvM2, M2VAEConfig
+
+    small = VAEConfig(image_size=8, channels=1, latent_dim=3, widths=(4,))
+    model = create_model(config=small)  # the default family
+    assert type(model) is ConvVAE and model.config == small
+    assert create_model("conv-vae", small, latent_dim=5).config == dataclasses.replace(small, latent_dim=5)
+    as_dict = {"image_size": 8, "channels": 1, "latent_dim": 3, "widths": [4]}
+    assert create_model("conv-vae", as_dict).config == small
+    assert create_model("conv-vae", as_dict, latent_dim=6).config == dataclasses.replace(small, latent_dim=6)
+    assert create_model("conv-vae", None, image_size=8, channels=1, latent_dim=2, widths=(4,)).config == (
+        dataclasses.replace(small, latent_dim=2))
+    assert create_model().config == VAEConfig()
+    m2 = create_model("conv-m2", {**as_dict, "n_classes": 3})
+    assert type(m2) is ConvM2 and m2.config == M2VAEConfig(image_size=8, channels=1, latent_dim=3, widths=(4,),
+                                                           n_classes=3)
+    for config in (TinyConfig(), [("latent_dim", 3)]):
+        with pytest.raises(ConfigError) as err:
+            create_model("conv-vae", config)
+        assert str(err.value) == f"model family 'conv-vae' takes a VAEConfig, not a {type(config).__name__}"
+
+
+class _Encodes:
+    arch = "conv-vae"
+
+    def encode(self, x):
+        return x
+
+
+class _Stateful:
+    arch = "conv-vae"
+
+    def state_dict(self):
+        return {}
+
+
+class _Both(_Encodes, _Stateful):
+    pass
+
+
+class _ListArch(_Both):
+    arch = ["conv-vae"]  # not a name: never looked up in the registry
+
+
+class _UnknownArch(_Both):
+    arch = "own-name"
+
+
+def test_arch_of_and_is_model_need_a_registered_name_on_the_class():
+    from cvae_features.families import arch_of, is_model
+    from cvae_features.m2vae import ConvM2
+
+    tiny = _tiny()
+    assert arch_of(tiny) == "conv-vae" and is_model(tiny)
+    assert arch_of(ConvM2(image_size=8, channels=1, latent_dim=2, widths=(4,), n_classes=2)) == "conv-m2"
+    assert arch_of(_Both()) == "conv-vae" and is_model(_Both())
+    for obj in (_Encodes(), _Stateful(), _ListArch(), _UnknownArch(), object()):
+        assert is_model(obj) is False
+    for obj in (_ListArch(), _UnknownArch(), object()):
+        with pytest.raises(ConfigError) as err:
+            arch_of(obj)
+        assert str(err.value) == f"{type(obj).__name__} is not a registered model family (known: {_BUILT_IN})"
+
+
 def test_model_files_record_the_family_and_version_1_files_still_load(tmp_path):
     model = _tiny()
     path = save_model(model, tmp_path / "run")

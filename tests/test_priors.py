@@ -52,6 +52,12 @@ def test_log_prob_mean_and_stddev():
         StandardNormal(0)
 
 
+def test_each_prior_says_what_it_is_in_words():
+    from cvae_features.priors import MixturePrior
+
+    assert StandardNormal(3).describe() == "N(0, I)"  # the figure captions' words (cvae show)
+    assert MixturePrior(5, 2).describe() == "a learnt mixture of 5 diagonal gaussians"
+
 def test_the_model_owns_its_prior_and_its_files_do_not_change():
     torch.manual_seed(0)
     model = ConvVAE(VAEConfig(image_size=8, latent_dim=8))
