@@ -227,6 +227,30 @@ GROUPS = {
         "cvae_features/probes/anomaly.py": ["x_anomaly_scores", "x_anomaly_probe", "x_one_class_protocol"],
         "cvae_features/groups.py": ["x_group_rows"],
         "cvae_features/outliers.py": ["x_find_outliers"]},
+    # the clustering code the probes and vade groups do not list: umap-learn imported or refused in one line, the
+    # methods checked, the N2D recipe (UMAP's settings, the full-covariance GMM on the embedding, predict of the
+    # fitted rows or of new ones), the clusterer fitted per method, the diagonal GMM's variance floor, a result's
+    # summary; the cluster probe's registry hooks (the methods asked for, the 'prior' method's check, the test
+    # labels or 10 clusters and the note, the DataTooSmall reworded). cluster_accuracy is in the probes group,
+    # prior_assignments and _store_prior in the vade group, cluster_probe in the entry group.
+    "cluster": {
+        "cvae_features/probes/cluster.py": ["x_import_umap", "x_check_methods", f"x{C}UmapGmm{C}__init__",
+                                            f"x{C}UmapGmm{C}fit", f"x{C}UmapGmm{C}predict", "x_fit_clusters",
+                                            "x_gmm_reg_covar", f"x{C}ClusterProbeResult{C}summary"],
+        "cvae_features/probes/_builtin.py": ["x__cluster_methods", "x__check_cluster", "x__run_cluster"]},
+    # extraction's entry point and the steps and helpers the extraction group does not list: the options merged
+    # and checked (batch size, dim, max_bad, the exclusive modes, the shard, the engine), the target checked, the
+    # shard's keys and ignored files, the walk's skips recorded, labels mapped to the store's, the non-finite
+    # check, the rows' batches from the local workers, the ray engine made, the space a rerun needs, the feature
+    # kind resolved, the records' dicts; a key's shard and a shard's rows (cvae_features/data/sources.py). Not
+    # listed: _extract_joined (join group), ExtractOptions.extras (a property: decorated).
+    "shards": {
+        "cvae_features/extraction.py": [
+            "x_extract", "x__options", "x__check_target", "x__empty_batch", "x__record_ignored", "x__store_labels",
+            "x__check_finite", "x__iter_rows", "x__ray_engine", "x__check_engine", "x__parse_shard",
+            "x__same_shard", "x__file_exists", "x__bytes_needed", "x__resolve_kind",
+            f"x{C}ExtractOptions{C}__post_init__", f"x{C}ExtractProgress{C}to_dict", f"x{C}ExtractResult{C}to_dict"],
+        "cvae_features/data/sources.py": ["x_shard_of_key", "x_shard_rows"]},
 }
 
 # Surviving mutants that change nothing observable: mutant name -> why (one line).
