@@ -397,7 +397,7 @@ def test_one_image_a_shard_of_one_key_or_none_and_the_timing_of_a_run(tmp_path, 
     part = extract(root, tmp_path / "p1.h5", model=ref.path, shard="1/2", workers=0, progress=False)
     with FeatureStore(part.path) as s:
         assert s.keys == [pair[1]] and part.n_rows == 1
-    with pytest.raises(DataError, match=rf"^shard 1/2 of .*one.* holds no images$"):
+    with pytest.raises(DataError, match=r"^shard 1/2 of .*one.* holds no images$"):
         extract(one, tmp_path / "p.h5", model=ref.path, shard="1/2", workers=0, progress=False)
     assert not (tmp_path / "p.h5").exists()
 
@@ -421,3 +421,51 @@ def test_a_new_store_left_without_a_row_is_removed_but_a_store_being_continued_i
         extract(bad, tmp_path / "c.h5", model=raw_reference, resume=True, workers=0, progress=False)
     with FeatureStore(tmp_path / "c.h5") as s:
         assert (s.n_rows, s.skipped["key"].tolist()) == (0, ["x.png"])
+
+
+def test_a_built_in_data_set_is_read_from_the_data_dir_given(tmp_path, fake_fashion_dir, monkeypatch):
+    from cvae_features.data import builtin
+
+    folder, written = fake_fashion_dir
+    monkeypatch.setattr(builtin, "SYSTEM_DATA_DIR", str(tmp_path / "system"))  # nowhere else to find it
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("CVAE_DATA", raising=False)
+    monkeypatch.setenv("CVAE_NO_DOWNLOAD", "1")
+    res = extract("fashion-mnist:test", tmp_path / "f.h5", features="raw", data_dir=folder, workers=0, progress=False)
+    with FeatureStore(res.path) as s:
+        assert s.n_rows == 10 and s.labels.tolist() == written["test"][1].tolist()
+
+
+def test_a_full_disk_names_what_is_kept_and_about_how_much_more_space_is_needed(tmp_path, folder, raw_reference,
+                                                                                 monkeypatch):
+    import shutil
+
+    from cvae_features.errors import StoreNoSpaceError
+    from cvae_features.store import StoreWriter
+
+    real = shutil.disk_usage
+    for batches, kept in ((1, "the 8 rows written are kept: free space, then finish with --resume"),
+                          (0, "nothing was kept: free space, then run again")):
+        calls = []
+
+        def usage(path):  # room for the new store and ``batches`` batches, then 1000 bytes
+            calls.append(path)
+            return real(path) if len(calls) <= 1 + batches else real(path)._replace(free=1000)
+
+        monkeypatch.setattr(shutil, "disk_usage", usage)
+        path = tmp_path / f"full{batches}.h5"
+        with pytest.raises(StoreNoSpaceError) as err:
+            extract(folder, path, model=raw_reference, batch_size=8, workers=0, progress=False)
+        monkeypatch.setattr(shutil, "disk_usage", real)
+        if batches:
+            with StoreWriter.append_to(path) as w:
+                per_row = w.bytes_per_row()
+        else:
+            assert not path.exists()  # a new store without a row is not kept
+            with FeatureStore(raw_reference) as s:
+                per_row = StoreWriter.create(tmp_path / "probe.h5", feature_kind="raw", dim=s.dim,
+                                             preprocess=s.preprocess_dict, source="x", plan_keys=["k"]).bytes_per_row()
+        left = 41 - 8 * batches
+        assert str(err.value) == (f"no space left on the device of {path}: about "
+                                  f"{(1.2 * per_row * left + 2 ** 20) / 1e6:,.1f} MB more are needed for the {left} "
+                                  f"images left; {kept}")
