@@ -144,11 +144,20 @@ def test_shard_settings_at_their_edges():
         assert str(err.value) == f"invalid shard={shard!r}: I must be from 0 to N-1 (shards are numbered from 0), {message}"
 
 
-def test_a_whole_store_is_not_continued_as_a_shard(tmp_path, folder, raw_reference):
+def test_a_whole_store_is_not_continued_as_a_shard_nor_from_another_folder(tmp_path, folder, raw_reference):
+    import re
+
     path = tmp_path / "whole.h5"
     extract(folder, path, model=raw_reference, workers=0, progress=False)
-    with pytest.raises(StoreError, match=r"holds the whole source, not shard 0/2: --resume and --update continue"):
+    with pytest.raises(StoreError, match=f"^{re.escape(str(path))} holds the whole source, not shard 0/2: --resume "
+                                         "and --update continue"):
         extract(folder, path, model=raw_reference, update=True, shard="0/2", workers=0, progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(other / "a.png")
+    with pytest.raises(StoreError, match=f"^{re.escape(str(path))} was extracted from {re.escape(str(folder.resolve()))}, "
+                                         f"not {re.escape(str(other.resolve()))}: --resume and --update continue"):
+        extract(other, path, model=raw_reference, update=True, workers=0, progress=False)
     assert extract(folder, path, model=raw_reference, update=True, workers=0, progress=False).n_new == 0
 
 
@@ -469,3 +478,51 @@ def test_a_full_disk_names_what_is_kept_and_about_how_much_more_space_is_needed(
         assert str(err.value) == (f"no space left on the device of {path}: about "
                                   f"{(1.2 * per_row * left + 2 ** 20) / 1e6:,.1f} MB more are needed for the {left} "
                                   f"images left; {kept}")
+
+
+def test_an_in_memory_source_without_walk_skips_is_sharded_too(tmp_path, raw_reference):
+    from cvae_features.data import ArraySource
+
+    keys = [f"m/{i}" for i in range(12)]
+    src = ArraySource(np.arange(12 * 64, dtype=np.uint8).reshape(12, 8, 8), keys=keys)
+    assert not hasattr(src, "ignored")
+    res = extract(src, tmp_path / "m.h5", model=raw_reference, shard="1/3", workers=0, progress=False)
+    with FeatureStore(res.path) as s:
+        assert s.keys == [k for k in keys if shard_of_key(k, 3) == 1] and s.n_rows > 0 and s.n_skipped == 0
+
+
+def test_errors_of_a_run_name_the_store(tmp_path, folder, raw_reference):
+    import re
+
+    from cvae_features.errors import DataError
+
+    path = tmp_path / "s.h5"
+    with pytest.raises(DataError, match=r"^1 images could not be decoded, more than max_bad=0 \(first: c1/broken.png: "
+                                        rf".*\); the \d+ rows written are kept in {re.escape(str(path))}$"):
+        extract(folder, path, model=raw_reference, max_bad=0, batch_size=8, workers=0, progress=False)
+    cut = tmp_path / "cut.h5"
+
+    def stop(progress):
+        raise _Stop
+
+    with pytest.raises(_Stop):  # the first batch written, the rest pending
+        extract(folder, cut, model=raw_reference, batch_size=8, callback=stop, workers=0, progress=False)
+    with pytest.raises(StoreError, match=rf"^33 images still pending in {re.escape(str(cut))} are not in "):
+        extract(open_source(folder).subset([0, 1]), cut, model=raw_reference, resume=True, workers=0, progress=False)
+
+
+def test_a_run_that_trains_its_model_reports_the_training_and_counts_skips_in_its_speed(tmp_path, folder, monkeypatch):
+    from types import SimpleNamespace
+
+    from cvae_features import extraction
+
+    res = extract(folder, tmp_path / "auto.h5", dim=2, train_config={"epochs": 1}, workers=0, progress=False)
+    assert res.trained and res.run_dir == tmp_path / "auto.run" and (tmp_path / "auto.run" / "model.pt").exists()
+    assert res.train_seconds > 0 and res.n_train_images == 40 and res.model_fingerprint
+    with FeatureStore(res.path) as s:
+        assert res.model_fingerprint == s.model_fingerprint
+    ticks = iter([2.0, 2.5])
+    monkeypatch.setattr(extraction, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    again = extract(folder, tmp_path / "again.h5", model=res.path, workers=0, progress=False)
+    assert (again.n_new, again.n_new_skipped, again.images_per_s) == (40, 1, 82.0)  # 41 images in 0.5 s
+    assert not again.trained and again.run_dir is None and again.train_seconds == 0.0
