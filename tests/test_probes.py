@@ -1039,3 +1039,97 @@ def test_anomaly_probe_refuses_marks_that_are_not_0_or_1_instead_of_cutting_them
     as_bools = anomaly_probe(normal, test, np.array([False, True, True, False, True, False]), scores=("knn",))
     as_ints = anomaly_probe(normal, test, np.array([0, 1, 1, 0, 1, 0]), scores=("knn",))
     assert as_bools.to_dict() | {"timings": None} == as_ints.to_dict() | {"timings": None}
+
+
+# --------------------------------------------------------------------------- the cluster group's survivors
+
+def test_fit_clusters_hands_its_settings_to_kmeans_and_the_diagonal_gmm():
+    from sklearn.cluster import KMeans
+    from sklearn.mixture import GaussianMixture
+
+    from cvae_features.probes.cluster import fit_clusters, gmm_reg_covar
+
+    Xp, _ = blobs(30, d=3, sep=2.0, seed=2)
+    est = fit_clusters(Xp, 3)  # the defaults: k-means, 10 restarts, seed 0
+    assert isinstance(est, KMeans) and (est.n_clusters, est.n_init, est.random_state) == (3, 10, 0)
+    np.testing.assert_array_equal(est.cluster_centers_, KMeans(3, n_init=10, random_state=0).fit(Xp).cluster_centers_)
+    est = fit_clusters(Xp, 2, "kmeans", n_init=2, seed=5)
+    assert (est.n_clusters, est.n_init, est.random_state) == (2, 2, 5)
+    est = fit_clusters(Xp, 3, "gmm", n_init=2, seed=5)
+    assert isinstance(est, GaussianMixture)
+    assert (est.n_components, est.covariance_type, est.reg_covar, est.random_state) == (3, "diag", gmm_reg_covar(Xp), 5)
+    direct = GaussianMixture(3, covariance_type="diag", reg_covar=gmm_reg_covar(Xp), random_state=5).fit(Xp)
+    np.testing.assert_array_equal(est.means_, direct.means_)
+    cols = np.column_stack([np.r_[0.0, 0.2].repeat(5), np.r_[0.1, 0.7].repeat(5)])  # variances 0.01 and 0.09
+    assert gmm_reg_covar(cols) == pytest.approx(1e-5)  # a total variance below 1 is scaled too
+    with pytest.raises(ConfigError, match=r"^method: expected one of \['kmeans', 'gmm', 'umap-gmm', 'prior'\], "
+                                          r"got 'dbscan'$"):
+        fit_clusters(Xp, 3, "dbscan")
+    with warnings.catch_warnings():  # four distinct rows for five clusters: scikit-learn's warning stays inside
+        warnings.simplefilter("error")
+        assert fit_clusters(np.repeat(Xp[:4], 3, axis=0), 5).n_clusters == 5
+
+
+def test_check_methods_names_the_option_and_asks_for_umap_only_for_umap_gmm(monkeypatch):
+    import sys
+
+    from cvae_features.errors import MissingExtraError
+    from cvae_features.probes.cluster import check_methods
+
+    assert check_methods(["gmm", "kmeans"]) == ("gmm", "kmeans") and check_methods("prior") == ("prior",)
+    with pytest.raises(ConfigError, match=r"^methods: expected one of \['kmeans', 'gmm', 'umap-gmm', 'prior'\], "
+                                          r"got 'dbscan'$"):
+        check_methods(("kmeans", "dbscan"))
+    with pytest.raises(ConfigError, match=r"^cluster methods: expected one of"):
+        check_methods(("dbscan",), "cluster methods")
+    monkeypatch.setitem(sys.modules, "umap", None)  # umap-learn missing: refused only when umap-gmm is asked for
+    assert check_methods(("kmeans", "gmm", "prior")) == ("kmeans", "gmm", "prior")
+    with pytest.raises(MissingExtraError, match="umap-gmm cluster method needs umap-learn"):
+        check_methods(("kmeans", "umap-gmm"))
+
+
+def test_cluster_summary_lists_the_scores_each_method_has():
+    from cvae_features.probes.cluster import ClusterProbeResult
+
+    res = ClusterProbeResult(n_clusters=2, preprocessing="l2", n_rows=4, n_labelled=4, silhouette_rows=4, seed=0,
+                             methods={"kmeans": {"cluster_sizes": [2, 2], "acc": 0.5, "nmi": 0.25, "ari": 0.125,
+                                                 "silhouette": None},
+                                      "gmm": {"cluster_sizes": [4, 0], "silhouette": 0.75}})
+    assert res.summary() == {"kmeans_acc": 0.5, "kmeans_nmi": 0.25, "kmeans_ari": 0.125, "gmm_silhouette": 0.75}
+
+
+def test_umap_gmm_is_the_n2d_recipe_written_out_on_tiny_inputs():
+    umap = pytest.importorskip("umap", reason="umap-gmm needs umap-learn: pip install -e '.[dev]' installs it")
+    from sklearn.mixture import GaussianMixture
+
+    from cvae_features.probes.cluster import UmapGmm, fit_clusters
+
+    X, _ = blobs(12, d=4, k=3, sep=6.0, seed=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = UmapGmm(3).fit(X)  # the defaults: 20 neighbours (here all 11 others), min_dist 0, seed 0
+    assert not [w for w in caught if "n_jobs" in str(w.message)]  # one job asked for: UMAP has nothing to override
+    settings = dict(n_components=3, n_neighbors=11, min_dist=0.0, random_state=0, n_jobs=1, init="spectral")
+    assert {name: getattr(est.umap_, name) for name in settings} == settings
+    np.testing.assert_array_equal(est.embedding_, umap.UMAP(**settings).fit_transform(X))
+    gmm = est.mixture_
+    assert (gmm.n_components, gmm.covariance_type, gmm.reg_covar, gmm.random_state) == (3, "full", 1e-6, 0)
+    direct = GaussianMixture(3, covariance_type="full", reg_covar=1e-6, random_state=0).fit(est.embedding_)
+    np.testing.assert_array_equal(gmm.means_, direct.means_)
+    # predict: the fitted rows read their embedding, other rows are embedded by UMAP's transform first
+    seen, mixture_predict = [], gmm.predict
+    gmm.predict = lambda Z: seen.append(Z) or mixture_predict(Z)
+    np.testing.assert_array_equal(est.predict(X), mixture_predict(est.embedding_))
+    assert seen[-1] is est.embedding_
+    other = X[:4] + 0.5
+    np.testing.assert_array_equal(est.predict(other), mixture_predict(est.umap_.transform(other)))
+    np.testing.assert_array_equal(seen[-1], est.umap_.transform(other))
+    # fewer rows: at least 2 neighbours, a spectral start only with more rows than clusters + 1
+    six = X[:6]
+    assert (UmapGmm(2, n_neighbors=1).fit(six).umap_.n_neighbors, UmapGmm(4).fit(six).umap_.init) == (2, "spectral")
+    assert UmapGmm(5).fit(six).umap_.init == "random"
+    est = UmapGmm(2, n_neighbors=3, min_dist=0.25, seed=7).fit(six)
+    assert (est.umap_.n_neighbors, est.umap_.min_dist, est.umap_.random_state, est.mixture_.random_state) == \
+        (3, 0.25, 7, 7)
+    est = fit_clusters(six, 2, "umap-gmm", seed=4)
+    assert isinstance(est, UmapGmm) and (est.n_clusters, est.seed, est.n_neighbors, est.min_dist) == (2, 4, 20, 0.0)

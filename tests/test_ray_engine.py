@@ -185,6 +185,17 @@ extract(sys.argv[1], sys.argv[2], model=sys.argv[3], shard="1/2", batch_size=%d,
 """ % BATCH
 
 
+def test_on_a_machine_with_an_accelerator_the_ray_actors_still_encode(tmp_path, cluster, folder, monkeypatch):
+    """engine='ray' where this machine's device is an accelerator (torch's meta device stands in): the actors
+    encode on their CPUs and this process only writes what they send (Ray's batches carry no images)."""
+    from cvae_features import extraction
+
+    local = extract(folder, tmp_path / "local.h5", features="raw", batch_size=BATCH, workers=0, progress=False)
+    monkeypatch.setattr(extraction, "resolve_device", lambda device: torch.device("meta"))
+    remote = extract(folder, tmp_path / "ray.h5", features="raw", batch_size=BATCH, engine="ray", progress=False)
+    assert_same_store(local.path, remote.path, atol=0)
+
+
 def test_a_killed_driver_is_finished_by_resume(tmp_path, cluster, folder, model_path):
     """A shard extracted by a driver attached to the cluster (--ray-address), killed with its process group."""
     killed = tmp_path / "killed.h5"

@@ -370,6 +370,16 @@ def test_the_address_probe_runs_at_construction_naming_where_the_address_came_fr
     assert eng._given_as == "RAY_ADDRESS"
 
 
+def test_extraction_makes_an_engine_of_its_address_and_workers_only_for_engine_ray(monkeypatch):
+    from cvae_features.extraction import ExtractOptions, _ray_engine
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert _ray_engine(ExtractOptions(workers=2)) is None
+    eng = _ray_engine(ExtractOptions(engine="ray", workers=3, ray_address="auto"))  # 'auto' is left to Ray: no probe
+    assert isinstance(eng, RayEngine) and (eng.address, eng.actors, eng._connected) == ("auto", 3, False)
+    assert eng._given_as == "--ray-address"
+
+
 def test_task_batches_below_one_is_refused():
     with pytest.raises(ConfigError, match=r"invalid task_batches=0: expected an integer >= 1"):
         RayEngine(task_batches=0)

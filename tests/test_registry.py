@@ -250,3 +250,46 @@ def test_fewshot_method_errors_are_one_line(nearest_mean):
         unregister_fewshot_method("short")
     with pytest.raises(ConfigError, match="few-label method 'knn' is registered already"):
         register_fewshot_method("knn", _nearest_mean, uses_unlabelled=False, description="x")
+
+
+def test_the_cluster_hooks_pass_the_test_rows_the_counts_methods_and_seed_and_note_the_default_count():
+    from cvae_features.probes import DataTooSmall, cluster_probe
+    from cvae_features.probes._builtin import _check_cluster, _run_cluster
+    from cvae_features.probes.registry import ProbeContext
+    from cvae_features.probes.suite import ProbeData
+
+    X_train, y_train = blobs(9, seed=1)
+    X_test, y_test = blobs(30, seed=2)
+
+    def data(y):
+        return ProbeData(X_train=X_train, y_train=y_train, X_test=X_test, y_test=y, label_names=["a", "b", "c"],
+                         keys_test=[])
+
+    def same(rec, want):  # all but the timings
+        return {**rec.to_dict(), "timings": None} == {**want.to_dict(), "timings": None}
+
+    ctx = ProbeContext(seed=3)
+    rec = _run_cluster(data(y_test), ctx)  # the test labels' 3 classes, the default methods
+    want = cluster_probe(X_test, y_test, methods=("kmeans", "gmm"), seed=3)
+    assert same(rec, want) and ctx.notes == [] and (rec.n_clusters, rec.n_rows) == (3, 30)
+    ctx = ProbeContext(seed=4, n_clusters=4, cluster_methods=("gmm",))
+    rec = _run_cluster(data(y_test), ctx)
+    assert same(rec, cluster_probe(X_test, y_test, n_clusters=4, methods=("gmm",), seed=4))
+    unlabelled = np.full(30, -1)
+    ctx = ProbeContext(cluster_methods=("kmeans",))
+    rec = _run_cluster(data(unlabelled), ctx)  # no test labels: 10 clusters, noted
+    assert (rec.n_clusters, rec.n_labelled, list(rec.methods)) == (10, 0, ["kmeans"])
+    assert ctx.notes == ["cluster: no test labels, so 10 clusters and no ACC/NMI/ARI (set the count with --clusters)"]
+    ctx = ProbeContext(n_clusters=3, cluster_methods=("kmeans",))
+    assert _run_cluster(data(unlabelled), ctx).n_clusters == 3 and ctx.notes == []
+    with pytest.raises(DataTooSmall, match=r"^on the test rows, 30 rows are too few for 16 clusters"):
+        _run_cluster(data(y_test), ProbeContext(n_clusters=16))
+    # the 'prior' method asks the stores for their model's prior: these features come from no store
+    for hook in (_check_cluster, _run_cluster):
+        with pytest.raises(ConfigError, match="^cluster method 'prior': the features come from no store"):
+            hook(data(y_test), ProbeContext(cluster_methods=("kmeans", "prior")))
+    assert _check_cluster(data(y_test), ProbeContext()) is None
+    assert _check_cluster(data(y_test), ProbeContext(cluster_methods=("gmm", "kmeans"))) is None
+    with pytest.raises(ConfigError, match=r"^cluster methods: expected one of \['kmeans', 'gmm', 'umap-gmm', "
+                                          r"'prior'\], got 'dbscan'$"):
+        _check_cluster(data(y_test), ProbeContext(cluster_methods=("kmeans", "dbscan")))
