@@ -253,6 +253,25 @@ def fashion_mnist_vade() -> str:
     return "\n".join(out + bc.md_table(["method (on the conv-vade model's μ)", "ACC", "NMI", "ARI"], rows))
 
 
+def mutation() -> str:
+    rec = _load("mutation")
+    groups = rec["groups"]
+    caught = lambda g: g["killed"] + g["timeout"] + g["crashed"]  # noqa: E731
+    alive = lambda g: g["survived"] + g["no_tests"] - g["equivalent"]  # survivors not judged equivalent  # noqa: E731
+    total = {k: sum(g[k] for g in groups.values()) for k in ("generated", "equivalent", "skipped", "not_checked")}
+    killed, left = sum(caught(g) for g in groups.values()), sum(alive(g) for g in groups.values())
+    denom = total["generated"] - total["equivalent"] - total["skipped"] - total["not_checked"]
+    out = [f"{len(groups)} groups, {total['generated']:,} mutants: {killed:,} killed by the tests, "
+           f"{total['equivalent']:,} equivalent (reason recorded for each), {left:,} alive; **{100 * killed / denom:.1f} %** "
+           f"of the non-equivalent mutants killed (target ≥ {100 * rec['target']:.0f} %). mutmut "
+           f"{rec['mutmut_version']}; last run at commit `{(rec.get('commit') or '?')[:7]}`.", ""]
+    rows = [[name, ", ".join(f"`{Path(f).name}`" for f in g["per_file"]), f"{g['generated']:,}", f"{caught(g):,}",
+             f"{g['equivalent']:,}", f"{alive(g):,}", f"{100 * g['score']:.1f}" if g["score"] is not None else ""]
+            for name, g in groups.items()]
+    return "\n".join(out + bc.md_table(["group", "modules", "mutants", "killed", "equivalent", "alive", "score %"],
+                                       rows))
+
+
 TABLES = {
     "copy_detection": copy_detection,
     "demo": demo,
@@ -265,6 +284,7 @@ TABLES = {
     "one_class_digits": lambda: one_class("one_class_digits"),
     "train_speed": train_speed,
     "extract_speed": extract_speed,
+    "mutation": mutation,
 }
 
 
