@@ -231,3 +231,15 @@ def test_hostile_checkpoints_are_one_clear_config_error(tmp_path, payload):
     ok = tmp_path / "ok.pt"
     torch.save(_checkpoint(payload), ok)
     assert rd.load_checkpoint(ok)["epoch"] == 1
+
+
+def test_checkpoint_epochs_and_versions_at_their_boundaries(tmp_path, payload):
+    def saved(name, **changes):
+        path = tmp_path / f"{name}.pt"
+        torch.save(_checkpoint(payload, **changes), path)
+        return path
+
+    assert rd.load_checkpoint(saved("epoch_0", epoch=0))["epoch"] == 0  # a run stopped before its first epoch ended
+    assert rd.load_checkpoint(saved("no_version", format_version=_DROP))["epoch"] == 1  # read as version 1
+    for name, epoch in (("negative", -1), ("bool", True), ("text", "1"), ("float", 1.0)):
+        assert f"damaged checkpoint: its epoch is {epoch!r}" in _refused(saved(name, epoch=epoch), ConfigError), name

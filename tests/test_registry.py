@@ -293,3 +293,66 @@ def test_the_cluster_hooks_pass_the_test_rows_the_counts_methods_and_seed_and_no
     with pytest.raises(ConfigError, match=r"^cluster methods: expected one of \['kmeans', 'gmm', 'umap-gmm', "
                                           r"'prior'\], got 'dbscan'$"):
         _check_cluster(data(y_test), ProbeContext(cluster_methods=("kmeans", "dbscan")))
+
+
+def test_the_decorator_forms_pass_every_setting_through_and_replace_when_asked():
+    from cvae_features.probes.registry import probe_for_record
+
+    def check(data, ctx):
+        pass
+
+    def plots(items, out, context):
+        return []
+
+    def lines(record, where):
+        return []
+
+    decorate = register_probe("deco", needs_labels=1, description="decorated", records=["deco", "deco_extra"],
+                              check=check, plots=plots, table_lines=lines)
+    try:
+        assert decorate(_run_mean_norm) is _run_mean_norm
+        spec = get_probe("deco")
+        assert (spec.name, spec.run, spec.description, spec.records, spec.check, spec.plots, spec.table_lines) == (
+            "deco", _run_mean_norm, "decorated", ("deco", "deco_extra"), check, plots, lines)
+        assert spec.needs_labels is True
+        assert probe_for_record("deco_extra") is spec and probe_for_record("one_class") is get_probe("anomaly")
+        assert probe_for_record("no-such-record") is None
+        register_probe("deco", needs_labels=0, description="again", replace=True)(_plot_mean_norm)
+        spec = get_probe("deco")
+        assert (spec.run, spec.needs_labels, spec.description, spec.records, spec.check, spec.plots,
+                spec.table_lines) == (_plot_mean_norm, False, "again", ("deco",), None, None, None)
+    finally:
+        unregister_probe("deco")
+    assert probe_names() == BUILTIN_TASKS
+
+    decorate = register_fewshot_method("deco_m", uses_unlabelled=1, description="decorated method", default=0)
+    try:
+        assert decorate(_nearest_mean) is _nearest_mean
+        method = get_fewshot_method("deco_m")
+        assert (method.name, method.predict, method.description) == ("deco_m", _nearest_mean, "decorated method")
+        assert method.uses_unlabelled is True and method.default is False
+        assert "deco_m" in fewshot_methods() and "deco_m" not in fewshot_methods(default_only=True)
+        register_fewshot_method("deco_m", uses_unlabelled=0, description="again", default=1, replace=True)(blobs)
+        method = get_fewshot_method("deco_m")
+        assert (method.predict, method.uses_unlabelled, method.description, method.default) == (
+            blobs, False, "again", True)
+        assert fewshot_methods(default_only=True) == DEFAULT_METHODS + ("deco_m",)
+        assert register_fewshot_method("deco_m", make_store, uses_unlabelled=False, description="thrice",
+                                       replace=True) is get_fewshot_method("deco_m")
+        assert get_fewshot_method("deco_m").predict is make_store
+    finally:
+        unregister_fewshot_method("deco_m")
+    assert fewshot_methods() == BUILTIN_METHODS
+
+
+def test_descriptions_of_blanks_only_and_names_that_cannot_be_looked_up_are_refused():
+    for description in ("   ", "", None):
+        with pytest.raises(ConfigError, match="expected a one-line description"):
+            register_probe("blank", _run_mean_norm, needs_labels=False, description=description)
+        with pytest.raises(ConfigError, match="expected a one-line description"):
+            register_fewshot_method("blank", _nearest_mean, uses_unlabelled=False, description=description)
+    with pytest.raises(ConfigError, match=r"probe: expected one of linear, knn, cluster, fewshot, anomaly, got \['x'\]"):
+        get_probe(["x"])
+    with pytest.raises(ConfigError, match=r"methods: expected one of logistic, knn, .*, m2, got \['x'\]"):
+        get_fewshot_method(["x"])
+    assert "blank" not in probe_names() and "blank" not in fewshot_methods()

@@ -724,3 +724,51 @@ def test_clean_targets_need_a_family_that_takes_encoder_inputs(model_class):
     assert loop("shift=1,target=same").augment.target == "same" and not loop(None).augment.active
     assert Loop(mcfg, TrainConfig(epochs=1, batch_size=16, device="cpu", augment="shift=1"), torch.device("cpu"),
                 None, images[12:], images[:12], False).augment.target == "clean"  # conv-vae takes them
+
+
+def test_the_reconstructions_page_tiles_originals_over_reconstructions_scaled_to_the_minimum_tile(tmp_path):
+    from cvae_features import _rundir as rd
+
+    rng = np.random.default_rng(0)
+    for c in (1, 3):
+        orig = torch.from_numpy(rng.integers(0, 255, (3, c, 4, 4), dtype=np.uint8))
+        rec = torch.from_numpy(rng.integers(0, 255, (3, c, 4, 4), dtype=np.uint8))
+        expected = np.full((14, 20, c), 255, np.uint8)  # a 2-pixel white gap around and between 4x4 tiles
+        for r, row in enumerate((orig, rec)):
+            for i in range(3):
+                expected[2 + 6 * r:6 + 6 * r, 2 + 6 * i:6 + 6 * i] = row[i].numpy().transpose(1, 2, 0)
+        expected = expected[..., 0] if c == 1 else expected
+        rd.save_reconstructions(tmp_path / "small.png", orig, rec, min_tile=4)
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "small.png")), expected), c
+        rd.save_reconstructions(tmp_path / "big.png", orig, rec, min_tile=9)  # scaled by ceil(9 / 4) = 3
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "big.png")), expected.repeat(3, 0).repeat(3, 1)), c
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png", "small.png"]
+
+
+def test_the_run_dir_reconstructions_are_the_best_models_of_validation_images_or_else_of_training_images(tmp_path):
+    from types import SimpleNamespace
+
+    from cvae_features import _rundir as rd
+    from cvae_features._train_hooks import RunDirWriter
+    from cvae_features.modelfile import save_model
+
+    torch.manual_seed(0)
+    model = ConvVAE(VAEConfig(image_size=8, channels=1, latent_dim=3, widths=(4,)))
+    save_model(model, tmp_path / rd.MODEL)
+    rng = np.random.default_rng(1)
+    train_images = torch.from_numpy(rng.integers(0, 256, (20, 1, 8, 8), dtype=np.uint8))
+    val_images = torch.from_numpy(rng.integers(0, 256, (18, 1, 8, 8), dtype=np.uint8))
+
+    def page(images):
+        """The page written out: the first 16 images over round(255 x the decoded mean of their codes)."""
+        with torch.no_grad():
+            mean = model.eval().decode_mean(model.encode(images[:16])[0])
+        rd.save_reconstructions(tmp_path / "expected.png", images[:16], (mean * 255).round().to(torch.uint8))
+        return np.asarray(Image.open(tmp_path / "expected.png"))
+
+    writer = RunDirWriter(str(tmp_path))
+    for val, shown in ((val_images, val_images), (val_images[:0], train_images)):
+        writer._write_reconstructions(SimpleNamespace(val_images=val, train_images=train_images))
+        written = np.asarray(Image.open(tmp_path / rd.RECONSTRUCTIONS))
+        assert written.shape == ((2 * 8 + 3 * 2) * 8, (16 * (8 + 2) + 2) * 8)  # 8-pixel tiles, 2-pixel gaps, scaled by 8
+        assert np.array_equal(written, page(shown))
