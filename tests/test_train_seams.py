@@ -740,8 +740,10 @@ def test_the_reconstructions_page_tiles_originals_over_reconstructions_scaled_to
         expected = expected[..., 0] if c == 1 else expected
         rd.save_reconstructions(tmp_path / "small.png", orig, rec, min_tile=4)
         assert np.array_equal(np.asarray(Image.open(tmp_path / "small.png")), expected), c
-        rd.save_reconstructions(tmp_path / "big.png", orig, rec, min_tile=9)  # scaled by ceil(9 / 4) = 3
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "big.png")), expected.repeat(3, 0).repeat(3, 1)), c
+        for min_tile, factor in ((8, 2), (9, 3)):  # scaled by ceil(min_tile / 4), each pixel repeated
+            rd.save_reconstructions(tmp_path / "big.png", orig, rec, min_tile=min_tile)
+            assert np.array_equal(np.asarray(Image.open(tmp_path / "big.png")),
+                                  expected.repeat(factor, 0).repeat(factor, 1)), (c, factor)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png", "small.png"]
 
 
@@ -772,3 +774,35 @@ def test_the_run_dir_reconstructions_are_the_best_models_of_validation_images_or
         written = np.asarray(Image.open(tmp_path / rd.RECONSTRUCTIONS))
         assert written.shape == ((2 * 8 + 3 * 2) * 8, (16 * (8 + 2) + 2) * 8)  # 8-pixel tiles, 2-pixel gaps, scaled by 8
         assert np.array_equal(written, page(shown))
+
+
+def test_run_dir_files_go_through_a_tmp_name_json_is_indented_by_two_and_checkpoints_carry_their_format(tmp_path):
+    from cvae_features import _rundir as rd
+
+    rd.write_json(tmp_path / "config.json", {"b": [1, 2], "a": None})
+    assert (tmp_path / "config.json").read_text() == '{\n  "b": [\n    1,\n    2\n  ],\n  "a": null\n}\n'
+
+    def interrupted(tmp):
+        tmp.write_text("half")
+        raise OSError("the disk went away")
+
+    with pytest.raises(OSError, match="went away"):
+        rd._replace_from_tmp(tmp_path / "config.json", interrupted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "config.json.tmp"]  # the old file stays
+    assert json.loads((tmp_path / "config.json").read_text()) == {"b": [1, 2], "a": None}
+    rd.save_checkpoint(tmp_path / "checkpoint.pt", {"epoch": 3})
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True) == {
+        "format": "cvae-checkpoint", "format_version": 1, "epoch": 3}
+
+
+def test_history_files_take_their_columns_from_the_first_row_and_leave_missing_values_empty(tmp_path):
+    from cvae_features import _rundir as rd
+
+    rows = [{"epoch": 1, "train_loss": 2.5, "train_y_loss": None}, {"epoch": 2, "train_loss": 1.25}]
+    rd.write_history(tmp_path, rows)
+    assert json.loads((tmp_path / "history.json").read_text()) == rows
+    assert (tmp_path / "history.csv").read_bytes() == b"epoch,train_loss,train_y_loss\r\n1,2.5,\r\n2,1.25,\r\n"
+    rd.write_history(tmp_path, [])  # no epoch yet: the ConvVAE columns and no rows
+    assert (tmp_path / "history.json").read_text() == "[]\n"
+    assert (tmp_path / "history.csv").read_bytes() == ",".join(HISTORY_COLUMNS).encode() + b"\r\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv", "history.json"]
