@@ -23,7 +23,9 @@ registry, the vae, raw and pca kinds, their batch calls and the streamed PCA fit
 recorded source, the images read back, the grids and the page; the set-up around a training run: the process
 group's collectives, the model families' registry, the plan, time estimate and run of the training extract does
 when no model is given, and the priors' descriptions; the clustering code (UMAP + GMM, the clusterers' settings,
-the cluster probe's hooks); extraction's entry point, options and helpers with the shard rule), then writes
+the cluster probe's hooks); extraction's entry point, options and helpers with the shard rule; how a training run is set up: the data
+loaded, the configs checked and agreed on resume, the run dir's lock and claim, the seeds, the split and the
+recorded config), then writes
 ``benchmarks/results/mutation.{md,json}``: per module the mutants generated, killed, survived
 (including "no tests": no selected test calls the function), timed out, crashed (the test run
 died: caught), skipped, and those judged equivalent (they change nothing observable: the reasons
@@ -306,6 +308,22 @@ GROUPS = {
             "x__same_shard", "x__file_exists", "x__bytes_needed", "x__resolve_kind",
             f"x{C}ExtractOptions{C}__post_init__", f"x{C}ExtractProgress{C}to_dict", f"x{C}ExtractResult{C}to_dict"],
         "cvae_features/data/sources.py": ["x_shard_of_key", "x_shard_rows", "x_file_identity"]},
+    # how a training run is set up (cvae_features/_train_setup.py, cvae_features/training.py; the loop itself is the
+    # loop group): the data loaded (in-memory arrays checked, the seeded subset, files decoded or cached, the labels,
+    # the classes of a semi-supervised family, the fingerprint), the model fields the caller chose, the configs and
+    # preprocess agreed on resume, what a run dir holds, its lock, its claim and the advice after an interrupt, the
+    # derived seeds; TrainConfig's checks and record, the run's checks, the resume, the split and the recorded
+    # config, the result and the cache dropped (tests/test_train_setup.py, tests/test_train.py,
+    # tests/test_train_seams.py). Not mutated: TrainResult.best_val_loss and images_per_s (properties: decorated).
+    "training": {
+        "cvae_features/_train_setup.py": [
+            "x_load_data", "x__as_image_tensor", "x__subset_rows", "x_model_overrides", "x_agree",
+            "x_agree_preprocess", "x_existing_run", "x_lock_run_dir", "x_claim_run_dir", "x_interrupted_advice",
+            "x_derive_seed"],
+        "cvae_features/training.py": [
+            f"x{C}TrainConfig{C}__post_init__", f"x{C}TrainConfig{C}to_dict", f"x{C}TrainConfig{C}from_dict",
+            f"x{C}TrainConfig{C}from_saved", f"x{C}TrainResult{C}to_dict", "x_train", "x__train", "x__train_in",
+            "x__finish", "x__drop_cache", "x__result", "x__as_train_config"]},
 }
 
 # Surviving mutants that change nothing observable: mutant name -> why (one line).
@@ -706,6 +724,38 @@ NEW_TESTS = {
         "test_a_whole_store_is_not_continued_as_a_shard_nor_from_another_folder",
         "test_an_in_memory_source_without_walk_skips_is_sharded_too", "test_errors_of_a_run_name_the_store",
         "test_a_run_that_trains_its_model_reports_the_training_and_counts_skips_in_its_speed"],
+    # the training group (tests/test_train_setup.py)
+    "x_derive_seed": ["test_derive_seed_is_the_seed_sequence_of_the_seed_and_its_keys_shifted_to_63_bits"],
+    "x__subset_rows": ["test_the_subset_is_the_first_rows_of_a_seeded_permutation_in_row_order",
+                       "test_in_memory_images_are_taken_as_they_are_or_a_seeded_subset_of_them"],
+    "x__as_image_tensor": ["test_in_memory_images_are_uint8_square_with_one_or_three_channels"],
+    "x_model_overrides": ["test_model_overrides_drop_default_sizes_of_a_config_and_check_a_dicts_names_and_values"],
+    "x_agree": ["test_agree_keeps_the_saved_config_and_takes_only_the_free_train_fields"],
+    "x_agree_preprocess": ["test_agree_preprocess_reads_the_saved_one_and_refuses_another"],
+    "x_existing_run": ["test_what_a_run_dir_holds_and_the_advice_after_an_interrupt"],
+    "x_interrupted_advice": ["test_what_a_run_dir_holds_and_the_advice_after_an_interrupt"],
+    "x_lock_run_dir": ["test_the_lock_is_held_until_closed_and_names_the_holders_pid"],
+    "x_claim_run_dir": ["test_claiming_a_run_dir_removes_only_run_files_of_a_run_that_holds_nothing_of_value"],
+    "x_load_data": ["test_in_memory_images_are_taken_as_they_are_or_a_seeded_subset_of_them",
+                    "test_files_are_decoded_in_memory_or_into_the_cache_with_their_labels_and_skips",
+                    "test_a_subset_of_files_keeps_the_labels_of_its_rows_and_an_array_source_stays_in_memory",
+                    "test_a_family_with_classes_takes_their_number_from_the_data_and_fingerprints_its_labels"],
+    f"x{C}TrainConfig{C}__post_init__": ["test_integer_settings_at_their_bounds", "test_real_settings_at_their_bounds",
+                                        "test_the_other_settings_and_the_record"],
+    f"x{C}TrainResult{C}to_dict": ["test_a_run_splits_by_its_seed_and_records_its_config"],
+    "x_train": ["test_progress_is_shown_by_default_and_data_dir_reaches_the_source"],
+    "x__train": ["test_the_run_checks_and_resume_rules",
+                 "test_an_error_in_a_single_process_comes_through_as_it_is_and_the_run_dir_is_unlocked",
+                 "test_a_family_gets_its_own_config_class_and_a_checkpoint_without_arch_is_the_default_family",
+                 "test_a_given_preprocess_is_what_a_new_run_decodes_with",
+                 "test_progress_is_shown_by_default_and_data_dir_reaches_the_source"],
+    "x__train_in": ["test_a_run_splits_by_its_seed_and_records_its_config",
+                    "test_the_validation_rows_are_the_rounded_fraction_at_least_one_and_leave_one_to_train",
+                    "test_with_few_labels_validation_takes_the_unlabelled_images_first",
+                    "test_autocast_is_recorded_only_when_it_is_on", "test_autocast_trains_in_its_dtype",
+                    "test_a_checkpoint_that_does_not_fit_is_named_by_the_first_line_of_the_error"],
+    "x__drop_cache": ["test_a_finished_run_drops_its_image_cache_unless_asked_to_keep_it"],
+    "x__as_train_config": ["test_the_run_checks_and_resume_rules"],
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
