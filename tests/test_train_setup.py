@@ -637,3 +637,102 @@ def test_a_given_preprocess_is_what_a_new_run_decodes_with(tmp_path):
                    train_config=dict(epochs=1, batch_size=4, augment=None, workers=0),
                    model_config={"latent_dim": 2}, progress=False)
     assert result.model.config.image_size == 16
+
+
+def test_load_data_edges_all_rows_asked_for_arrays_without_labels_for_classes_and_the_progress_bars(tmp_path, capsys):
+    from cvae_features.data import ArraySource
+
+    src = ArraySource(_images(6, seed=6)[:, 0], labels=[0, 1] * 3, label_names=["a", "b"])
+    data = ts.load_data(src, TrainConfig(workers=0, max_images=6), {}, None, None, False)
+    assert data.description == src.description and len(data.images) == 6  # all rows: not a subset
+    data = ts.load_data(_images(6), TrainConfig(max_images=6), {}, None, None, False)
+    assert data.description == "in-memory array of shape (6, 1, 8, 8)"
+    with pytest.raises(ConfigError, match=r"^a model with classes learns them from labelled images, and in-memory "
+                                          r"array of shape \(4, 1, 8, 8\) has labelled images of 0 class\(es\)"):
+        ts.load_data(_images(4), TrainConfig(), {}, None, None, False, M2VAEConfig)
+    folder = _folder(tmp_path, n=4, broken=False)
+    capsys.readouterr()
+    ts.load_data(folder, TrainConfig(workers=0), {}, None, None, False)
+    ts.load_data(folder, TrainConfig(workers=0), {}, None, None, False, cache_dir=tmp_path / "c0")
+    assert capsys.readouterr().err == ""
+    ts.load_data(folder, TrainConfig(workers=0), {}, None, None, True)
+    assert "decoding images" in capsys.readouterr().err
+    ts.load_data(folder, TrainConfig(workers=0), {}, None, None, True, cache_dir=tmp_path / "c1")
+    assert "caching images" in capsys.readouterr().err
+
+
+def test_the_data_are_loaded_once_with_the_decoding_shown_when_progress_is_on(tmp_path, capsys):
+    from cvae_features.data import ArraySource
+
+    class Counted(ArraySource):
+        reads = 0
+
+        @property
+        def label_names(self):
+            Counted.reads += 1
+            return self._names
+
+        @label_names.setter
+        def label_names(self, value):
+            self._names = value
+
+    ts.load_data(Counted(_images(6, seed=9)[:, 0]), TrainConfig(), {}, None, None, False)
+    once, Counted.reads = Counted.reads, 0
+    _train(Counted(_images(6, seed=9)[:, 0]), tmp_path / "a")
+    assert once > 0 and Counted.reads == once
+    folder = _folder(tmp_path, n=6, broken=False)
+    capsys.readouterr()
+    train(folder, tmp_path / "b", train_config=dict(epochs=1, batch_size=4, augment=None, workers=0),
+          model_config={"latent_dim": 2})
+    assert "caching images" in capsys.readouterr().err
+
+
+def test_a_source_without_per_row_labels_or_label_names_has_unknown_labels_and_one_image_is_enough(tmp_path):
+    from cvae_features.data import ArraySource
+
+    src = ArraySource(_images(5, seed=7)[:, 0], labels=[0, 1, 0, 1, 0], label_names=["a", "b"])
+    src.labels = np.empty(0, dtype=np.int64)  # a source that gives no per-row labels
+    del src.label_names  # nor class names
+    data = ts.load_data(src, TrainConfig(workers=0), {}, None, None, False)
+    assert data.labels.dtype == torch.int64 and data.labels.tolist() == [-1] * 5
+    folder = _folder(tmp_path, n=1, broken=True, classes=("a",))
+    descriptions = []
+    for cache_dir in (None, tmp_path / "c"):
+        data = ts.load_data(folder, TrainConfig(workers=0), {}, None, None, False, cache_dir=cache_dir)
+        assert len(data.images) == 1 and data.skipped[0][0] == "a/zz_broken.png"
+        assert "not an image" in data.skipped[0][1]
+        assert data.spec == str(folder)
+        descriptions.append(data.description)
+    assert descriptions[0] == descriptions[1] and str(folder) in descriptions[0]
+
+
+def test_agree_takes_a_free_field_back_to_none(tmp_path):
+    saved = TrainConfig(workers=2, cache_dir="c")
+    assert ts.agree("train", saved, {"workers": None, "cache_dir": None}) == TrainConfig()
+
+
+def test_a_result_without_epochs_has_no_losses():
+    from cvae_features.model import ConvVAE
+    from cvae_features.training import TrainResult
+
+    model = ConvVAE(VAEConfig(image_size=8, latent_dim=2))
+    result = TrainResult(model=model, run_dir="r", history=[], best_epoch=0, stopped_early=False, epochs_run=0,
+                         seconds=0.0, n_train=4, n_val=0, skipped=[("k", "why")])
+    d = result.to_dict()
+    assert d["final_train_loss"] is None and d["best_val_loss"] is None and d["n_skipped"] == 1
+    assert d["run_dir"] == "r" and d["fingerprint"] == model.fingerprint()
+
+
+def test_a_second_training_in_the_same_run_dir_is_refused_while_the_first_runs(tmp_path):
+    images, run = _images(8), tmp_path / "run"
+    refused = []
+
+    def second(epoch, batch_index, logs):
+        if not refused:
+            with pytest.raises(ConfigError) as info:
+                _train(images, run, overwrite=True)
+            refused.append(str(info.value))
+
+    _train(images, run, callback=second)
+    assert refused == [f"run_dir {run} is in use by another training process (pid {os.getpid()}): wait for it to "
+                       "finish or use another directory"]
