@@ -739,7 +739,8 @@ NEW_TESTS = {
     "x_load_data": ["test_in_memory_images_are_taken_as_they_are_or_a_seeded_subset_of_them",
                     "test_files_are_decoded_in_memory_or_into_the_cache_with_their_labels_and_skips",
                     "test_a_subset_of_files_keeps_the_labels_of_its_rows_and_an_array_source_stays_in_memory",
-                    "test_a_family_with_classes_takes_their_number_from_the_data_and_fingerprints_its_labels"],
+                    "test_a_family_with_classes_takes_their_number_from_the_data_and_fingerprints_its_labels",
+                    "test_the_workers_setting_reaches_the_decoding_with_and_without_the_cache"],
     f"x{C}TrainConfig{C}__post_init__": ["test_integer_settings_at_their_bounds", "test_real_settings_at_their_bounds",
                                         "test_the_other_settings_and_the_record"],
     f"x{C}TrainResult{C}to_dict": ["test_a_run_splits_by_its_seed_and_records_its_config"],
@@ -1274,23 +1275,22 @@ NOTES = [
     "and, of `cvae_features/training.py`, TrainConfig's checks and record, `train`, `_train`, `_train_in`, "
     "`_finish`, `_drop_cache`, `_result`, `_as_train_config` and TrainResult.to_dict; added later; the loop itself "
     "is the loop group). Not mutated: TrainResult.best_val_loss and images_per_s (properties). "
-    "`tests/test_train_setup.py` joined the selection (49 tests, about 4 s: each helper against its rule written "
-    "out, TrainConfig at every bound, one-epoch runs on 6-10 random 8x8 images). Made on 2026-12-04 (00:50-01:21 "
+    "`tests/test_train_setup.py` joined the selection (50 tests, about 4 s: each helper against its rule written "
+    "out, TrainConfig at every bound, one-epoch runs on 6-10 random 8x8 images). Made on 2026-12-04 (00:50-01:26 "
     "UTC) with a narrowed working setup.cfg (only these two files mutated, only tests/test_train.py, "
     "tests/test_train_seams.py and tests/test_train_setup.py selected; the committed setup.cfg keeps every list "
     "and adds these). The first run (`--module training`, the existing tests only) was stopped after 293 mutants "
     "with 79 alive (73.0 %); the tests written meanwhile joined the stats (mutmut collects new tests' stats) and "
     "`--only unchecked` finished the pass (86.7 % over all 1283, some mutants having met the new tests, some "
-    "not), then `--only survivors` four times (two of them stopped and restarted, the last ones with "
-    "`--max-children 2`) as tests were added. 26 equivalent (integer fills and asarray dtypes that are int64 "
+    "not), then `--only survivors` five times (two of them stopped and restarted, the last ones with "
+    "`--max-children 2`) as tests were added (the last for the `workers` setting handed to decoding, checked by the process that decodes). 26 equivalent (integer fills and asarray dtypes that are int64 "
     "anyway, first values never read, shape[-2] of square images, a subset of every row, SeedSequence's "
     "prefix-stable words, the closed upper bound no field has, a mkdir that lock_run_dir already made, "
-    "conditions that cannot hold). 41 survive, none of them reachable in one CPU process: 25 need several "
+    "conditions that cannot hold). 37 survive: 25 need several "
     "processes (the check that all processes train the same run, the other processes' load, the world "
     "against the batch size (twice), `from_env`'s device, the lost-process words, the dist handed to the loop; "
     "`tests/test_distributed.py`, not in the selection, starts real processes), 9 need CUDA (fork_rng's "
-    "devices, autocast by default on cuda, each process's GPU), 4 the `workers` setting handed to decoding "
-    "(the same images either way; not told apart by a test) and 3 restore's fallback for an error without "
+    "devices, autocast by default on cuda, each process's GPU) and 3 restore's fallback for an error without "
     "words (no checkpoint found that makes restore raise one). Bug found: none (derive_seed(s, k, 0) equals "
     "derive_seed(s, k), as SeedSequence ignores trailing zero words; the epochs it is given start at 1).",
 ]

@@ -736,3 +736,24 @@ def test_a_second_training_in_the_same_run_dir_is_refused_while_the_first_runs(t
     _train(images, run, callback=second)
     assert refused == [f"run_dir {run} is in use by another training process (pid {os.getpid()}): wait for it to "
                        "finish or use another directory"]
+
+
+LOADED_IN = []
+
+
+def test_the_workers_setting_reaches_the_decoding_with_and_without_the_cache(tmp_path):
+    from cvae_features.data import open_source
+
+    folder = _folder(tmp_path, n=4, broken=False)
+    src = open_source(str(folder))
+
+    class Recording(type(src)):
+        def load(self, i, pre):
+            LOADED_IN.append(os.getpid())
+            return super().load(i, pre)
+
+    src.__class__ = Recording
+    for cache_dir in (None, tmp_path / "c"):
+        LOADED_IN.clear()
+        data = ts.load_data(src, TrainConfig(workers=0), {}, None, None, False, cache_dir=cache_dir)
+        assert len(data.images) == 4 and LOADED_IN == [os.getpid()] * 4  # decoded here, in this process
