@@ -801,6 +801,19 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
 # is mutmut's fork runner stopping a test run, not a verdict: such a mutant counts as not run (the entry group
 # met it; `--only unchecked` runs it again)
 CAUGHT = ("killed", "timeout", "crashed")
+COUNTS = ("generated", "killed", "timeout", "crashed", "survived", "no_tests", "equivalent", "skipped", "not_checked")
+
+
+def tally(counts) -> dict:
+    """Of a record's counts (a group's, a file's or their sum; missing fields count 0): the mutants caught, those
+    alive (survivors not judged equivalent) and the score (caught / (generated - equivalent - skipped - not run))."""
+    c = Counter(counts)
+    caught = c["killed"] + c["timeout"] + c["crashed"]
+    denom = c["generated"] - c["equivalent"] - c["skipped"] - c["not_checked"]
+    return {"caught": caught, "alive": c["survived"] + c["no_tests"] - c["equivalent"],
+            "score": caught / denom if denom else None}
+
+
 MUTANTS = bc.ROOT / "mutants"
 STEM = bc.RESULTS / "mutation"
 
@@ -1372,8 +1385,10 @@ def markdown(rec: dict) -> str:
         "approximate index, model files and their fingerprints, resolving models, the image cache and keyed "
         "noise, Kingma's M2 on feature vectors, training-time augmentation, the convolutional M2 conv-m2 and its "
         "labels file, the mixture-prior family conv-vade with its prior and the 'prior' cluster method, the "
-        "training loop, and the probes' entry points with the grouping and outlier ranking of the unlabelled "
-        "commands). "
+        "training loop, the probes' entry points with the grouping and outlier ranking of the unlabelled "
+        "commands, the featurizers and contact sheets, the process group, model families and auto-training, "
+        "the clustering code, extraction's entry point with the shard rule, the registries, training hooks and "
+        "run directory, and how a training run is set up). "
         "Survived includes \"no tests\" (no "
         "selected test calls the function); crashed: the test run died (an HDF5 abort on the damaged file the "
         "mutant made), "
@@ -1383,19 +1398,13 @@ def markdown(rec: dict) -> str:
     for group, g in rec["groups"].items():
         for path, c in g.get("per_file", {}).items():
             c = Counter(c)  # missing fields (an older record) count 0
-            k = c["killed"] + c["timeout"] + c["crashed"]
-            d = c["generated"] - c["equivalent"] - c["skipped"] - c["not_checked"]
             rows.append([f"{group}: `{path}`", c["generated"], c["killed"], c["timeout"], c["crashed"],
-                         c["survived"] + c["no_tests"] - c["equivalent"], c["equivalent"], c["skipped"],
-                         c["not_checked"], bc.pct(k / d if d else None)])
-            for key in ("generated", "killed", "timeout", "crashed", "survived", "no_tests", "equivalent", "skipped",
-                        "not_checked"):
-                tot[key] += c[key]
-    d = tot["generated"] - tot["equivalent"] - tot["skipped"] - tot["not_checked"]
-    score = (tot["killed"] + tot["timeout"] + tot["crashed"]) / d if d else None
-    rows.append(["**all**", tot["generated"], tot["killed"], tot["timeout"], tot["crashed"],
-                 tot["survived"] + tot["no_tests"] - tot["equivalent"], tot["equivalent"], tot["skipped"],
-                 tot["not_checked"], f"**{bc.pct(score)}**"])
+                         tally(c)["alive"], c["equivalent"], c["skipped"], c["not_checked"],
+                         bc.pct(tally(c)["score"])])
+            tot.update({key: c[key] for key in COUNTS})
+    score = tally(tot)["score"]
+    rows.append(["**all**", tot["generated"], tot["killed"], tot["timeout"], tot["crashed"], tally(tot)["alive"],
+                 tot["equivalent"], tot["skipped"], tot["not_checked"], f"**{bc.pct(score)}**"])
     lines += bc.md_table(["module", "generated", "killed", "timeout", "crashed", "survived (not equivalent)", "equivalent",
                           "skipped", "not run", "score %"], rows)
     met = score is not None and score >= TARGET and tot["not_checked"] == 0

@@ -13,6 +13,7 @@ import argparse
 import json
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -20,6 +21,7 @@ import _common as bc  # noqa: E402
 from fashion_mnist_m2 import test_table as m2_table  # noqa: E402  (the M2 benchmark's own table)
 from fashion_mnist_tuning import CANDIDATES, METRICS, choose, load_records  # noqa: E402  (the tuning rule)
 from one_class import SCORES  # noqa: E402  (the one-class benchmark's own column names)
+from mutation import COUNTS as MUTATION_COUNTS, tally  # noqa: E402  (the mutation run's own score)
 from cvae_features.augment import AUTO, resolve_augment  # noqa: E402
 
 README = bc.ROOT / "README.md"
@@ -256,17 +258,18 @@ def fashion_mnist_vade() -> str:
 def mutation() -> str:
     rec = _load("mutation")
     groups = rec["groups"]
-    caught = lambda g: g["killed"] + g["timeout"] + g["crashed"]  # noqa: E731
-    alive = lambda g: g["survived"] + g["no_tests"] - g["equivalent"]  # survivors not judged equivalent  # noqa: E731
-    total = {k: sum(g[k] for g in groups.values()) for k in ("generated", "equivalent", "skipped", "not_checked")}
-    killed, left = sum(caught(g) for g in groups.values()), sum(alive(g) for g in groups.values())
-    denom = total["generated"] - total["equivalent"] - total["skipped"] - total["not_checked"]
-    out = [f"{len(groups)} groups, {total['generated']:,} mutants: {killed:,} killed by the tests, "
-           f"{total['equivalent']:,} equivalent (reason recorded for each), {left:,} alive; **{100 * killed / denom:.1f} %** "
+    total = Counter()
+    for g in groups.values():
+        total.update({k: g[k] for k in MUTATION_COUNTS})
+    t = tally(total)
+    out = [f"{len(groups)} groups, {total['generated']:,} mutants: {t['caught']:,} killed by the tests, "
+           f"{total['equivalent']:,} equivalent (reason recorded for each), {t['alive']:,} alive; "
+           f"**{100 * t['score']:.1f} %** "
            f"of the non-equivalent mutants killed (target ≥ {100 * rec['target']:.0f} %). mutmut "
            f"{rec['mutmut_version']}; last run at commit `{(rec.get('commit') or '?')[:7]}`.", ""]
-    rows = [[name, ", ".join(f"`{Path(f).name}`" for f in g["per_file"]), f"{g['generated']:,}", f"{caught(g):,}",
-             f"{g['equivalent']:,}", f"{alive(g):,}", f"{100 * g['score']:.1f}" if g["score"] is not None else ""]
+    rows = [[name, ", ".join(f"`{Path(f).name}`" for f in g["per_file"]), f"{g['generated']:,}",
+             f"{tally(g)['caught']:,}", f"{g['equivalent']:,}", f"{tally(g)['alive']:,}",
+             f"{100 * g['score']:.1f}" if g["score"] is not None else ""]
             for name, g in groups.items()]
     return "\n".join(out + bc.md_table(["group", "modules", "mutants", "killed", "equivalent", "alive", "score %"],
                                        rows))
