@@ -170,12 +170,13 @@ def run(args, argv) -> dict:
 
 def cluster_over_seeds(paths: dict, n_seeds: int) -> dict:
     """``{features: {method: {"acc"|"nmi"|"ari"|"seconds": [one per seed]}}}``: the cluster probe (k = 10, its
-    default preprocessing) on each test store, each method alone, seeds 0..n_seeds-1."""
+    default preprocessing) on each test store (``paths``: features -> (train store, test store)), each method
+    alone, seeds 0..n_seeds-1."""
     from cvae_features import FeatureStore
     from cvae_features.probes import cluster_probe
 
     out = {}
-    for key, _ in FEATURES:
+    for key in paths:
         with FeatureStore(paths[key][1]) as store:
             X, y = store.features, store.labels
         per = out[key] = {m: {"acc": [], "nmi": [], "ari": [], "seconds": []} for m in CLUSTER_METHODS}

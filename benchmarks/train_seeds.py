@@ -27,9 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as bc  # noqa: E402
+import fashion_mnist as fm  # noqa: E402  (the same clustering over seeds, its methods and names)
 
-CLUSTER_METHODS = ("kmeans", "gmm", "umap-gmm")
-CLUSTER_NAMES = {"kmeans": "k-means", "gmm": "GMM (diag)", "umap-gmm": "UMAP + GMM (N2D recipe)"}
 # issue #12's targets in percent (None: reported only); the few-label targets are for the best method
 TARGETS = {("linear", "accuracy"): 90.0, ("knn", "accuracy"): 91.0, ("few", 1): None, ("few", 5): None,
            ("few", 10): 82.0, ("few", 100): 88.0, ("cluster", "acc"): 68.0, ("cluster", "nmi"): 69.0}
@@ -70,8 +69,7 @@ def parse_args(argv):
 
 def one_seed(seed: int, train_src, test_src, args, progress: bool) -> dict:
     """Train with ``seed``, extract μ for train and test, probe: one record of values (fractions)."""
-    from cvae_features import FeatureStore
-    from cvae_features.probes import cluster_probe, probe_stores
+    from cvae_features.probes import probe_stores
 
     work = args.out_dir / f"seed{seed}"
     work.mkdir(parents=True, exist_ok=True)
@@ -90,21 +88,14 @@ def one_seed(seed: int, train_src, test_src, args, progress: bool) -> dict:
                         labels_per_class=args.labels_per_class, seeds=args.seeds, seed=0)
     recs = {r.probe: r for r in run_.results["vae"]}
     few = recs["fewshot"]
-    with FeatureStore(paths[1]) as store:
-        X, y = store.features, store.labels
-    clusters = {m: {"acc": [], "nmi": [], "ari": []} for m in CLUSTER_METHODS}
-    for cseed in range(args.cluster_seeds):
-        for method in CLUSTER_METHODS:
-            got = cluster_probe(X, y, methods=(method,), seed=cseed).methods[method]
-            for metric in clusters[method]:
-                clusters[method][metric].append(got[metric])
+    clusters = fm.cluster_over_seeds({"vae": paths}, args.cluster_seeds)["vae"]
     out = {"train_seed": seed, "reused_run": reused, "epochs_run": result.epochs_run,
            "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss, "fingerprint": fp,
            "train_s": round(train_s, 1), "probe_s": round(time.perf_counter() - t1, 1),
            "linear": recs["linear"].accuracy, "linear_choice": [recs["linear"].preprocessing, recs["linear"].C],
            "knn": recs["knn"].accuracy, "knn_choice": [recs["knn"].k, recs["knn"].metric, recs["knn"].weights],
            "few": {m: {str(k): few.curves[m][str(k)]["mean"] for k in args.labels_per_class} for m in few.curves},
-           "cluster": {m: {x: statistics.mean(v) for x, v in d.items()} for m, d in clusters.items()},
+           "cluster": {m: {x: statistics.mean(d[x]) for x in ("acc", "nmi", "ari")} for m, d in clusters.items()},
            "cluster_per_seed": clusters, "notes": list(run_.notes)}
     bc.say(f"  training seed {seed}: linear {100 * out['linear']:.1f}, k-NN {100 * out['knn']:.1f}, "
            f"UMAP+GMM ACC {100 * out['cluster']['umap-gmm']['acc']:.1f} ({out['train_s']:.0f} s training, "
@@ -124,9 +115,9 @@ def rows(per_seed: list, ks) -> list:
         for method in per_seed[0]["few"]:
             out.append(row("few labels", f"{method} @ {k}/class", [s["few"][method][str(k)] for s in per_seed],
                            TARGETS.get(("few", k))))
-    for method in CLUSTER_METHODS:
+    for method in fm.CLUSTER_METHODS:
         for metric in ("acc", "nmi", "ari"):
-            out.append(row(f"{CLUSTER_NAMES[method]} k=10", metric.upper(),
+            out.append(row(f"{fm.CLUSTER_NAMES[method]} k=10", metric.upper(),
                            [s["cluster"][method][metric] for s in per_seed], TARGETS.get(("cluster", metric))))
     return out
 
