@@ -455,8 +455,9 @@ def _fake_clock(monkeypatch, step=0.125):
     monkeypatch.setattr("cvae_features.probes._common.time", SimpleNamespace(perf_counter=lambda: next(ticks)))
 
 
+@pytest.mark.parametrize("solver", ["lbfgs", "preconditioned"])
 @pytest.mark.parametrize("cv", [None, 3])
-def test_linear_probe_is_its_selection_loop_written_out(cv, monkeypatch):
+def test_linear_probe_is_its_selection_loop_written_out(cv, solver, monkeypatch):
     from sklearn.metrics import confusion_matrix, f1_score
 
     from cvae_features.probes._common import _balanced_accuracy, selection_splits
@@ -471,7 +472,7 @@ def test_linear_probe_is_its_selection_loop_written_out(cv, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the scores are computed without warnings (absent classes included)
         res = linear_probe(Xtr, ytr, Xte, yte, preprocessings=preps, Cs=Cs, cv=cv, val_fraction=0.35,
-                           max_select_rows=150, max_iter=4, seed=5)
+                           max_select_rows=150, max_iter=4, solver=solver, seed=5)
     splits, selection = selection_splits(ytr, cv=cv, val_fraction=0.35, max_rows=150, seed=5)
     scores = {}
     for p in preps:
@@ -482,14 +483,14 @@ def test_linear_probe_is_its_selection_loop_written_out(cv, monkeypatch):
             prep = FeaturePrep(p).fit(Xtr[fit])
             model = None
             for c in (0.05, 0.3, 3.0):  # increasing C, each fit warm-started from the last
-                model = _fit_logistic(prep.transform(Xtr[fit]), ytr[fit], c, 4, model)
+                model = _fit_logistic(prep.transform(Xtr[fit]), ytr[fit], c, 4, model, solver, 5)
                 scores[f"{p}/C={c:g}"].append(float(np.mean(model.predict(prep.transform(Xtr[val])) == ytr[val])))
     expected = {key: float(np.mean(v)) for key, v in scores.items()}
     assert list(res.cv_scores.items()) == list(expected.items())
     best = max(expected, key=expected.get)
     assert f"{res.preprocessing}/C={res.C:g}" == best and isinstance(res.C, float)
     prep = FeaturePrep(res.preprocessing).fit(Xtr)
-    model = _fit_logistic(prep.transform(Xtr), ytr, res.C, 4)
+    model = _fit_logistic(prep.transform(Xtr), ytr, res.C, 4, solver=solver, seed=5)
     pred = model.predict(prep.transform(Xte))
     classes = [0, 1, 4, 7]
     assert res.classes == classes
@@ -497,7 +498,7 @@ def test_linear_probe_is_its_selection_loop_written_out(cv, monkeypatch):
     assert res.balanced_accuracy == _balanced_accuracy(yte, pred)
     assert res.macro_f1 == float(f1_score(yte, pred, average="macro", labels=classes, zero_division=0))
     assert res.confusion_matrix == confusion_matrix(yte, pred, labels=classes).tolist()
-    assert res.selection == selection and res.selection["selection_seed"] == 5
+    assert res.selection == dict(selection, solver=solver) and res.selection["selection_seed"] == 5
     assert (res.n_train, res.n_test, res.seed, res.converged) == (200, 100, 5, False)  # 4 iterations: not converged
     assert res.timings == {"select_s": 0.125, "fit_s": 0.125, "predict_s": 0.125}
     assert linear_probe(Xtr, ytr, Xte, yte, Cs=(1.0,), max_iter=1000).converged
@@ -958,14 +959,14 @@ def test_linear_probe_fits_with_1000_iterations_by_default(monkeypatch, sep_data
     seen = []
     real = linear._fit_logistic
 
-    def spy(X, y, C, max_iter, model=None):
-        seen.append(max_iter)
-        return real(X, y, C, max_iter, model)
+    def spy(X, y, C, max_iter, model=None, solver="lbfgs", seed=0):
+        seen.append((max_iter, solver, seed))
+        return real(X, y, C, max_iter, model, solver, seed)
 
     monkeypatch.setattr(linear, "_fit_logistic", spy)
     Xtr, ytr, Xte, yte = sep_data
     assert linear_probe(Xtr, ytr, Xte, yte, Cs=(1.0,), preprocessings=("l2",)).converged
-    assert seen == [1000, 1000]  # the choice and the refit
+    assert seen == [(1000, "lbfgs", 0)] * 2  # the choice and the refit; narrow features: scikit-learn's lbfgs
 
 
 def test_linear_probe_scores_every_class_it_knows_also_one_absent_from_the_test_rows(sep_data):

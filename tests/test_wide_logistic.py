@@ -1,0 +1,169 @@
+"""The preconditioned logistic regression (probes/wide_logistic.py) against scikit-learn's, on digits."""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+
+from cvae_features.errors import ConfigError
+from cvae_features.probes.linear import WIDE_COLUMNS, resolve_solver
+from cvae_features.probes.wide_logistic import LowRankSketch, PreconditionedLogistic, _Preconditioner
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return X[:400] / 16.0, y[:400]
+
+
+def _objective(model, X, y, C):
+    """scikit-learn's lbfgs objective at the model's coefficients: mean log-loss + ||W||^2 / (2 C n)."""
+    from sklearn.metrics import log_loss
+
+    scores = X @ model.coef_.T + model.intercept_
+    if scores.shape[1] == 1:
+        p1 = 1.0 / (1.0 + np.exp(-scores[:, 0]))
+        proba = np.c_[1 - p1, p1]
+    else:
+        proba = np.exp(scores - scores.max(1, keepdims=True))
+        proba /= proba.sum(1, keepdims=True)
+    return log_loss(y, proba, labels=model.classes_) + np.sum(model.coef_ ** 2) / (2 * C * X.shape[0])
+
+
+@pytest.mark.parametrize("C", [0.05, 5.0])
+@pytest.mark.parametrize("classes", ["multiclass", "binary"])
+def test_reaches_scikit_learns_optimum(digits, C, classes):
+    X, y = digits
+    y = np.array([3, 5, 9])[y % 3] if classes == "multiclass" else np.where(y > 4, 8, 2)  # labels not 0..k-1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = LogisticRegression(C=C, tol=1e-10, max_iter=20_000).fit(X, y)
+    ours = PreconditionedLogistic(C, tol=1e-10, max_iter=20_000, rank=10).fit(X, y)
+    assert ours.coef_.shape == ref.coef_.shape and ours.intercept_.shape == ref.intercept_.shape
+    assert np.array_equal(ours.classes_, ref.classes_)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=2e-4)
+    np.testing.assert_allclose(ours.intercept_, ref.intercept_, atol=2e-3)
+    assert np.array_equal(ours.predict(X), ref.predict(X))
+    np.testing.assert_allclose(ours.decision_function(X), ref.decision_function(X), atol=2e-3)
+    assert _objective(ours, X, y, C) == pytest.approx(_objective(ref, X, y, C), rel=1e-9)
+    assert 0 < ours.n_iter_[0] < ref.n_iter_[0] / 2  # the point of it: far fewer iterations
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_objective_and_gradient(digits, binary):
+    X, y = digits
+    X, y = X[:60], (y[:60] > 4).astype(int) if binary else y[:60] % 4
+    model = PreconditionedLogistic(0.3)
+    model._binary = binary
+    k = 1 if binary else 4
+    Y = np.eye(2 if binary else 4)[y]
+    Wb = np.random.default_rng(0).normal(0, 0.1, (k, X.shape[1] + 1))
+    lam = 1 / (0.3 * 60)
+    loss, grad, P = model._loss_grad(X, Y, Wb, lam)
+    model.coef_, model.intercept_, model.classes_ = Wb[:, :-1], Wb[:, -1], np.arange(Y.shape[1])
+    assert loss == pytest.approx(_objective(model, X, y, 0.3), rel=1e-12)
+    np.testing.assert_allclose(P.sum(1), 1.0)
+    step = 1e-6
+    for i, j in [(0, 0), (0, 20), (k - 1, 35), (k - 1, 64), (0, 64)]:  # column 64: the intercept
+        hi, lo = Wb.copy(), Wb.copy()
+        hi[i, j] += step
+        lo[i, j] -= step
+        numeric = (model._loss_grad(X, Y, hi, lam)[0] - model._loss_grad(X, Y, lo, lam)[0]) / (2 * step)
+        assert grad[i, j] == pytest.approx(numeric, rel=1e-5, abs=1e-9)
+
+
+def test_stops_by_scikit_learns_rule(digits):
+    X, y = digits
+    model = PreconditionedLogistic(1.0, tol=1e-3, rank=10, warm_start=True).fit(X, y)
+    Y = np.eye(10)[y]
+    lam = 1 / X.shape[0]
+    Wb = np.c_[model.coef_, model.intercept_]
+    assert np.abs(model._loss_grad(X, Y, Wb, lam)[1]).max() <= 1e-3  # stopped with the gradient within tol
+    first = model.n_iter_[0]
+    assert first > 0
+    model.fit(X, y)  # warm start at a point that already meets tol: no iteration, nothing moves
+    assert model.n_iter_[0] == 0
+    np.testing.assert_array_equal(np.c_[model.coef_, model.intercept_], Wb)
+    model.set_params(C=10.0, tol=1e-12).fit(X, y)  # a new C from the last solution
+    assert model.n_iter_[0] > 0 and not np.array_equal(np.c_[model.coef_, model.intercept_], Wb)
+    capped = PreconditionedLogistic(1.0, tol=1e-12, max_iter=3, rank=10).fit(X, y)
+    assert capped.n_iter_[0] == 3  # max_iter respected (the probe records it as not converged)
+    cold = PreconditionedLogistic(1.0, tol=1e-3, rank=10).fit(X, y)
+    assert cold.n_iter_[0] == first  # same start, same path: deterministic
+    np.testing.assert_array_equal(np.c_[cold.coef_, cold.intercept_], Wb)
+
+
+def test_warm_start_only_from_a_matching_fit(digits):
+    X, y = digits
+    model = PreconditionedLogistic(1.0, tol=1e-3, rank=10, warm_start=True).fit(X, y)
+    fresh = PreconditionedLogistic(1.0, tol=1e-3, rank=10)
+    model.fit(X[:, 1:], y)  # other columns: a cold start, as from a new model
+    np.testing.assert_array_equal(model.coef_, fresh.fit(X[:, 1:], y).coef_)
+    model.fit(X, y % 5)  # other classes: a cold start too
+    np.testing.assert_array_equal(model.coef_, fresh.fit(X, y % 5).coef_)
+    off = PreconditionedLogistic(1.0, tol=1e-3, rank=10, warm_start=False).fit(X, y)
+    assert off.fit(X, y).n_iter_[0] > 0  # without warm_start every fit starts at zero
+
+
+def test_sketch_is_kept_for_the_same_array_only(digits):
+    X, y = digits
+    model = PreconditionedLogistic(1.0, rank=5).fit(X, y)
+    sketch = model._sketch
+    model.set_params(C=2.0).fit(X, y)
+    assert model._sketch is sketch
+    model.fit(X.copy(), y)
+    assert model._sketch is not sketch
+
+
+def test_low_rank_sketch_is_the_top_of_the_spectrum():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(50, 4)) @ rng.normal(size=(4, 12))  # rank 4 (5 with the ones column)
+    sk = LowRankSketch(X, rank=5, rows=100, seed=0)
+    A = np.c_[X, np.ones(50)]
+    exact = np.linalg.svd(A, compute_uv=False) ** 2 / 50
+    np.testing.assert_allclose(sk.values, exact[:5], rtol=1e-8)
+    np.testing.assert_allclose(sk.vectors.T @ sk.vectors, np.eye(5), atol=1e-10)
+    assert sk.rest == pytest.approx(0.0, abs=1e-9)  # nothing left outside the top 5
+    small = LowRankSketch(X, rank=2, rows=30, seed=0)  # 30 of the 50 rows, top 2
+    assert small.vectors.shape == (13, 2)
+    total = None
+    for seed in (0,):
+        picked = np.sort(np.random.default_rng(seed).choice(50, 30, replace=False))
+        B = A[picked]
+        s = np.linalg.svd(B, compute_uv=False) ** 2 / 30
+        total = float((B ** 2).sum()) / 30
+        np.testing.assert_allclose(small.values, s[:2], rtol=1e-6)
+    assert small.rest == pytest.approx((total - small.values.sum()) / 11)
+    assert LowRankSketch(X[:3], rank=300, rows=100, seed=0).vectors.shape == (13, 2)  # rank capped by the rows
+
+
+def test_preconditioner_powers():
+    rng = np.random.default_rng(2)
+    sk = LowRankSketch(rng.normal(size=(40, 9)), rank=3, rows=40, seed=0)
+    pre = _Preconditioner(sk, curvature=0.2, lam=0.05)
+    V = sk.vectors
+    M = V @ np.diag(0.2 * sk.values + 0.05) @ V.T + (0.2 * sk.rest + 0.05) * (np.eye(10) - V @ V.T)
+    W = rng.normal(size=(4, 10))
+    np.testing.assert_allclose(pre.power(W, 1.0), W @ M, rtol=1e-10)
+    np.testing.assert_allclose(pre.power(pre.power(W, 0.5), 0.5), W @ M, rtol=1e-10)
+    np.testing.assert_allclose(pre.power(pre.power(W, -0.5), 0.5), W, rtol=1e-10)
+
+
+def test_bad_input(digits):
+    X, y = digits
+    with pytest.raises(ConfigError, match="at least 2 classes, got 1"):
+        PreconditionedLogistic().fit(X, np.zeros(len(y), int))
+    with pytest.raises(ConfigError, match="unknown parameter 'penalty'"):
+        PreconditionedLogistic().set_params(penalty="l1")
+
+
+def test_resolve_solver():
+    assert resolve_solver("auto", WIDE_COLUMNS - 1) == "lbfgs"
+    assert resolve_solver("auto", WIDE_COLUMNS) == "preconditioned"
+    assert WIDE_COLUMNS == 1024
+    assert resolve_solver("lbfgs", 50_000) == "lbfgs"
+    assert resolve_solver("preconditioned", 3) == "preconditioned"
+    with pytest.raises(ConfigError, match="solver"):
+        resolve_solver("newton", 10)
