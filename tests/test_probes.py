@@ -490,7 +490,15 @@ def test_linear_probe_is_its_selection_loop_written_out(cv, solver, monkeypatch)
     best = max(expected, key=expected.get)
     assert f"{res.preprocessing}/C={res.C:g}" == best and isinstance(res.C, float)
     prep = FeaturePrep(res.preprocessing).fit(Xtr)
-    model = _fit_logistic(prep.transform(Xtr), ytr, res.C, 4, solver=solver, seed=5)
+    start = None
+    if solver == "preconditioned":  # the refit starts where the chosen setting's (last) selection fit ended
+        prep_fit = FeaturePrep(res.preprocessing).fit(Xtr[splits[-1][0]])
+        last = None
+        for c in (0.05, 0.3, 3.0):
+            last = _fit_logistic(prep_fit.transform(Xtr[splits[-1][0]]), ytr[splits[-1][0]], c, 4, last, solver, 5)
+            if c == res.C:
+                start = (last.coef_.copy(), last.intercept_.copy(), last.classes_)
+    model = _fit_logistic(prep.transform(Xtr), ytr, res.C, 4, solver=solver, seed=5, start=start)
     pred = model.predict(prep.transform(Xte))
     classes = [0, 1, 4, 7]
     assert res.classes == classes
@@ -959,14 +967,14 @@ def test_linear_probe_fits_with_1000_iterations_by_default(monkeypatch, sep_data
     seen = []
     real = linear._fit_logistic
 
-    def spy(X, y, C, max_iter, model=None, solver="lbfgs", seed=0):
-        seen.append((max_iter, solver, seed))
-        return real(X, y, C, max_iter, model, solver, seed)
+    def spy(X, y, C, max_iter, model=None, solver="lbfgs", seed=0, start=None):
+        seen.append((max_iter, solver, seed, start))
+        return real(X, y, C, max_iter, model, solver, seed, start)
 
     monkeypatch.setattr(linear, "_fit_logistic", spy)
     Xtr, ytr, Xte, yte = sep_data
     assert linear_probe(Xtr, ytr, Xte, yte, Cs=(1.0,), preprocessings=("l2",)).converged
-    assert seen == [(1000, "lbfgs", 0)] * 2  # the choice and the refit; narrow features: scikit-learn's lbfgs
+    assert seen == [(1000, "lbfgs", 0, None)] * 2  # the choice and the refit; narrow features: scikit-learn's lbfgs
 
 
 def test_linear_probe_scores_every_class_it_knows_also_one_absent_from_the_test_rows(sep_data):

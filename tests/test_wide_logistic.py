@@ -167,3 +167,18 @@ def test_resolve_solver():
     assert resolve_solver("preconditioned", 3) == "preconditioned"
     with pytest.raises(ConfigError, match="solver"):
         resolve_solver("newton", 10)
+
+
+def test_mixed_precision_meets_the_rule_in_float64(digits):
+    X, y = digits
+    tight = {p: PreconditionedLogistic(0.5, tol=1e-9, rank=10, precision=p).fit(X, y) for p in ("mixed", "float64")}
+    np.testing.assert_allclose(tight["mixed"].coef_, tight["float64"].coef_, atol=1e-6)
+    assert tight["mixed"]._low.dtype == np.float32 and tight["float64"]._low is None
+    loose = PreconditionedLogistic(0.5, tol=1e-3, rank=10).fit(X, y)  # float32 products only, checked in float64
+    Wb = np.c_[loose.coef_, loose.intercept_]
+    grad = loose._loss_grad(X, np.eye(10)[y], Wb, 1 / (0.5 * X.shape[0]))[1]
+    assert 1e-4 < np.abs(grad).max() <= 1e-3
+    low = loose._loss_grad(X.astype(np.float32), np.eye(10)[y], Wb, 1 / (0.5 * X.shape[0]))
+    assert low[0] == pytest.approx(loose._loss_grad(X, np.eye(10)[y], Wb, 1 / (0.5 * X.shape[0]))[0], rel=1e-6)
+    with pytest.raises(ConfigError, match="precision"):
+        PreconditionedLogistic(precision="float16").fit(X, y)

@@ -56,7 +56,8 @@ def resolve_solver(solver: str, n_columns: int) -> str:
     return "preconditioned" if n_columns >= WIDE_COLUMNS else "lbfgs"
 
 
-def _fit_logistic(X, y, C, max_iter, model=None, solver="lbfgs", seed=0):
+def _fit_logistic(X, y, C, max_iter, model=None, solver="lbfgs", seed=0, start=None):
+    """Fit (or refit, warm) a logistic regression; ``start``: (coef, intercept, classes) to begin the first fit at."""
     if model is None:
         # warm start: the C grid is walked in increasing order, each fit starting from the last
         if solver == "lbfgs":
@@ -67,6 +68,8 @@ def _fit_logistic(X, y, C, max_iter, model=None, solver="lbfgs", seed=0):
             from .wide_logistic import PreconditionedLogistic
 
             model = PreconditionedLogistic(C, max_iter=max_iter, warm_start=True, seed=seed)
+        if start is not None:
+            model.coef_, model.intercept_, model.classes_ = start
     model.set_params(C=C)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # non-convergence is recorded in the result instead
@@ -106,8 +109,9 @@ def linear_probe(X_train, y_train, X_test, y_test, *, preprocessings=PREPROCESSI
         'lbfgs': scikit-learn's ``LogisticRegression``. 'preconditioned': the same objective,
         stopping rule and warm starts, solved by :class:`~cvae_features.probes.wide_logistic.
         PreconditionedLogistic` (several times fewer iterations on wide, correlated features
-        such as raw pixels). 'auto': 'preconditioned' from ``WIDE_COLUMNS`` (1,024) columns on,
-        else 'lbfgs'. The result's ``selection["solver"]`` records which ran.
+        such as raw pixels; it also starts the final refit from the chosen setting's selection
+        fit). 'auto': 'preconditioned' from ``WIDE_COLUMNS`` (1,024) columns on, else 'lbfgs'.
+        The result's ``selection["solver"]`` records which ran.
     seed : int
         Seeds the subsample and the splits.
 
@@ -131,6 +135,7 @@ def linear_probe(X_train, y_train, X_test, y_test, *, preprocessings=PREPROCESSI
                                              max_rows=max_select_rows, seed=seed)
         selection["solver"] = solver
         scores = {(p, c): [] for p in preprocessings for c in Cs}
+        fitted = {}  # (preprocessing, C) -> the last split's coefficients
         for fit_rows, val_rows in splits:
             for prep_name in preprocessings:
                 prep = FeaturePrep(prep_name).fit(X_train[fit_rows])
@@ -139,12 +144,16 @@ def linear_probe(X_train, y_train, X_test, y_test, *, preprocessings=PREPROCESSI
                 for c in Cs:
                     model = _fit_logistic(Xf, y_train[fit_rows], c, max_iter, model, solver, seed)
                     scores[(prep_name, c)].append(float(np.mean(model.predict(Xv) == y_train[val_rows])))
+                    fitted[(prep_name, c)] = (model.coef_.copy(), model.intercept_.copy(), model.classes_)
         mean_scores = {key: float(np.mean(v)) for key, v in scores.items()}
         best_prep, best_c = max(mean_scores, key=mean_scores.get)  # dicts keep grid order: first best wins
 
     with timed(timings, "fit_s"):
         prep = FeaturePrep(best_prep).fit(X_train)
-        model = _fit_logistic(prep.transform(X_train), y_train, best_c, max_iter, solver=solver, seed=seed)
+        # the preconditioned solver starts the refit where the chosen setting's selection fit ended
+        start = fitted[(best_prep, best_c)] if solver == "preconditioned" else None
+        model = _fit_logistic(prep.transform(X_train), y_train, best_c, max_iter, solver=solver, seed=seed,
+                              start=start)
     with timed(timings, "predict_s"):
         pred = model.predict(prep.transform(X_test))
 

@@ -27,6 +27,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
+from ._common import check_choices
+
+PRECISIONS = ("mixed", "float64")
 
 
 class LowRankSketch:
@@ -81,6 +84,10 @@ class PreconditionedLogistic:
     rank, sketch_rows : int
         Size of the preconditioner's sketch: the top ``rank`` directions of at most
         ``sketch_rows`` rows. The sketch is kept while ``fit`` sees the same array.
+    precision : {'mixed', 'float64'}
+        'mixed': iterate with the two big products (rows x columns) in float32, which reads
+        half the memory, until the stopping rule holds on the float64 gradient or float32
+        can go no further; then go on in float64 from there. 'float64': float64 throughout.
     seed : int
         Seeds the sketch's row sample and randomized SVD.
 
@@ -94,10 +101,10 @@ class PreconditionedLogistic:
     """
 
     def __init__(self, C: float = 1.0, *, max_iter: int = 1000, tol: float = 1e-4, warm_start: bool = False,
-                 rank: int = 300, sketch_rows: int = 4000, seed: int = 0):
+                 rank: int = 300, sketch_rows: int = 4000, precision: str = "mixed", seed: int = 0):
         self.C, self.max_iter, self.tol, self.warm_start = C, max_iter, tol, warm_start
-        self.rank, self.sketch_rows, self.seed = rank, sketch_rows, seed
-        self._sketch_for = None
+        self.rank, self.sketch_rows, self.precision, self.seed = rank, sketch_rows, precision, seed
+        self._sketch_for = self._low_for = None
 
     def set_params(self, **params) -> "PreconditionedLogistic":
         for key, value in params.items():
@@ -109,12 +116,16 @@ class PreconditionedLogistic:
     # ------------------------------------------------------------------ the objective
 
     def _logits(self, X: np.ndarray, Wb: np.ndarray) -> np.ndarray:
-        """Per-class scores (n, n_classes); for two classes the first class's score is 0."""
-        z = X @ Wb[:, :-1].T + Wb[:, -1]
+        """Per-class scores (n, n_classes) in float64; for two classes the first class's score is 0."""
+        z = (X @ Wb[:, :-1].T.astype(X.dtype)).astype(np.float64) + Wb[:, -1]
         return np.hstack([np.zeros((z.shape[0], 1)), z]) if self._binary else z
 
     def _loss_grad(self, X, Y, Wb, lam):
-        """(objective, gradient as Wb's shape, softmax probabilities) at ``Wb``."""
+        """(objective, gradient as Wb's shape, softmax probabilities) at ``Wb``.
+
+        The two products with ``X`` run in ``X``'s precision (float32 in the first phase of
+        a mixed-precision fit); everything else in float64.
+        """
         Z = self._logits(X, Wb)
         top = Z.max(axis=1, keepdims=True)
         lse = top + np.log(np.exp(Z - top).sum(axis=1, keepdims=True))
@@ -126,7 +137,7 @@ class PreconditionedLogistic:
         if self._binary:
             R = R[:, 1:]
         grad = np.empty_like(Wb)
-        grad[:, :-1] = R.T @ X + lam * Wb[:, :-1]
+        grad[:, :-1] = (R.T.astype(X.dtype) @ X) + lam * Wb[:, :-1]
         grad[:, -1] = R.sum(axis=0)
         return loss, grad, P
 
@@ -134,8 +145,8 @@ class PreconditionedLogistic:
 
     def fit(self, X, y) -> "PreconditionedLogistic":
         """Fit on ``X`` of shape (n_samples, n_features) and integer labels ``y``; returns self."""
-        from scipy.optimize import minimize
-
+        check_choices("precision", (self.precision,), PRECISIONS)
+        given = X
         X = np.ascontiguousarray(X, dtype=np.float64)
         y = np.asarray(y)
         classes, codes = np.unique(y, return_inverse=True)
@@ -152,39 +163,59 @@ class PreconditionedLogistic:
         if (self.warm_start and getattr(self, "coef_", None) is not None and self.coef_.shape == (k, d)
                 and np.array_equal(self.classes_, classes)):
             Wb[:, :-1], Wb[:, -1] = self.coef_, self.intercept_
-        if self._sketch_for is not X:
-            self._sketch = LowRankSketch(X, self.rank, self.sketch_rows, self.seed)
-            self._sketch_for = X
+        if self._sketch_for is not given or self._low_for != self.precision:
+            # kept for the next fit on the same array (the C path): the float32 copy and the sketch
+            self._low = X.astype(np.float32) if self.precision == "mixed" else None
+            self._sketch = LowRankSketch(X if self._low is None else self._low, self.rank, self.sketch_rows,
+                                         self.seed)
+            self._sketch_for, self._low_for = given, self.precision
 
-        loss, grad, P = self._loss_grad(X, Y, Wb, lam)
+        _, grad, P = self._loss_grad(X, Y, Wb, lam)
         iterations = 0
         if np.abs(grad).max() > self.tol:
             # softmax curvature at the start: mean of p(1 - p) over rows and classes
             pre = _Preconditioner(self._sketch, float(np.mean(P * (1.0 - P))), lam)
-            last = {}
-
-            def objective(u):
-                W = pre.power(u.reshape(k, d + 1), -0.5)
-                f, g, _ = self._loss_grad(X, Y, W, lam)
-                last.update(u=u.copy(), grad=g)
-                return f, pre.power(g, -0.5).ravel()     # chain rule: W = U M^(-1/2), M symmetric
-
-            def callback(intermediate_result):
-                nonlocal iterations
-                iterations += 1
-                if not np.array_equal(intermediate_result.x, last["u"]):
-                    objective(intermediate_result.x)   # the gradient at the accepted point, if not the last tried
-                if np.abs(last["grad"]).max() <= self.tol:
-                    raise StopIteration
-
-            res = minimize(objective, pre.power(Wb, 0.5).ravel(), jac=True, method="L-BFGS-B", callback=callback,
-                           options={"maxiter": self.max_iter, "maxls": 50, "gtol": 0.0,
-                                    "ftol": 64 * np.finfo(float).eps})
-            Wb = pre.power(res.x.reshape(k, d + 1), -0.5)
+            for data in ((X,) if self._low is None else (self._low, X)):
+                Wb, used, met = self._lbfgs(data, X, Y, Wb, lam, pre, self.max_iter - iterations)
+                iterations += used
+                if met or iterations >= self.max_iter:
+                    break
         self.classes_ = classes
         self.coef_, self.intercept_ = Wb[:, :-1].copy(), Wb[:, -1].copy()
         self.n_iter_ = np.array([iterations])
         return self
+
+    def _lbfgs(self, data, X, Y, Wb, lam, pre, budget):
+        """L-BFGS from ``Wb`` on products with ``data``: (coefficients, iterations, whether tol was met).
+
+        The stopping rule is checked on the float64 gradient (``X``) whenever ``data``'s says it is met.
+        """
+        from scipy.optimize import minimize
+
+        k, width = Wb.shape
+        last = {}
+        state = {"iterations": 0, "met": False}
+
+        def objective(u):
+            W = pre.power(u.reshape(k, width), -0.5)
+            f, g, _ = self._loss_grad(data, Y, W, lam)
+            last.update(u=u.copy(), W=W, grad=g)
+            return f, pre.power(g, -0.5).ravel()     # chain rule: W = U M^(-1/2), M symmetric
+
+        def callback(intermediate_result):
+            state["iterations"] += 1
+            if not np.array_equal(intermediate_result.x, last["u"]):
+                objective(intermediate_result.x)   # the gradient at the accepted point, if not the last tried
+            if np.abs(last["grad"]).max() <= self.tol:
+                if data is not X:
+                    last["grad"] = self._loss_grad(X, Y, last["W"], lam)[1]
+                if np.abs(last["grad"]).max() <= self.tol:
+                    state["met"] = True
+                raise StopIteration   # met, or only in float32: go on in float64
+
+        res = minimize(objective, pre.power(Wb, 0.5).ravel(), jac=True, method="L-BFGS-B", callback=callback,
+                       options={"maxiter": budget, "maxls": 50, "gtol": 0.0, "ftol": 64 * np.finfo(float).eps})
+        return pre.power(res.x.reshape(k, width), -0.5), state["iterations"], state["met"]
 
     def decision_function(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
