@@ -100,9 +100,17 @@ def _check_k(k, n: int) -> int:
     return k
 
 
+def _whole(value) -> int:
+    """``value`` as an int; ValueError for a bool or a number with a fraction (int() would cut 2.7 to 2)."""
+    fraction = isinstance(value, (float, np.floating)) and not float(value).is_integer()
+    if fraction or isinstance(value, (bool, np.bool_)):
+        raise ValueError(value)
+    return int(value)
+
+
 def _check_k_range(k_range, n: int) -> list:
     try:
-        lo, hi = (int(v) for v in k_range)
+        lo, hi = (_whole(v) for v in k_range)
     except (TypeError, ValueError):
         raise ConfigError(f"k_range: expected two integers (smallest, largest k), got {k_range!r}") from None
     if lo < 2 or hi < lo:

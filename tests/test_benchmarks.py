@@ -267,3 +267,27 @@ def test_train_seeds_script_trains_once_per_seed_and_averages_over_them(tmp_path
     assert [s["reused_run"] for s in again["per_seed"]] == [True, True]
     assert again["table"] == rec["table"]
     assert "| linear | test accuracy |" in (tmp_path / "ts.md").read_text()
+
+
+def test_probe_speed_script_on_fake_files(tmp_path):
+    from _images import write_fake_mnist
+
+    bench = _load("bench_probe_speed")
+    folder = tmp_path / "fmnist"
+    write_fake_mnist(folder, n_train=60, n_test=30)
+    X, y, Xt, yt = bench.wide_rows(40, 20, 20, data_dir=folder)
+    assert X.shape == (40, 1200) and Xt.shape == (20, 1200) and X.dtype == np.float32  # 3 x 20 x 20: wide
+    assert np.bincount(y).tolist() == [4] * 10 and y.size == 40
+    bench.main(["--n-train", "40", "--n-test", "20", "--size", "20", "--data-dir", str(folder),
+                "--out", str(tmp_path / "ps")])
+    rec = json.loads((tmp_path / "ps.json").read_text())
+    old, new, knn = rec["linear"]["lbfgs"], rec["linear"]["auto"], rec["knn"]
+    assert (old["selection"]["solver"], new["selection"]["solver"]) == ("lbfgs", "preconditioned")
+    assert rec["columns"] == 1200 and rec["n_train"] == 40 and list(old["cv_scores"]) == list(new["cv_scores"])
+    assert rec["speedup"] == pytest.approx((old["wall_s"] + knn["wall_s"]) / (new["wall_s"] + knn["wall_s"]))
+    assert rec["linear_speedup"] == pytest.approx(old["wall_s"] / new["wall_s"])
+    assert rec["same_choice"] == ((old["preprocessing"], old["C"]) == (new["preprocessing"], new["C"]))
+    text = (tmp_path / "ps.md").read_text()
+    verdict = "yes" if rec["speedup"] >= 4 else "no"
+    assert f"| {rec['speedup']:.1f} x (" in text and text.rstrip().splitlines()[-2].endswith(f"| {verdict} |")
+    assert text.rstrip().endswith("| yes |" if rec["same_choice"] else "| no |")

@@ -128,7 +128,9 @@ def test_k_and_k_range_checks_at_their_boundaries():
     assert _check_k_range((2, 2), 4) == [2] and _check_k_range(("2", np.int64(4)), 100) == [2, 3, 4]
     assert _check_k_range((2, 12), 9) == [2, 3, 4]  # the largest k is cut to n // 2
     assert _check_k_range((3, 12), 6) == [3]
-    for bad in ("ab", None, (2,), (2, 3, 4), ("two", 3)):
+    assert _check_k_range((2.0, np.float32(4)), 100) == [2, 3, 4]  # whole numbers as floats are fine
+    for bad in ("ab", None, (2,), (2, 3, 4), ("two", 3), (2.7, 5), (2, 4.5), (True, 3), (2, np.bool_(True)),
+                (2, float("inf")), (float("nan"), 3)):
         with pytest.raises(ConfigError) as err:
             _check_k_range(bad, 100)
         assert str(err.value) == f"k_range: expected two integers (smallest, largest k), got {bad!r}"
