@@ -355,3 +355,32 @@ def test_sketch_rank_one_rank_d_and_the_randomized_svd_settings():
     wide = LowRankSketch(Xw, rank=4, rows=50, seed=3)
     np.testing.assert_array_equal(wide.values, s ** 2 / 50)
     np.testing.assert_array_equal(wide.vectors, vt.T)
+
+
+def test_fit_logistic_builds_the_preconditioned_model_warm_seeded_and_capped(digits, monkeypatch):
+    import cvae_features.probes.linear as linear
+
+    X, y = digits[0][:150], digits[1][:150] % 3
+    capped = linear._fit_logistic(X, y, 1.0, 3, solver="preconditioned", seed=7)
+    assert isinstance(capped, PreconditionedLogistic) and (capped.seed, capped.max_iter, capped.warm_start) == (7, 3, True)
+    assert capped.n_iter_[0] == 3 and capped.C == 1.0
+    assert linear._fit_logistic(X, y, 1.0, 3, solver="preconditioned").seed == 0  # linear_probe's default seed
+    done = linear._fit_logistic(X, y, 0.5, 1000, solver="preconditioned")
+    assert done.n_iter_[0] > 0
+    again = linear._fit_logistic(X, y, 0.5, 1000, done, "preconditioned")  # warm: from a point that meets tol
+    assert again is done and again.n_iter_[0] == 0
+    started = linear._fit_logistic(X, y, 0.5, 1000, solver="preconditioned",
+                                   start=(done.coef_.copy(), done.intercept_.copy(), done.classes_))
+    assert started.n_iter_[0] == 0
+    np.testing.assert_array_equal(started.coef_, done.coef_)
+    # linear_probe hands its seed to every fit, the selection's and the refit
+    seen, real = [], linear._fit_logistic
+
+    def spy(X, y, C, max_iter, model=None, solver="lbfgs", seed=0, start=None):
+        seen.append((solver, seed))
+        return real(X, y, C, max_iter, model, solver, seed, start)
+
+    monkeypatch.setattr(linear, "_fit_logistic", spy)
+    linear.linear_probe(X[:100], y[:100], X[100:], y[100:], Cs=(0.1, 1.0), preprocessings=("none",),
+                        solver="preconditioned", seed=3)
+    assert seen == [("preconditioned", 3)] * 3
