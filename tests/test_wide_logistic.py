@@ -182,3 +182,213 @@ def test_mixed_precision_meets_the_rule_in_float64(digits):
     assert low[0] == pytest.approx(loose._loss_grad(X, np.eye(10)[y], Wb, 1 / (0.5 * X.shape[0]))[0], rel=1e-6)
     with pytest.raises(ConfigError, match="precision"):
         PreconditionedLogistic(precision="float16").fit(X, y)
+
+
+# ---------------------------------------------------------------- mutation testing (benchmarks/mutation.py, group wide)
+
+def _start(model, X, y, C):
+    """(Y, lam, zero start, float64 gradient at it, P) as fit computes them."""
+    classes, codes = np.unique(y, return_inverse=True)
+    model._binary = classes.size == 2
+    Y = np.eye(classes.size)[codes]
+    lam = 1.0 / (float(C) * X.shape[0])
+    W0 = np.zeros((1 if model._binary else classes.size, X.shape[1] + 1))
+    _, grad, P = model._loss_grad(X, Y, W0, lam)
+    return Y, lam, W0, grad, P
+
+
+def _gmax(model, X, y, C, data=None):
+    """max |gradient| of the objective at the model's coefficients, products with ``data`` (default X)."""
+    Y, lam, _, _, _ = _start(model, X, y, C)
+    Wb = np.c_[model.coef_, model.intercept_]
+    return float(np.abs(model._loss_grad(X if data is None else data, Y, Wb, lam)[1]).max())
+
+
+@pytest.mark.parametrize("case", ["met_in_float32", "float64_phase", "capped_in_float64"])
+def test_fit_is_the_sketch_the_start_curvature_and_two_lbfgs_phases(digits, case):
+    """fit written out: sketch of the float32 copy, curvature mean p(1-p) at the start, L-BFGS on float32 products
+    until the rule holds (checked in float64), else on float64 from there with the iterations left."""
+    X, y = digits[0][:200], digits[1][:200] % 4
+    C, rank = 0.7, 8
+    helper = PreconditionedLogistic(C, rank=rank)
+    Y, lam, W0, _, P = _start(helper, X, y, C)
+    low = X.astype(np.float32)
+    sketch = LowRankSketch(low, rank, 4000, 0)
+    pre = _Preconditioner(sketch, float(np.mean(P * (1.0 - P))), lam)
+    tol, max_iter = {"met_in_float32": (1e-3, 1000), "float64_phase": (1e-8, 1000)}.get(case, (1e-13, None))
+    if max_iter is None:  # two iterations into the float64 phase
+        helper.tol = tol
+        max_iter = helper._lbfgs(low, X, Y, W0, lam, pre, 1000)[1] + 2
+    helper.tol = tol
+    W, used, met = helper._lbfgs(low, X, Y, W0, lam, pre, max_iter)
+    phases = 1
+    if not met and used < max_iter:
+        W, more, met = helper._lbfgs(X, X, Y, W, lam, pre, max_iter - used)
+        used, phases = used + more, 2
+    assert (phases, met) == {"met_in_float32": (1, True), "float64_phase": (2, True),
+                             "capped_in_float64": (2, False)}[case]
+    model = PreconditionedLogistic(C, tol=tol, max_iter=max_iter, rank=rank).fit(X, y)
+    np.testing.assert_array_equal(model._sketch.values, sketch.values)  # the sketch of the float32 copy
+    assert model.n_iter_[0] == used
+    np.testing.assert_array_equal(np.c_[model.coef_, model.intercept_], W)
+    if case == "capped_in_float64":
+        assert used == max_iter
+
+
+def test_the_rule_is_checked_on_the_float64_gradient_when_float32_says_met(digits):
+    # features not exact in float32 (x 0.3 + 3.3): find an iteration j where the float32 gradient first meets a tol
+    # that the float64 one does not; the fit must go on past j (in float64) and end within tol in float64
+    X, y = digits[0][:200] * 0.3 + 3.3, (digits[1][:200] > 4).astype(int)
+    low, best32, found = X.astype(np.float32), np.inf, None
+    for j in range(1, 40):
+        at = PreconditionedLogistic(1.0, tol=1e-13, max_iter=j, rank=10).fit(X, y)
+        g32, g64 = _gmax(at, X, y, 1.0, low), _gmax(at, X, y, 1.0)
+        if g32 < g64 and (g32 + g64) / 2 < best32:
+            found = j, (g32 + g64) / 2
+            break
+        best32 = min(best32, g32)
+    assert found is not None
+    j, tol = found
+    model = PreconditionedLogistic(1.0, tol=tol, rank=10).fit(X, y)
+    assert model.n_iter_[0] > j and _gmax(model, X, y, 1.0) <= tol
+
+
+def test_ties_with_tol_stop(digits):
+    """The rule is 'max |gradient| <= tol': a gradient exactly at tol stops (at the start, or at an iteration)."""
+    X, y = digits[0][:150], digits[1][:150] % 3
+    g0 = float(np.abs(_start(PreconditionedLogistic(), X, y, 1.0)[3]).max())
+    at_start = PreconditionedLogistic(1.0, tol=g0, rank=6).fit(X, y)
+    assert at_start.n_iter_[0] == 0 and not at_start.coef_.any() and not at_start.intercept_.any()
+    for precision in ("float64", "mixed"):
+        best, j = np.inf, None
+        for it in range(1, 12):
+            m = PreconditionedLogistic(1.0, tol=1e-13, max_iter=it, rank=6, precision=precision).fit(X, y)
+            g64 = _gmax(m, X, y, 1.0)
+            g32 = _gmax(m, X, y, 1.0, X.astype(np.float32)) if precision == "mixed" else g64
+            if it >= 3 and g64 < best and g32 <= g64:
+                j, coef = it, np.c_[m.coef_, m.intercept_]
+                break
+            best = min(best, g64)
+        assert j is not None
+        tied = PreconditionedLogistic(1.0, tol=g64, rank=6, precision=precision).fit(X, y)
+        assert tied.n_iter_[0] == j
+        np.testing.assert_array_equal(np.c_[tied.coef_, tied.intercept_], coef)
+
+
+def test_lbfgs_is_called_as_scikit_learn_calls_it(digits, monkeypatch):
+    """The same scipy L-BFGS-B call as scikit-learn's lbfgs (method, line-search length, ftol), gtol 0 (the rule is
+    ours), the iterations left as maxiter, and no warning."""
+    import scipy.optimize
+
+    real, calls = scipy.optimize.minimize, []
+
+    def spy(fun, x0, *args, **kwargs):
+        calls.append(kwargs)
+        return real(fun, x0, *args, **kwargs)
+
+    monkeypatch.setattr(scipy.optimize, "minimize", spy)
+    X, y = digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # not converged in 7 iterations
+        LogisticRegression(max_iter=7).fit(X, y)
+    (ref,) = calls
+    calls.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PreconditionedLogistic(1.0, max_iter=7, rank=10, precision="float64").fit(X, y)
+    (ours,) = calls
+    assert ours["method"] == ref["method"] == "L-BFGS-B" and ours["jac"] is True
+    assert ours["options"] == {"maxiter": 7, "maxls": ref["options"]["maxls"], "gtol": 0.0,
+                               "ftol": ref["options"]["ftol"]}
+
+
+def test_float32_products_in_the_first_phase(digits):
+    X, y = digits[0][:80] * 0.3 + 0.11, digits[1][:80] % 3
+    model = PreconditionedLogistic()
+    model._binary = False
+    Wb = np.random.default_rng(4).normal(0, 0.3, (3, X.shape[1] + 1))
+    low = X.astype(np.float32)
+    expected = (low @ Wb[:, :-1].T.astype(np.float32)).astype(np.float64) + Wb[:, -1]
+    np.testing.assert_array_equal(model._logits(low, Wb), expected)
+    assert not np.array_equal(model._logits(low, Wb), model._logits(X, Wb))  # not float64 in disguise
+    # the input is taken in float64 whatever its dtype: a float32 array fits as its float64 copy
+    a = PreconditionedLogistic(0.5, tol=1e-8, rank=5, precision="float64").fit(low, y)
+    b = PreconditionedLogistic(0.5, tol=1e-8, rank=5, precision="float64").fit(low.astype(np.float64), y)
+    np.testing.assert_array_equal(np.c_[a.coef_, a.intercept_], np.c_[b.coef_, b.intercept_])
+    # a new precision on the same array makes a new sketch (the float32 copy only for 'mixed')
+    model = PreconditionedLogistic(0.5, rank=5).fit(X, y)
+    assert model._low.dtype == np.float32
+    model.set_params(precision="float64").fit(X, y)
+    assert model._low is None and model._sketch.values.dtype == np.float64
+
+
+def test_defaults_private_names_ties_and_messages(digits):
+    m = PreconditionedLogistic()
+    ref = LogisticRegression()
+    assert (m.C, m.tol) == (ref.C, ref.tol) == (1.0, 1e-4)
+    assert (m.max_iter, m.warm_start, m.rank, m.sketch_rows, m.precision, m.seed) == (1000, False, 300, 4000,
+                                                                                       "mixed", 0)
+    with pytest.raises(ConfigError, match="unknown parameter '_low_for'"):
+        m.set_params(_low_for="float64")  # an attribute, but a private one
+    with pytest.raises(ConfigError, match="^precision: expected one of"):
+        PreconditionedLogistic(precision="half").fit(*digits)
+    with pytest.raises(ConfigError, match="^solver: expected one of"):
+        resolve_solver("newton", 10)
+    # a score of exactly 0 picks the first class, as scikit-learn's predict does
+    m.coef_, m.intercept_, m.classes_, m._binary = np.array([[1.0, -1.0]]), np.array([0.0]), np.array([2, 8]), True
+    ref.coef_, ref.intercept_, ref.classes_ = m.coef_, m.intercept_, m.classes_
+    Xt = np.array([[2.0, 2.0], [3.0, 1.0], [1.0, 3.0]])
+    assert m.predict(Xt).tolist() == ref.predict(Xt).tolist() == [2, 8, 2]
+    scores = m.decision_function(Xt.astype(np.longdouble))  # float64 scores whatever the input's dtype
+    assert scores.dtype == np.float64 and scores.tolist() == [0.0, 2.0, -2.0]
+
+
+def test_sketch_rank_one_rank_d_and_the_randomized_svd_settings():
+    from sklearn.utils.extmath import randomized_svd
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(40, 6))
+    A = np.c_[X, np.ones(40)]
+    exact = np.linalg.svd(A, compute_uv=False) ** 2 / 40
+    one = LowRankSketch(X, rank=1, rows=40, seed=0)
+    assert one.vectors.shape == (7, 1)
+    np.testing.assert_allclose(one.values, exact[:1], rtol=1e-6)
+    full = LowRankSketch(X, rank=6, rows=40, seed=0)  # all but one direction: the rest is the last eigenvalue
+    np.testing.assert_allclose(full.values, exact[:6], rtol=1e-8)
+    assert full.rest == pytest.approx(exact[6], rel=1e-6)
+    # a full-rank wide matrix: the sketch is scikit-learn's randomized SVD (10 oversamples, 2 power iterations)
+    Xw = rng.normal(size=(60, 80))
+    picked = np.sort(np.random.default_rng(3).choice(60, 50, replace=False))
+    _, s, vt = randomized_svd(np.c_[Xw[picked], np.ones(50)], 4, n_oversamples=10, n_iter=2, random_state=3)
+    wide = LowRankSketch(Xw, rank=4, rows=50, seed=3)
+    np.testing.assert_array_equal(wide.values, s ** 2 / 50)
+    np.testing.assert_array_equal(wide.vectors, vt.T)
+
+
+def test_fit_logistic_builds_the_preconditioned_model_warm_seeded_and_capped(digits, monkeypatch):
+    import cvae_features.probes.linear as linear
+
+    X, y = digits[0][:150], digits[1][:150] % 3
+    capped = linear._fit_logistic(X, y, 1.0, 3, solver="preconditioned", seed=7)
+    assert isinstance(capped, PreconditionedLogistic) and (capped.seed, capped.max_iter, capped.warm_start) == (7, 3, True)
+    assert capped.n_iter_[0] == 3 and capped.C == 1.0
+    assert linear._fit_logistic(X, y, 1.0, 3, solver="preconditioned").seed == 0  # linear_probe's default seed
+    done = linear._fit_logistic(X, y, 0.5, 1000, solver="preconditioned")
+    assert done.n_iter_[0] > 0
+    again = linear._fit_logistic(X, y, 0.5, 1000, done, "preconditioned")  # warm: from a point that meets tol
+    assert again is done and again.n_iter_[0] == 0
+    started = linear._fit_logistic(X, y, 0.5, 1000, solver="preconditioned",
+                                   start=(done.coef_.copy(), done.intercept_.copy(), done.classes_))
+    assert started.n_iter_[0] == 0
+    np.testing.assert_array_equal(started.coef_, done.coef_)
+    # linear_probe hands its seed to every fit, the selection's and the refit
+    seen, real = [], linear._fit_logistic
+
+    def spy(X, y, C, max_iter, model=None, solver="lbfgs", seed=0, start=None):
+        seen.append((solver, seed))
+        return real(X, y, C, max_iter, model, solver, seed, start)
+
+    monkeypatch.setattr(linear, "_fit_logistic", spy)
+    linear.linear_probe(X[:100], y[:100], X[100:], y[100:], Cs=(0.1, 1.0), preprocessings=("none",),
+                        solver="preconditioned", seed=3)
+    assert seen == [("preconditioned", 3)] * 3
