@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import socket
 import time
 import warnings
@@ -240,14 +241,17 @@ class RayEngine:
         actors = self.n_actors(n_batches)
         task_rows = batch_size * self.batches_per_task(n_batches, actors)
         n_tasks = -(-len(rows) // task_rows)
-        ds = ray.data.from_numpy([np.array([c]) for c in range(n_tasks)])  # one block per task
+        # one block per task, holding its rows of the source: an actor never holds the whole listing
+        parts = [_task_part(source, rows, t * task_rows, task_rows) for t in range(n_tasks)]
+        ds = ray.data.from_items([{"part": part} for part in parts], override_num_blocks=n_tasks)
+        del parts
         with warnings.catch_warnings():
             # Ray 2.60 deprecates these per-call arguments without a replacement for them; without them (a later
             # Ray), its actor pools restart actors and retry their tasks without end (-1), still exactly once
             warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
             ds = ds.map_batches(_ChunkEncoder, batch_size=1, batch_format="numpy",
                                 compute=ray.data.ActorPoolStrategy(size=min(actors, n_tasks)), num_cpus=1,
-                                fn_constructor_args=(source, pre, transform, rows, batch_size, task_rows),
+                                fn_constructor_args=(pre, transform, batch_size),
                                 max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
         ds.context.execution_options.preserve_order = True  # plan order: the store is the local engine's
         ds.context.enable_progress_bars = False  # the caller has its own bar
@@ -260,42 +264,49 @@ class RayEngine:
         chunks.check_complete()
 
 
-class _ChunkEncoder:
-    """Ray Data callable class: one per actor; decodes and encodes the tasks of the plan it is given (a task:
-    ``task_rows`` plan rows, taken ``batch_size`` at a time, as the local engine does)."""
+def _task_part(source, rows: np.ndarray, first: int, task_rows: int) -> bytes:
+    """One task's share of the plan, pickled: (its first place in the run, its plan rows, the source's subset of
+    those rows, in that order). Tasks carry their own rows so that no actor is sent the whole listing."""
+    requested = rows[first:first + task_rows]
+    return pickle.dumps((first, requested, source.subset(requested)), protocol=pickle.HIGHEST_PROTOCOL)
 
-    def __init__(self, source, pre, transform, rows, batch_size, task_rows):
+
+class _ChunkEncoder:
+    """Ray Data callable class: one per actor; decodes and encodes the tasks it is handed (a task: its rows of the
+    source, see :func:`_task_part`, taken ``batch_size`` at a time, as the local engine does)."""
+
+    def __init__(self, pre, transform, batch_size):
         import torch
 
         torch.set_num_threads(1)  # one CPU per actor: threads would only compete with the other actors
-        self.source, self.pre, self.transform, self.rows = source, pre, transform, rows
-        self.batch_size, self.task_rows = batch_size, task_rows
+        self.pre, self.transform, self.batch_size = pre, transform, batch_size
 
     def __call__(self, batch: dict) -> dict:
         from .data import iter_batches
 
-        (task,) = batch["data"]
-        first = int(task) * self.task_rows
-        requested = self.rows[first:first + self.task_rows]
+        (part,) = batch["part"]
+        first, requested, sub = pickle.loads(part)
         parts = []
         for start in range(0, len(requested), self.batch_size):
-            ask = requested[start:start + self.batch_size]
-            (out,) = iter_batches(self.source, self.pre, batch_size=len(ask), workers=0, indices=ask,
+            ask = np.arange(start, min(start + self.batch_size, len(requested)))  # rows of the subset
+            (out,) = iter_batches(sub, self.pre, batch_size=len(ask), workers=0, indices=ask,
                                   transform=self.transform)
-            parts.append(_columns(first + start, ask, out))
+            parts.append(_columns(first + start, requested[ask], out, asked=ask))
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def _columns(start: int, requested: np.ndarray, batch) -> dict:
+def _columns(start: int, requested: np.ndarray, batch, asked=None) -> dict:
     """One table row per requested row: its place in the run (``at``), whether it decoded, its outputs (zeros
-    when it did not) or its reason."""
+    when it did not) or its reason. ``asked``: the rows the batch was read with, when not ``requested`` itself
+    (a task's subset numbers its rows from 0; ``requested`` are the plan's rows)."""
     n = len(requested)
-    ok = np.isin(requested, batch.indices)
+    asked = requested if asked is None else asked
+    ok = np.isin(asked, batch.indices)
     feats, extras = batch.output
     cols = {"at": np.arange(start, start + n, dtype=np.int64), "row": requested, "ok": ok,
             "reason": np.array([""] * n, dtype=object), "features": _spread(feats, ok)}
     cols.update({_EXTRA + name: _spread(values, ok) for name, values in extras.items()})
-    position = {int(r): j for j, r in enumerate(requested)}
+    position = {int(r): j for j, r in enumerate(asked)}
     for row, reason in batch.skipped:
         cols["reason"][position[int(row)]] = reason
     return cols

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import pickle
 import socket
 import sys
 import threading
@@ -26,7 +27,7 @@ from cvae_features.data import ArraySource, Batch, infer_preprocess, iter_batche
 from cvae_features.errors import ConfigError, EngineError  # noqa: E402
 from cvae_features.featurizers import pixels  # noqa: E402
 from cvae_features.ray_engine import (  # noqa: E402
-    RayEngine, _actor_death, _batch, _ChunkEncoder, _columns, _env_address, _grpc_answers, _InOrder, _same_address,
+    RayEngine, _actor_death, _batch, _ChunkEncoder, _columns, _task_part, _env_address, _grpc_answers, _InOrder, _same_address,
     _spread, check_address)
 
 # ------------------------------------------------------------------------------------------------
@@ -441,6 +442,28 @@ def test_n_actors_the_given_or_the_clusters_cpus_at_most_one_per_chunk(engine, a
 # an actor's tasks, the table rows they send back, the driver's chunks
 
 
+def _task(source, rows, task, task_rows):
+    """Task ``task``'s block as an actor receives it (batch_size=1, numpy format)."""
+    return {"part": np.array([_task_part(source, rows, task * task_rows, task_rows)], dtype=object)}
+
+
+def test_a_task_carries_its_rows_of_the_source_and_nothing_else(tmp_path):
+    folder = tmp_path / "images"
+    write_class_folder(folder, per_class=4)
+    source = open_source(folder)
+    rows = np.array([5, 1, 7, 0, 6, 2])
+    first, requested, sub = pickle.loads(_task_part(source, rows, 4, 4))  # the short last task of 4 rows
+    assert first == 4 and requested.tolist() == [6, 2] and requested.dtype == np.int64
+    assert sub.keys == [source.keys[6], source.keys[2]] and sub.paths == [source.paths[6], source.paths[2]]
+    assert sub.labels.tolist() == source.labels[[6, 2]].tolist()
+    whole = len(pickle.dumps(source))
+    assert len(_task_part(source, rows, 0, 1)) < whole / 2  # a one-row task is far smaller than the listing
+    array = ArraySource(np.arange(40, dtype=np.uint8).reshape(10, 1, 2, 2))
+    first, requested, sub = pickle.loads(_task_part(array, np.arange(10)[::-1].copy(), 3, 3))
+    assert first == 3 and requested.tolist() == [6, 5, 4]
+    np.testing.assert_array_equal(sub.images, array.images[[6, 5, 4]])
+
+
 def _encoder(*args):
     """An actor's callable, made here: it sets torch to one thread (as in an actor), set back afterwards."""
     threads = torch.get_num_threads()
@@ -468,19 +491,20 @@ def test_an_actor_decodes_and_encodes_its_task_batch_by_batch_as_the_local_engin
 
     good = [i for i in range(len(source)) if i != bad]
     rows = np.array([good[7], good[1], bad, good[5], good[0], good[4], good[2], good[6], good[3]])  # plan order
-    encoder = _encoder(source, pre, transform, rows, 2, 4)  # tasks of 4 rows, in batches of 2
+    encoder = _encoder(pre, transform, 2)  # batches of 2; tasks of 4 rows, each carrying its rows of the source
+    tasks = [_task(source, rows, t, 4) for t in range(3)]
     local = list(iter_batches(source, pre, batch_size=2, workers=0, indices=rows, transform=transform))
     calls.clear()
-    second = encoder({"data": np.array([1])})  # rows[4:8]
+    second = encoder(tasks[1])  # rows[4:8]
     assert calls == [2, 2]
     assert set(second) == {"at", "row", "ok", "reason", "features", "extra:mean", "extra:pair"}
     assert second["at"].tolist() == [4, 5, 6, 7] and second["row"].tolist() == rows[4:8].tolist()
     assert second["ok"].tolist() == [True] * 4 and second["reason"].tolist() == [""] * 4
-    first = encoder({"data": np.array([0])})
+    first = encoder(tasks[0])
     assert first["at"].tolist() == [0, 1, 2, 3] and first["ok"].tolist() == [True, True, False, True]
     assert first["reason"][2] == local[1].skipped[0][1] and first["reason"][2] != ""
     calls.clear()
-    last = encoder({"data": np.array([2])})  # the short last task
+    last = encoder(tasks[2])  # the short last task
     assert calls == [1] and last["at"].tolist() == [8] and last["row"].tolist() == rows[8:].tolist()
 
     order = _InOrder(len(rows), 2)
@@ -505,12 +529,12 @@ def test_an_actor_asks_for_batches_of_the_given_size_also_above_the_default_256(
         sizes.append(len(images))
         return pixels(images), {}
 
-    encoder = _encoder(source, pre, transform, rows, 300, 600)
-    table = encoder({"data": np.array([1])})
+    encoder = _encoder(pre, transform, 300)
+    table = encoder(_task(source, rows, 1, 600))
     assert sizes == [100] and table["at"].tolist() == list(range(600, 700))
     assert table["row"].tolist() == list(range(99, -1, -1))
     sizes.clear()
-    table = encoder({"data": np.array([0])})
+    table = encoder(_task(source, rows, 0, 600))
     assert sizes == [300, 300] and table["row"].tolist() == rows[:600].tolist()
     np.testing.assert_array_equal(table["features"], pixels(torch.from_numpy(source.images[rows[:600]])))
 
