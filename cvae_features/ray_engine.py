@@ -268,7 +268,7 @@ def _task_part(source, rows: np.ndarray, first: int, task_rows: int) -> bytes:
     """One task's share of the plan, pickled: (its first place in the run, its plan rows, the source's subset of
     those rows, in that order). Tasks carry their own rows so that no actor is sent the whole listing."""
     requested = rows[first:first + task_rows]
-    return pickle.dumps((first, requested, source.subset(requested)), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((first, requested, source.subset(requested)))
 
 
 class _ChunkEncoder:
