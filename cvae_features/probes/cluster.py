@@ -216,7 +216,8 @@ def cluster_probe(X, y=None, *, n_clusters: int | None = None, methods=DEFAULT_M
         Seeds k-means, the GMM and the silhouette subsample.
     prior : MixturePrior or None
         The mixture prior of the model whose codes ``X`` are (:class:`~cvae_features.priors.MixturePrior`,
-        or anything with ``assign(mu) -> component ids``); needed by the 'prior' method only.
+        or anything with ``assign(mu) -> component ids`` and ``n_components``, the number of
+        components, which sizes its cluster counts); needed by the 'prior' method only.
 
     Returns
     -------
