@@ -294,11 +294,9 @@ def markdown(rec: dict, args) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     rec = run(args, argv)
-    rec["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     text = markdown(rec, args)
-    json_path, md_path = bc.write_results(bc.results_stem("fashion_mnist", args.quick, args.out), rec, text)
     print(text)
-    bc.say(f"wrote {md_path} and {json_path}")
+    bc.write_run("fashion_mnist", args, rec, text)  # the arguments recorded, the files written where --quick/--out say
     return 0
 
 

@@ -188,12 +188,10 @@ def main(argv=None) -> int:
     rec["per_seed"] = [one_seed(s, train_src, test_src, args, progress) for s in args.train_seeds]
     rec["table"] = rows(rec["per_seed"], args.labels_per_class)
     rec["verdicts"] = verdicts(rec["table"])
-    rec["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     rec["wall_s"] = round(time.perf_counter() - t0, 1)
     text = markdown(rec, args)
-    json_path, md_path = bc.write_results(bc.results_stem("train_seeds", args.quick, args.out), rec, text)
     print(text)
-    bc.say(f"wrote {md_path} and {json_path}")
+    bc.write_run("train_seeds", args, rec, text)  # the arguments recorded, the files written where --quick/--out say
     return 0
 
 
